@@ -1,0 +1,149 @@
+"""edgeport's command line: parse options, call one library function, format what comes back.
+
+Exit codes are decided here, in `main`: 0 success, 1 a domain error (one
+paragraph, no traceback unless --debug), 2 usage, 3 parity failed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Export trained models to the browser, prove parity in the real runtimes, and serve a fallback.",
+    pretty_exceptions_enable=False,
+)
+_state = {"debug": False}
+
+
+class Target(str, Enum):
+    onnx = "onnx"
+    tfjs = "tfjs"
+
+
+class RuntimeName(str, Enum):
+    python = "python"
+    node = "node"
+    browser = "browser"
+
+
+class LowConfidence(str, Enum):
+    server = "server"
+    abstain = "abstain"
+
+
+def _progress(message: str) -> None:
+    typer.echo(f"· {message}", err=True)
+
+
+def _fail(exc: BaseException) -> None:
+    """The one place an error becomes an exit code and a message."""
+    from exporter.errors import EdgeportError
+
+    if _state["debug"]:
+        raise exc
+    code = exc.exit_code if isinstance(exc, EdgeportError) else 1
+    message = str(exc) if isinstance(exc, EdgeportError) else f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-paragraph errors.")) -> None:
+    """edgeport: trained model → browser bundle, with a parity gate and a server fallback."""
+    _state["debug"] = debug
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="Trained model: .skops (recommended), .joblib/.pkl, .keras or a SavedModel dir."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
+    to: Target = typer.Option(Target.onnx, "--to", help="Export format."),
+    sample: Optional[Path] = typer.Option(None, "--sample", help="Sample input rows: CSV with header, Parquet or .npy."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name (default: the file name)."),
+    version: str = typer.Option("1", "--version", help="Model version string."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .pkl/.joblib files. Pickles run code when loaded."),
+    trust: List[str] = typer.Option([], "--trust", help="Trust this extra type in a .skops file (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
+    atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance (default: the converter's)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", help="Relative tolerance (default: the converter's)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="tfjs: float16|uint8; onnx: int8 (dynamic)."),
+    confidence_threshold: float = typer.Option(0.6, "--confidence-threshold", min=0.0, max=1.0, help="Below this the client falls back."),
+    on_low_confidence: LowConfidence = typer.Option(LowConfidence.server, "--on-low-confidence", help="Ask the server, or abstain."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write the parity report (JSON) here."),
+) -> None:
+    """Convert a trained model into a bundle and check parity in Python."""
+    from exporter.export import export_model
+    from exporter.formatting import format_export, format_report
+
+    options = {"quantize": quantize} if quantize else {}
+    try:
+        result = export_model(
+            model, out, to=to.value, sample=sample, name=name, version=version, allow_pickle=allow_pickle,
+            trust=trust, force=force, atol=atol, rtol=rtol, confidence_threshold=confidence_threshold,
+            on_low_confidence=on_low_confidence.value, progress=_progress, **options,
+        )
+    except Exception as exc:
+        _fail(exc)
+    if report:
+        _write_report(report, result.report.to_dict())
+    typer.echo(format_report(result.report))
+    typer.echo(format_export(result))
+    if not result.passed:
+        typer.echo(f"error: parity failed; the bundle is kept at {result.bundle.path} for inspection", err=True)
+        raise typer.Exit(3)
+
+
+@app.command()
+def check(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    runtime: List[RuntimeName] = typer.Option([RuntimeName.python], "--runtime", "-r", help="Runtime to check (repeatable)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Original model to compare against (with --data)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Rows to run the original and the bundle on."),
+    atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance (default: the bundle's)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", help="Relative tolerance (default: the bundle's)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML here, for CI systems."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow a pickled --model."),
+    trust: List[str] = typer.Option([], "--trust", help="Trust this extra type in a .skops --model (repeatable)."),
+) -> None:
+    """Re-run a bundle in each runtime against its golden outputs (or the original model)."""
+    from exporter.check import check_bundle
+    from exporter.formatting import format_junit, format_report
+
+    try:
+        result = check_bundle(bundle, [r.value for r in runtime], model=model, data=data, atol=atol, rtol=rtol,
+                              allow_pickle=allow_pickle, trust=trust, progress=_progress)
+    except Exception as exc:
+        _fail(exc)
+    if report:
+        _write_report(report, result.to_dict())
+    if junit:
+        _write_text(junit, format_junit(result))
+    typer.echo(format_report(result))
+    if not result.passed:
+        raise typer.Exit(3)
+
+
+def _write_report(path: Path, data: dict) -> None:
+    _write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        typer.echo(f"error: cannot write {path}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,112 @@
+"""Checking a bundle: run it in each runtime and compare with the reference.
+
+The reference is the bundle's golden outputs (the original model's outputs on
+the sample, stored at export), or the original model run on new data. Each
+runtime is run and compared in full before the verdict, and a runtime that
+fails to run is a failed section of the report, not a crash.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .bundle import Bundle, read_bundle
+from .errors import RuntimeFailedError, SampleError
+from .parity import ParityReport, RuntimeResult, Tolerance, compare_outputs
+from .runtimes import get_runtime
+
+Progress = Callable[[str], None]
+
+
+def check_bundle(
+    bundle_dir: str | Path,
+    runtimes: Sequence[str] = ("python",),
+    *,
+    model: str | Path | None = None,
+    data: str | Path | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    allow_pickle: bool = False,
+    trust: Sequence[str] = (),
+    progress: Progress | None = None,
+) -> ParityReport:
+    """Verify the bundle's hashes, then run it in each runtime against its reference."""
+    progress = progress or (lambda _msg: None)
+    bundle = read_bundle(bundle_dir)
+    tolerance = Tolerance(
+        atol=bundle.manifest["tolerance"]["atol"] if atol is None else atol,
+        rtol=bundle.manifest["tolerance"]["rtol"] if rtol is None else rtol,
+    )
+    if (model is None) != (data is None):
+        raise SampleError("--model and --data go together: the original model is run on the data as the reference")
+    if model is not None:
+        rows, reference, label = _reference_from_model(bundle, model, data, allow_pickle, trust)
+    else:
+        golden = bundle.golden()
+        rows, reference, label = golden["rows"], golden["outputs"], "golden outputs"
+    return run_parity(bundle, rows, reference, runtimes, tolerance, label, progress)
+
+
+def run_parity(
+    bundle: Bundle,
+    rows: list,
+    reference: dict[str, Any],
+    runtimes: Sequence[str],
+    tolerance: Tolerance,
+    reference_label: str,
+    progress: Progress,
+) -> ParityReport:
+    """Run `rows` through each runtime and compare with `reference` (role -> values)."""
+    results = []
+    for name in dict.fromkeys(runtimes):  # keep order, drop repeats
+        run = get_runtime(name)
+        progress(f"parity: running {len(rows)} rows in the {name} runtime")
+        started = time.perf_counter()
+        try:
+            output = run(bundle, rows)
+        except RuntimeFailedError as exc:
+            results.append(RuntimeResult(name, "error", rows=len(rows), seconds=time.perf_counter() - started,
+                                         error=str(exc), diagnostics=exc.diagnostics))
+            continue
+        seconds = time.perf_counter() - started
+        if output.not_applicable:
+            results.append(RuntimeResult(name, "not_applicable", error=output.not_applicable))
+            continue
+        diffs = compare_outputs(reference, output.outputs, tolerance, bundle.classes)
+        status = "passed" if all(d.passed for d in diffs) else "failed"
+        results.append(RuntimeResult(name, status, diffs, rows=len(rows), seconds=seconds,
+                                     diagnostics=output.diagnostics))
+    return ParityReport(bundle=str(bundle.path), reference=reference_label, tolerance=tolerance,
+                        runtimes=tuple(results), meta={"name": bundle.name, "version": bundle.version})
+
+
+def _reference_from_model(bundle: Bundle, model_path: Any, data_path: Any, allow_pickle: bool,
+                          trust: Sequence[str]) -> tuple[list, dict, str]:
+    from .loading import load_model
+    from .registry import get_converter
+    from .samples import read_sample, rows_from_table, table_from_rows
+
+    loaded = load_model(model_path, allow_pickle=allow_pickle, trust=trust)
+    converter = get_converter(loaded.framework, bundle.manifest["format"].split("-")[0])
+    rows = rows_from_table(_align(read_sample(data_path), bundle.inputs), bundle.inputs)
+    # the original sees exactly what the runtimes see: the rows after their JSON round trip
+    table = table_from_rows(rows, bundle.inputs)
+    try:
+        reference = converter.reference(loaded, table)
+    except Exception as exc:
+        raise SampleError(f"the original model could not predict on {Path(data_path).name}: {exc}") from exc
+    return rows, {k: np.asarray(v).tolist() for k, v in reference.items()}, f"{Path(model_path).name} on {Path(data_path).name}"
+
+
+def _align(table: Any, inputs: list[dict]) -> Any:
+    """Refuse data whose columns don't match the bundle's inputs, naming them."""
+    if not hasattr(table, "columns"):
+        return table
+    wanted = [s["column"] for s in inputs if "column" in s] or inputs[0].get("columns") or []
+    missing = [c for c in wanted if c not in table.columns]
+    if missing:
+        raise SampleError(f"--data is missing column(s) {', '.join(map(repr, missing))} that the bundle's inputs need")
+    return table

@@ -1,0 +1,308 @@
+"""scikit-learn → ONNX with skl2onnx, preprocessing included.
+
+Signature: a plain numeric matrix becomes one input named `input`; a DataFrame
+pipeline that selects columns by name (a ColumnTransformer) or has string
+columns becomes one input per column, typed from the column.
+
+Precision: the graph is built in float64 where skl2onnx and onnxruntime have
+double kernels for every node (linear models, SVC, kNN, MLP, scalers,
+encoders), which matches scikit-learn to ~1e-15. Tree ensembles only have float
+kernels in onnxruntime (TreeEnsemble* with double outputs fails to load), and
+scikit-learn's own trees compare float32 features, so those fall back to
+float32. The choice is recorded as `source.precision`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConversionError, SampleError, UnsupportedModelError
+from ..loading import LoadedModel
+from ..parity import Tolerance
+from ..registry import Converted, Progress, register
+from ..samples import is_string_dtype
+
+# float32 graphs carry ~1e-7 relative error per op, and a 100-tree sum or a
+# regression on values in the hundreds compounds it to ~1e-5 abs / ~1e-6 rel.
+# 1e-5 / 1e-4 keeps headroom over that while real skew (another scaler, another
+# training run) shows differences of 1e-2 and more.
+DEFAULT_TOLERANCE = Tolerance(atol=1e-5, rtol=1e-4)
+# ai.onnx opset 17 and ai.onnx.ml 3 run in onnxruntime(-web) and in Triton/MLServer alike
+TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
+
+
+@register("sklearn", "onnx")
+class SklearnToOnnx:
+    """scikit-learn estimator or Pipeline → one ONNX graph."""
+
+    def convert(self, loaded: LoadedModel, sample: Any, progress: Progress, **options: Any) -> Converted:
+        import sklearn
+
+        model = loaded.model
+        task = task_of(model)
+        table, per_column = _prepare_table(model, sample)
+        classes = [_plain(c) for c in model.classes_] if task == "classification" else None
+        has_proba = task == "classification" and hasattr(model, "predict_proba")
+        last_error: Exception | None = None
+        for precision in ("float64", "float32"):
+            inputs = _input_specs(model, table, per_column, precision)
+            try:
+                onx = _to_onnx(model, inputs, task)
+                outputs = _rename_outputs(onx, task, has_proba)
+                _smoke_test(onx)
+            except UnsupportedModelError:
+                raise
+            except Exception as exc:  # retry in float32; report the last failure if both fail
+                last_error = exc
+                progress(f"{precision} graph failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+                         + ("; trying float32" if precision == "float64" else ""))
+                continue
+            source = {
+                "framework": "scikit-learn",
+                "framework_version": sklearn.__version__,
+                "converter": "skl2onnx",
+                "converter_version": _skl2onnx_version(),
+                "estimator": _estimator_name(model),
+                "precision": precision,
+            }
+            return Converted(
+                files={"model.onnx": onx.SerializeToString()},
+                model_file="model.onnx",
+                format="onnx",
+                task=task,
+                inputs=inputs,
+                outputs=outputs,
+                source=source,
+                tolerance=DEFAULT_TOLERANCE,
+                table=table,
+                classes=classes,
+            )
+        raise ConversionError(
+            f"skl2onnx converted {_estimator_name(model)} but onnxruntime could not run the result "
+            f"({type(last_error).__name__}: {str(last_error).splitlines()[0][:300]})."
+        ) from last_error
+
+    def reference(self, loaded: LoadedModel, table: Any) -> dict[str, Any]:
+        return reference_outputs(loaded.model, table)
+
+
+def reference_outputs(model: Any, table: Any) -> dict[str, Any]:
+    """The original model's outputs keyed by role (label, probabilities / value)."""
+    if isinstance(table, np.ndarray) and hasattr(model, "feature_names_in_"):
+        import pandas as pd
+
+        table = pd.DataFrame(table, columns=list(model.feature_names_in_))
+    if task_of(model) == "regression":
+        return {"value": np.asarray(model.predict(table), dtype=np.float64).reshape(len(table), -1)}
+    outputs = {"label": np.asarray(model.predict(table))}
+    if hasattr(model, "predict_proba"):
+        outputs["probabilities"] = np.asarray(model.predict_proba(table), dtype=np.float64)
+    return outputs
+
+
+def task_of(model: Any) -> str:
+    from sklearn.base import is_classifier, is_regressor
+
+    if is_classifier(model):
+        return "classification"
+    if is_regressor(model):
+        return "regression"
+    raise UnsupportedModelError(
+        f"{_estimator_name(model)} is neither a classifier nor a regressor; edgeport exports models that predict "
+        "(a Pipeline is fine as long as its last step is a classifier or regressor)."
+    )
+
+
+def _prepare_table(model: Any, sample: Any) -> tuple[Any, bool]:
+    """Check the sample against the model and decide matrix vs per-column inputs."""
+    import pandas as pd
+
+    expected = getattr(model, "feature_names_in_", None)
+    n_features = getattr(model, "n_features_in_", None)
+    needs_names = _selects_columns_by_name(model)
+    if isinstance(sample, np.ndarray):
+        if needs_names:
+            raise SampleError(
+                "this pipeline selects columns by name, but the sample is a .npy array without names; "
+                "pass a CSV or Parquet sample with a header row"
+            )
+        if sample.ndim != 2:
+            raise SampleError(f"sample has shape {sample.shape}; scikit-learn models take a 2-D table")
+        if n_features is not None and sample.shape[1] != n_features:
+            raise SampleError(f"sample has {sample.shape[1]} columns, but the model was trained on {n_features}")
+        if expected is not None:
+            sample = pd.DataFrame(sample, columns=list(expected))
+        return sample, False
+    columns = [str(c) for c in sample.columns]
+    if expected is not None:
+        expected = [str(c) for c in expected]
+        missing = [c for c in expected if c not in columns]
+        extra = [c for c in columns if c not in expected]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing column(s) {', '.join(map(repr, missing))}")
+            if extra:
+                parts.append(f"unexpected column(s) {', '.join(map(repr, extra))}")
+            raise SampleError(
+                f"the sample's columns don't match the model: {'; '.join(parts)}. The model was trained on "
+                f"{', '.join(map(repr, expected))} (drop target or id columns from the sample)."
+            )
+        sample = sample[expected]
+    elif n_features is not None and len(columns) != n_features:
+        raise SampleError(f"sample has {len(columns)} columns, but the model was trained on {n_features}")
+    has_strings = any(is_string_dtype(sample[c]) for c in sample.columns)
+    if has_strings and not needs_names:
+        bad = [c for c in sample.columns if is_string_dtype(sample[c])]
+        raise SampleError(f"column(s) {', '.join(map(repr, bad))} hold text, but the model takes numbers only")
+    return sample, has_strings or needs_names
+
+
+def _input_specs(model: Any, table: Any, per_column: bool, precision: str) -> list[dict]:
+    if not per_column:
+        columns = [str(c) for c in table.columns] if hasattr(table, "columns") else [f"x{i}" for i in range(table.shape[1])]
+        return [{"name": "input", "dtype": precision, "shape": [None, len(columns)], "columns": columns}]
+    categories = _categories_by_column(model)
+    specs = []
+    for column in table.columns:
+        dtype = "string" if is_string_dtype(table[column]) else precision
+        spec = {"name": str(column), "dtype": dtype, "shape": [None, 1], "column": str(column)}
+        if str(column) in categories:
+            spec["categories"] = categories[str(column)]
+        specs.append(spec)
+    return specs
+
+
+def _to_onnx(model: Any, inputs: list[dict], task: str) -> Any:
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, Int64TensorType, StringTensorType
+    from skl2onnx.common.exceptions import MissingConverter, MissingShapeCalculator
+
+    types = {"float64": DoubleTensorType, "float32": FloatTensorType, "int64": Int64TensorType, "string": StringTensorType}
+    initial_types = [(spec["name"], types[spec["dtype"]](spec["shape"])) for spec in inputs]
+    options = {id(_final_estimator(model)): {"zipmap": False}} if task == "classification" else None
+    try:
+        return to_onnx(model, initial_types=initial_types, options=options, target_opset=TARGET_OPSET)
+    except (MissingConverter, MissingShapeCalculator, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "Unable to find" not in str(exc):
+            raise
+        raise UnsupportedModelError(
+            f"skl2onnx cannot convert {_unsupported_part(model)}. Supported estimators: {', '.join(supported_estimators())}."
+        ) from exc
+
+
+def _rename_outputs(onx: Any, task: str, has_proba: bool) -> list[dict]:
+    """Name graph outputs by role (label, probabilities, value) and describe them."""
+    graph = onx.graph
+    wanted = ["value"] if task == "regression" else ["label", "probabilities"]
+    renames = {out.name: new for out, new in zip(graph.output, wanted) if out.name != new}
+    for node in graph.node:
+        node.output[:] = [renames.get(name, name) for name in node.output]
+    for out in graph.output:
+        out.name = renames.get(out.name, out.name)
+    described = []
+    for out in graph.output:
+        if out.name == "probabilities" and not has_proba:
+            continue  # without predict_proba skl2onnx emits decision scores; they have no reference to match
+        described.append({"name": out.name, "dtype": _onnx_dtype(out.type.tensor_type.elem_type),
+                          "shape": _onnx_shape(out), "role": out.name})
+    return described
+
+
+def _smoke_test(onx: Any) -> None:
+    import onnxruntime as ort
+
+    ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _selects_columns_by_name(model: Any) -> bool:
+    from sklearn.compose import ColumnTransformer
+
+    for est in _walk(model):
+        if isinstance(est, ColumnTransformer):
+            return any(isinstance(c, str) or (isinstance(c, list) and c and isinstance(c[0], str))
+                       for _, _, c in est.transformers_)
+    return False
+
+
+def _categories_by_column(model: Any) -> dict[str, list]:
+    """Categories the fitted encoders know, keyed by the input column they came from."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
+
+    found: dict[str, list] = {}
+    for est in _walk(model):
+        if not isinstance(est, ColumnTransformer):
+            continue
+        for _, transformer, columns in est.transformers_:
+            if not isinstance(columns, list) or not columns or not isinstance(columns[0], str):
+                continue
+            for part in _walk(transformer):
+                if isinstance(part, (OneHotEncoder, OrdinalEncoder)):
+                    for column, cats in zip(columns, part.categories_):
+                        found[column] = [_plain(c) for c in cats if not _is_nan(c)]
+    return found
+
+
+def _walk(est: Any):
+    """The estimator and every estimator nested in it (pipelines, column transformers)."""
+    yield est
+    for attr in ("steps",):
+        for _, child in getattr(est, attr, []) or []:
+            if hasattr(child, "fit"):
+                yield from _walk(child)
+    for _, child, _ in getattr(est, "transformers_", []) or []:
+        if hasattr(child, "fit"):
+            yield from _walk(child)
+
+
+def _final_estimator(model: Any) -> Any:
+    return model.steps[-1][1] if hasattr(model, "steps") else model
+
+
+def _unsupported_part(model: Any) -> str:
+    import skl2onnx
+
+    supported = set(supported_estimators())
+    for est in _walk(model):
+        if type(est).__name__ not in supported and type(est).__name__ not in ("Pipeline", "ColumnTransformer"):
+            return f"{type(est).__name__} (in {_estimator_name(model)})"
+    return _estimator_name(model)
+
+
+def supported_estimators() -> list[str]:
+    from skl2onnx import supported_converters
+
+    return sorted(name.removeprefix("Sklearn") for name in supported_converters(from_sklearn=True))
+
+
+def _estimator_name(model: Any) -> str:
+    if hasattr(model, "steps"):
+        return "Pipeline(" + ", ".join(type(step).__name__ for _, step in model.steps) + ")"
+    return type(model).__name__
+
+
+def _skl2onnx_version() -> str:
+    import skl2onnx
+
+    return skl2onnx.__version__
+
+
+def _onnx_dtype(elem_type: int) -> str:
+    from onnx import TensorProto
+
+    return {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64", TensorProto.INT64: "int64",
+            TensorProto.STRING: "string"}.get(elem_type, "float32")
+
+
+def _onnx_shape(value_info: Any) -> list:
+    return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and np.isnan(value)

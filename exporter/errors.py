@@ -1,0 +1,85 @@
+"""edgeport's exceptions: one tree, each class with its exit code.
+
+    EdgeportError                 exit 1: a domain error with a one-paragraph message
+    ├── InputFileError            a model, sample or bundle path is missing or unreadable
+    ├── ModelLoadError            a model file can't be loaded safely
+    │   ├── PickleRefusedError    a pickle was given without --allow-pickle
+    │   └── UntrustedTypesError   a .skops file holds types nobody trusted
+    ├── SampleError               the sample doesn't fit the model (columns, shape, format)
+    ├── UnsupportedModelError     no converter for this estimator / (framework, target)
+    ├── ConversionError           the converter failed on a supported model
+    ├── BundleError               a bundle can't be written, read or trusted
+    │   └── IntegrityError        a bundle file doesn't match its manifest hash
+    ├── RuntimeUnavailableError   node / npm ci / chromium / TensorFlow is missing
+    ├── RuntimeFailedError        a runtime ran but gave no outputs (recorded in the report)
+    └── ParityError               exit 3: the exported model disagrees with the original
+
+The CLI maps every EdgeportError to its `exit_code` in one place and prints the
+message without a traceback (unless --debug). Third-party exceptions are
+translated where they are caught, with `raise X(...) from exc`.
+"""
+from __future__ import annotations
+
+
+class EdgeportError(Exception):
+    """Base of every error edgeport reports to a user. Exit code 1."""
+
+    exit_code = 1
+
+
+class InputFileError(EdgeportError):
+    """Raised when a path the user named does not exist or can't be read."""
+
+
+class ModelLoadError(EdgeportError):
+    """Raised when a model file exists but can't be loaded (corrupt, wrong format)."""
+
+
+class PickleRefusedError(ModelLoadError):
+    """Raised for .pkl/.joblib files unless --allow-pickle was given."""
+
+
+class UntrustedTypesError(ModelLoadError):
+    """Raised when a .skops file holds types outside sklearn.*/numpy.* and --trust."""
+
+
+class SampleError(EdgeportError):
+    """Raised when the sample data can't be read or doesn't match the model's inputs."""
+
+
+class UnsupportedModelError(EdgeportError):
+    """Raised when no registered converter handles the model or the target."""
+
+
+class ConversionError(EdgeportError):
+    """Raised when a converter fails on a model it claims to support."""
+
+
+class BundleError(EdgeportError):
+    """Raised when a bundle can't be written, or read back as a valid bundle."""
+
+
+class IntegrityError(BundleError):
+    """Raised when a bundle file's size or sha256 differs from manifest.json."""
+
+
+class RuntimeUnavailableError(EdgeportError):
+    """Raised when a runtime edgeport needs (node, npm packages, chromium, TF) is missing."""
+
+
+class ParityError(EdgeportError):
+    """Raised when a parity check fails; the artifact is kept. Exit code 3."""
+
+    exit_code = 3
+
+
+class RuntimeFailedError(EdgeportError):
+    """Raised when a runtime started but produced no outputs (load failure, page error, timeout).
+
+    `check` records it in that runtime's section of the report, so the verdict is
+    a failed parity check (exit 3) that says why, not a crash.
+    """
+
+    def __init__(self, message: str, diagnostics: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.diagnostics = tuple(diagnostics)

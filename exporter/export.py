@@ -1,0 +1,126 @@
+"""Exporting a trained model to a bundle, then checking parity in Python.
+
+Export and verification are separate verdicts: a bundle whose parity fails is
+still written (so it can be inspected), and the result says it failed.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .bundle import GOLDEN, GOLDEN_ROWS, PARITY, Bundle, publish, read_bundle, staging_dir, write_json, write_manifest
+from .check import run_parity
+from .errors import SampleError
+from .loading import load_model
+from .parity import ParityReport, Tolerance
+from .registry import get_converter
+from .samples import feature_stats, read_sample, rows_from_table, table_from_rows
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    bundle: Bundle
+    report: ParityReport
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed
+
+
+def export_model(
+    model_path: str | Path,
+    out: str | Path,
+    *,
+    to: str = "onnx",
+    sample: str | Path | None = None,
+    name: str | None = None,
+    version: str = "1",
+    allow_pickle: bool = False,
+    trust: Sequence[str] = (),
+    force: bool = False,
+    atol: float | None = None,
+    rtol: float | None = None,
+    confidence_threshold: float = 0.6,
+    on_low_confidence: str = "server",
+    runtimes: Sequence[str] = ("python",),
+    progress: Progress | None = None,
+    **converter_options: Any,
+) -> ExportResult:
+    """Load, convert, write the bundle and check parity. Never deletes a failed bundle."""
+    progress = progress or (lambda _msg: None)
+    started = time.perf_counter()
+    out = Path(out)
+    progress(f"loading {Path(model_path).name}")
+    loaded = load_model(model_path, allow_pickle=allow_pickle, trust=trust)
+    converter = get_converter(loaded.framework, to)
+    if sample is None:
+        raise SampleError("--sample is required: a few rows of real input (CSV, Parquet or .npy) fix the input "
+                          "signature and give the golden rows that parity is checked on")
+    data = read_sample(sample)
+    staged = staging_dir(out, force)
+    try:
+        progress(f"converting {loaded.framework} → {to} with {converter.__class__.__name__}")
+        converted = converter.convert(loaded, data, progress, **converter_options)
+        for relative, content in converted.files.items():
+            target = staged / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        progress(f"computing golden outputs of the original model on {min(len(converted.table), GOLDEN_ROWS)} rows")
+        rows = rows_from_table(_head(converted.table, GOLDEN_ROWS), converted.inputs)
+        reference = converter.reference(loaded, table_from_rows(rows, converted.inputs))
+        reference = {role: np.asarray(values).tolist() for role, values in reference.items()}
+        write_json(staged / GOLDEN, {"rows": rows, "outputs": reference})
+        tolerance = Tolerance(
+            atol=converted.tolerance.atol if atol is None else atol,
+            rtol=converted.tolerance.rtol if rtol is None else rtol,
+        )
+        manifest = {
+            "manifest_version": 1,
+            "name": name or _default_name(Path(model_path)),
+            "version": str(version),
+            "format": converted.format,
+            "task": converted.task,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source": {**converted.source, "model_file": Path(model_path).name, "model_sha256": loaded.sha256},
+            "model_file": converted.model_file,
+            "inputs": converted.inputs,
+            "outputs": converted.outputs,
+            **({"classes": converted.classes} if converted.classes is not None else {}),
+            "feature_stats": feature_stats(converted.table, converted.inputs),
+            "tolerance": {"atol": tolerance.atol, "rtol": tolerance.rtol},
+            "parity": {"passed": False, "pending": True},
+            "fallback": {"confidence_threshold": confidence_threshold, "on_low_confidence": on_low_confidence,
+                         "timeout_ms": 2000, "url": None},
+            **converted.extra,
+        }
+        write_manifest(staged, manifest)
+        report = run_parity(read_bundle(staged), rows, reference, runtimes, tolerance, "golden outputs", progress)
+        write_json(staged / PARITY, report.to_dict())
+        write_manifest(staged, {**manifest, "parity": report.summary()})
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    final = publish(staged, out)
+    bundle = read_bundle(final)
+    report = ParityReport(str(final), report.reference, report.tolerance, report.runtimes, report.meta)
+    return ExportResult(bundle=bundle, report=report, seconds=time.perf_counter() - started)
+
+
+def _head(table: Any, n: int) -> Any:
+    return table.iloc[:n] if hasattr(table, "iloc") else table[:n]
+
+
+def _default_name(path: Path) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem if path.is_file() else path.name).strip("-._")
+    return (stem or "model")[:64]

@@ -1,0 +1,90 @@
+"""The converter registry, keyed by (framework, target).
+
+A converter turns a loaded model plus its sample into bundle artifacts, and
+says how to run the original model for reference outputs. Converters register
+with `@register(framework, target)`; registering a key twice is an error, and a
+failed lookup lists what is registered. Converter modules import their heavy
+frameworks inside their functions, so importing the registry stays cheap.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from .errors import UnsupportedModelError
+from .loading import LoadedModel
+from .parity import Tolerance
+
+# modules whose import registers the built-in converters
+BUILTIN_CONVERTERS = ("exporter.converters.sklearn_onnx",)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Converted:
+    """What a converter hands back: files for the bundle and the manifest's model fields."""
+
+    files: dict[str, bytes]
+    model_file: str
+    format: str
+    task: str
+    inputs: list[dict]
+    outputs: list[dict]
+    source: dict
+    tolerance: Tolerance
+    table: Any  # the sample, as the original model takes it
+    classes: list | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Converter(Protocol):
+    framework: str
+    target: str
+
+    def convert(self, loaded: LoadedModel, sample: Any, progress: Progress, **options: Any) -> Converted: ...
+
+    def reference(self, loaded: LoadedModel, table: Any) -> dict[str, Any]:
+        """The original model's outputs on `table`, keyed by role."""
+        ...
+
+
+_REGISTRY: dict[tuple[str, str], Converter] = {}
+
+
+def register(framework: str, target: str) -> Callable[[type], type]:
+    """Class decorator: register a converter for (framework, target)."""
+
+    def decorate(cls: type) -> type:
+        key = (framework, target)
+        if key in _REGISTRY:
+            raise ValueError(f"a converter for {key} is already registered: {type(_REGISTRY[key]).__name__}")
+        instance = cls()
+        instance.framework, instance.target = framework, target
+        _REGISTRY[key] = instance
+        return cls
+
+    return decorate
+
+
+def registered() -> list[tuple[str, str]]:
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def get_converter(framework: str, target: str) -> Converter:
+    """The converter for (framework, target), or an error that lists what is supported."""
+    _load_builtins()
+    try:
+        return _REGISTRY[(framework, target)]
+    except KeyError:
+        supported = ", ".join(f"{f} → {t}" for f, t in sorted(_REGISTRY))
+        raise UnsupportedModelError(
+            f"no converter exports {framework} models to {target}. Supported: {supported}."
+        ) from None
+
+
+def _load_builtins() -> None:
+    for module in BUILTIN_CONVERTERS:
+        importlib.import_module(module)

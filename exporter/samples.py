@@ -1,0 +1,173 @@
+"""Sample data: reading it, turning it into JSON rows and back, and describing it.
+
+A sample is what the user passes with --sample: CSV with a header, Parquet, or
+`.npy`. It decides the graph's input signature, gives the golden rows, and
+gives `feature_stats` for the manifest.
+
+Rows are the JSON form every runtime shares (golden.json, the JS client, the
+node and browser runners): a list of arrays for a single matrix input, or a
+list of objects keyed by column for per-column inputs. JSON has no NaN, so a
+missing number is `null`.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import InputFileError, SampleError
+
+NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "string": object}
+
+
+def read_sample(path: str | Path) -> Any:
+    """Read a CSV (with header), Parquet or .npy file into a DataFrame or ndarray."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"sample file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            frame = pd.read_csv(path)
+        elif suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        elif suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+            if array.ndim == 1:
+                array = array.reshape(-1, 1)
+            if array.size == 0:
+                raise SampleError(f"sample {path.name} is empty")
+            return array
+        else:
+            raise SampleError(f"unsupported sample format {suffix!r} for {path.name}: use .csv (with a header row), .parquet or .npy")
+    except SampleError:
+        raise
+    except Exception as exc:
+        raise SampleError(f"could not read sample {path.name} ({type(exc).__name__}: {exc})") from exc
+    if frame.empty:
+        raise SampleError(f"sample {path.name} has no rows")
+    return frame
+
+
+def is_string_dtype(series: Any) -> bool:
+    import pandas as pd
+
+    return not pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype)
+
+
+def _json_number(value: Any) -> float | int | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def rows_from_table(table: Any, inputs: Sequence[dict]) -> list:
+    """JSON rows from a DataFrame or ndarray, shaped for `inputs` (manifest entries)."""
+    if _is_matrix(inputs):
+        columns = inputs[0].get("columns")
+        if hasattr(table, "iloc"):
+            table = table[columns].to_numpy() if columns else table.to_numpy()
+        array = np.asarray(table, dtype=np.float64)
+        if array.ndim > 2:  # images and other tensors go through as nested lists
+            return [np.where(np.isnan(r), None, r).tolist() for r in array]
+        return [[_json_number(v) for v in row] for row in array]
+    rows = []
+    for record in table.to_dict(orient="records"):
+        row = {}
+        for spec in inputs:
+            value = record[spec["column"]]
+            if spec["dtype"] == "string":
+                row[spec["column"]] = None if _is_missing(value) else str(value)
+            else:
+                row[spec["column"]] = _json_number(value)
+        rows.append(row)
+    return rows
+
+
+def table_from_rows(rows: Sequence, inputs: Sequence[dict]) -> Any:
+    """The inverse of rows_from_table: what the original Python model is called with."""
+    import pandas as pd
+
+    if _is_matrix(inputs):
+        return np.array(rows, dtype=np.float64)  # numpy reads None as NaN, at any nesting
+    data = {}
+    for spec in inputs:
+        values = [row.get(spec["column"]) for row in rows]
+        if spec["dtype"] == "string":
+            data[spec["column"]] = pd.Series(values, dtype=object)
+        else:
+            data[spec["column"]] = pd.Series([np.nan if v is None else v for v in values], dtype=np.float64)
+    return pd.DataFrame(data)
+
+
+def feeds_from_table(table: Any, inputs: Sequence[dict]) -> dict[str, np.ndarray]:
+    """Input tensors for onnxruntime (Python) from a DataFrame or ndarray."""
+    if _is_matrix(inputs):
+        spec = inputs[0]
+        columns = spec.get("columns")
+        if hasattr(table, "iloc"):
+            table = table[columns].to_numpy() if columns else table.to_numpy()
+        return {spec["name"]: np.asarray(table, dtype=NUMPY_DTYPES[spec["dtype"]])}
+    feeds = {}
+    for spec in inputs:
+        column = table[spec["column"]]
+        if spec["dtype"] == "string":
+            values = np.array([("" if _is_missing(v) else str(v)) for v in column], dtype=object)
+        else:
+            values = column.to_numpy(dtype=NUMPY_DTYPES[spec["dtype"]], na_value=np.nan)
+        feeds[spec["name"]] = values.reshape(-1, 1)
+    return feeds
+
+
+def feature_stats(table: Any, inputs: Sequence[dict]) -> dict:
+    """Per-column statistics of the sample, for the demo form and later drift checks."""
+    import pandas as pd
+
+    if _is_matrix(inputs):
+        array = np.asarray(table.to_numpy() if hasattr(table, "iloc") else table, dtype=np.float64)
+        if array.ndim != 2:
+            flat = array.reshape(len(array), -1)
+            return {inputs[0]["name"]: _numeric_stats(pd.Series(flat.ravel()))}
+        names = inputs[0].get("columns") or [f"x{i}" for i in range(array.shape[1])]
+        return {name: _numeric_stats(pd.Series(array[:, i])) for i, name in enumerate(names)}
+    stats = {}
+    for spec in inputs:
+        column = table[spec["column"]]
+        if spec["dtype"] == "string":
+            counts = column.astype(object).where(column.notna(), None).value_counts(dropna=True)
+            stats[spec["column"]] = {
+                "count": int(column.notna().sum()),
+                "missing": int(column.isna().sum()),
+                "frequencies": {str(k): int(v) for k, v in counts.head(50).items()},
+            }
+        else:
+            stats[spec["column"]] = _numeric_stats(column.astype(np.float64))
+    return stats
+
+
+def _numeric_stats(series: Any) -> dict:
+    present = series.dropna()
+    if present.empty:
+        return {"count": 0, "missing": int(series.isna().sum()), "mean": None, "std": None, "min": None, "max": None}
+    return {
+        "count": int(present.size),
+        "missing": int(series.isna().sum()),
+        "mean": float(present.mean()),
+        "std": float(present.std(ddof=0)),
+        "min": float(present.min()),
+        "max": float(present.max()),
+    }
+
+
+def _is_matrix(inputs: Sequence[dict]) -> bool:
+    return len(inputs) == 1 and "column" not in inputs[0]
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
