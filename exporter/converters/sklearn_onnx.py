@@ -44,7 +44,7 @@ class SklearnToOnnx:
         table, per_column = _prepare_table(model, sample)
         classes = [_plain(c) for c in model.classes_] if task == "classification" else None
         has_proba = task == "classification" and hasattr(model, "predict_proba")
-        last_error: Exception | None = None
+        failures: list[str] = []
         for precision in ("float64", "float32"):
             inputs = _input_specs(model, table, per_column, precision)
             try:
@@ -53,8 +53,8 @@ class SklearnToOnnx:
                 _smoke_test(onx)
             except UnsupportedModelError:
                 raise
-            except Exception as exc:  # retry in float32; report the last failure if both fail
-                last_error = exc
+            except Exception as exc:  # retry in float32; report both failures if both fail
+                failures.append(f"{precision}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
                 progress(f"{precision} graph failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
                          + ("; trying float32" if precision == "float64" else ""))
                 continue
@@ -79,9 +79,9 @@ class SklearnToOnnx:
                 classes=classes,
             )
         raise ConversionError(
-            f"skl2onnx converted {_estimator_name(model)} but onnxruntime could not run the result "
-            f"({type(last_error).__name__}: {str(last_error).splitlines()[0][:300]})."
-        ) from last_error
+            f"could not turn {_estimator_name(model)} into an ONNX graph that onnxruntime runs "
+            f"({'; '.join(failures)}). If a step is custom code, replace it with a scikit-learn transformer."
+        )
 
     def reference(self, loaded: LoadedModel, table: Any) -> dict[str, Any]:
         return reference_outputs(loaded.model, table)
@@ -262,19 +262,18 @@ def _final_estimator(model: Any) -> Any:
 
 
 def _unsupported_part(model: Any) -> str:
-    import skl2onnx
-
     supported = set(supported_estimators())
     for est in _walk(model):
-        if type(est).__name__ not in supported and type(est).__name__ not in ("Pipeline", "ColumnTransformer"):
-            return f"{type(est).__name__} (in {_estimator_name(model)})"
+        if type(est).__name__ not in supported:
+            return type(est).__name__ if est is model else f"{type(est).__name__} (in {_estimator_name(model)})"
     return _estimator_name(model)
 
 
 def supported_estimators() -> list[str]:
-    from skl2onnx import supported_converters
+    """Class names skl2onnx has a converter for (its alias table is keyed by the classes)."""
+    from skl2onnx._supported_operators import sklearn_operator_name_map
 
-    return sorted(name.removeprefix("Sklearn") for name in supported_converters(from_sklearn=True))
+    return sorted({cls.__name__ for cls in sklearn_operator_name_map})
 
 
 def _estimator_name(model: Any) -> str:

@@ -1,0 +1,49 @@
+# edgeport's front door. Every target takes a fresh clone to its goal and is idempotent.
+#   make demo    train the example models, export, check parity everywhere, build and serve the demo
+#   make test    the whole test suite (Python, Node's test runner, real Chromium)
+#   make bench   the benchmarks, printed as tables
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+NODE_MODULES := web_demo/node_modules
+
+.PHONY: setup demo test test-fast test-js bench clean chromium
+
+setup: $(VENV)/.installed $(NODE_MODULES)/.installed chromium
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,tensorflow]'
+	@touch $@
+
+$(NODE_MODULES)/.installed: web_demo/package.json web_demo/package-lock.json
+	@command -v node >/dev/null || { echo "error: node (>= 20) is not installed; install Node.js 20, e.g. apt-get install -y nodejs npm" >&2; exit 1; }
+	cd web_demo && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# Debian's chromium is the browser for parity and end-to-end tests; never `playwright install` (it downloads).
+chromium:
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium (apt-get install -y chromium)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "warning: chromium is not on PATH and this is not root: browser tests will be skipped (install: sudo apt-get install -y chromium)" >&2; fi
+
+demo: setup
+	$(VENV)/bin/edgeport quickstart
+
+test: setup
+	cd web_demo && node --test test/
+	$(PY) -m pytest -q
+
+# without TensorFlow and the browser: a quick loop while editing
+test-fast: setup
+	$(PY) -m pytest -q -m "not tensorflow and not browser"
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf out test-artifacts bench/results .pytest_cache

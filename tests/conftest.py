@@ -1,0 +1,108 @@
+"""Shared fixtures: tiny seeded models saved as .skops, and the one parity assertion helper."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import skops.io as sio
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def need(condition: bool, why: str) -> None:
+    """Skip with a reason locally; in CI the browser and TensorFlow tests must run, so fail instead."""
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"required in CI: {why}")
+        pytest.skip(why)
+
+
+def save_model(model, directory: Path, name: str, sample) -> tuple[Path, Path]:
+    """Save a fitted model as .skops and its sample as CSV (or .npy for arrays)."""
+    model_path = directory / f"{name}.skops"
+    sio.dump(model, model_path)
+    if isinstance(sample, np.ndarray):
+        sample_path = directory / f"{name}.npy"
+        np.save(sample_path, sample)
+    else:
+        sample_path = directory / f"{name}.csv"
+        sample.to_csv(sample_path, index=False)
+    return model_path, sample_path
+
+
+def assert_parity(report, runtimes=("python",)) -> None:
+    """The one parity assertion: every runtime named ran, compared rows, and passed."""
+    from exporter.formatting import format_report
+
+    by_name = {r.runtime: r for r in report.runtimes}
+    for name in runtimes:
+        assert name in by_name, f"runtime {name} missing from the report"
+        result = by_name[name]
+        assert result.status == "passed", format_report(report)
+        assert result.rows > 0 and result.outputs, f"{name} compared nothing"
+    assert report.passed, format_report(report)
+
+
+def iris_frame():
+    from sklearn.datasets import load_iris
+
+    data = load_iris(as_frame=True)
+    return data.frame[data.feature_names], data.target
+
+
+@pytest.fixture
+def iris_model(tmp_path):
+    """A fitted iris pipeline saved as .skops with a CSV sample."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = iris_frame()
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(X, y)
+    model_path, sample_path = save_model(model, tmp_path, "iris", X)
+    return model, model_path, sample_path
+
+
+@pytest.fixture
+def iris_bundle(iris_model, tmp_path):
+    from exporter.export import export_model
+
+    _, model_path, sample_path = iris_model
+    return export_model(model_path, tmp_path / "bundle", sample=sample_path).bundle
+
+
+def churn_data(n=400, seed=0):
+    from models.churn import make_frame
+
+    return make_frame(n=n, seed=seed)
+
+
+@pytest.fixture
+def churn_model(tmp_path):
+    from models.churn import build_pipeline
+
+    frame, target = churn_data()
+    model = build_pipeline().fit(frame, target)
+    model_path, sample_path = save_model(model, tmp_path, "churn", frame.head(200))
+    return model, model_path, sample_path
+
+
+def rehash_bundle(bundle_dir: Path) -> None:
+    """Rewrite manifest hashes after a deliberate change, as an attacker or a sloppy script would."""
+    from exporter.bundle import MANIFEST, write_manifest
+
+    manifest = json.loads((bundle_dir / MANIFEST).read_text())
+    write_manifest(bundle_dir, manifest)
+
+
+def artifact_dir(name: str) -> Path:
+    path = ARTIFACTS / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,60 @@
+"""At least 10 estimators export and pass parity in Python at the default tolerances."""
+import numpy as np
+import pytest
+
+from conftest import assert_parity, save_model
+from zoo import zoo
+
+ZOO = zoo()
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_exports_and_passes_parity(name, tmp_path):
+    from exporter.export import export_model
+
+    model, sample = ZOO[name]
+    model_path, sample_path = save_model(model, tmp_path, name, sample)
+    result = export_model(model_path, tmp_path / "bundle", sample=sample_path)
+    assert_parity(result.report)
+    manifest = result.bundle.manifest
+    assert manifest["tolerance"] == {"atol": 1e-5, "rtol": 1e-4}  # never loosened per model
+    golden = result.bundle.golden()
+    assert len(golden["rows"]) == min(len(sample), 256)
+    # golden outputs are the ORIGINAL model's, not the exported one's
+    head = sample.iloc[: len(golden["rows"])]
+    if manifest["task"] == "classification":
+        assert [str(v) for v in golden["outputs"]["label"]] == [str(v) for v in model.predict(head)]
+        np.testing.assert_allclose(golden["outputs"]["probabilities"], model.predict_proba(head), rtol=0, atol=1e-12)
+    else:
+        np.testing.assert_allclose(np.ravel(golden["outputs"]["value"]), model.predict(head), rtol=1e-12)
+
+
+def test_mixed_pipeline_has_one_input_per_column_with_categories(tmp_path):
+    from exporter.export import export_model
+
+    model, sample = ZOO["mixed-churn-pipeline"]
+    assert sample.isna().any().any(), "the churn sample must have missing numbers"
+    model_path, sample_path = save_model(model, tmp_path, "churn", sample)
+    manifest = export_model(model_path, tmp_path / "b", sample=sample_path).bundle.manifest
+    by_name = {i["name"]: i for i in manifest["inputs"]}
+    assert set(by_name) == set(sample.columns)
+    assert by_name["plan"]["dtype"] == "string"
+    assert by_name["plan"]["categories"] == sorted(sample["plan"].unique())
+    assert by_name["tenure_months"]["dtype"] in ("float32", "float64")
+    assert manifest["feature_stats"]["plan"]["frequencies"] == sample["plan"].value_counts().to_dict()
+    assert manifest["feature_stats"]["monthly_charges"]["missing"] == int(sample["monthly_charges"].isna().sum())
+
+
+def test_matrix_sample_from_npy_and_parquet(tmp_path):
+    from exporter.export import export_model
+
+    model, sample = ZOO["random-forest"]
+    model_path, _ = save_model(model, tmp_path, "rf", sample)
+    parquet = tmp_path / "sample.parquet"
+    sample.to_parquet(parquet)
+    result = export_model(model_path, tmp_path / "pq", sample=parquet)
+    assert_parity(result.report)
+    assert result.bundle.inputs[0]["columns"] == list(sample.columns)
+    npy = tmp_path / "sample.npy"
+    np.save(npy, sample.to_numpy())
+    assert_parity(export_model(model_path, tmp_path / "npy", sample=npy).report)

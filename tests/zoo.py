@@ -1,0 +1,43 @@
+"""The estimator zoo: small seeded models on datasets scikit-learn ships. Shared by tests and bench."""
+from __future__ import annotations
+
+
+def zoo() -> dict:
+    """name -> (fitted model, sample DataFrame). Deterministic; about a second to build."""
+    from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris, load_wine
+    from sklearn.ensemble import (GradientBoostingClassifier, GradientBoostingRegressor, HistGradientBoostingClassifier,
+                                  HistGradientBoostingRegressor, RandomForestClassifier, RandomForestRegressor)
+    from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+    from sklearn.tree import DecisionTreeClassifier
+
+    from models.churn import build_pipeline, make_frame
+
+    def frame(loader):
+        data = loader(as_frame=True)
+        return data.frame[data.feature_names], data.target
+
+    iris, wine, cancer, diabetes = frame(load_iris), frame(load_wine), frame(load_breast_cancer), frame(load_diabetes)
+    specs = {
+        "logistic": (make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)), iris),
+        "svc-proba": (make_pipeline(StandardScaler(), SVC(probability=True, random_state=0)), wine),
+        "knn": (make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=5)), wine),
+        "decision-tree": (DecisionTreeClassifier(max_depth=6, random_state=0), cancer),
+        "random-forest": (RandomForestClassifier(n_estimators=40, random_state=0), cancer),
+        "gradient-boosting": (GradientBoostingClassifier(n_estimators=40, random_state=0), cancer),
+        "hist-gradient-boosting": (HistGradientBoostingClassifier(max_iter=40, random_state=0), wine),
+        "mlp": (make_pipeline(StandardScaler(), MLPClassifier((16,), max_iter=800, random_state=0)), iris),
+        "linear-regression": (LinearRegression(), diabetes),
+        "ridge": (make_pipeline(StandardScaler(), Ridge(alpha=1.0)), diabetes),
+        "random-forest-regressor": (RandomForestRegressor(n_estimators=30, random_state=0), diabetes),
+        "hist-gradient-boosting-regressor": (HistGradientBoostingRegressor(max_iter=40, random_state=0), diabetes),
+        "gradient-boosting-regressor": (GradientBoostingRegressor(n_estimators=40, random_state=0), diabetes),
+    }
+    fitted = {name: (model.fit(*data), data[0]) for name, (model, data) in specs.items()}
+    churn_frame, churn_target = make_frame(n=400, seed=1)
+    fitted["mixed-churn-pipeline"] = (build_pipeline().fit(churn_frame, churn_target), churn_frame)
+    return fitted
