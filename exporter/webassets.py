@@ -1,0 +1,47 @@
+"""Where the JS side lives (web_demo/) and what a fresh machine must install for it.
+
+edgeport runs from a checkout (`pip install -e .`), so web_demo/ sits beside
+exporter/. EDGEPORT_WEB_DEMO points elsewhere if needed.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .errors import RuntimeUnavailableError
+
+WEB_DEMO = Path(os.environ.get("EDGEPORT_WEB_DEMO", Path(__file__).resolve().parent.parent / "web_demo"))
+CLIENT_DIR = WEB_DEMO / "client"
+NODE_MODULES = WEB_DEMO / "node_modules"
+ORT_DIST = NODE_MODULES / "onnxruntime-web" / "dist"
+# the WASM-only build: 14 MB (3.7 MB gzipped) instead of the 28 MB JSEP/WebGPU default
+ORT_BROWSER_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+
+
+def require_node() -> str:
+    node = shutil.which("node")
+    if not node:
+        raise RuntimeUnavailableError(
+            "the node runtime needs Node.js 20 or newer on PATH, and none was found. Install it "
+            "(e.g. `apt-get install -y nodejs npm`), then run `make setup`."
+        )
+    return node
+
+
+def require_js_packages() -> None:
+    if not (ORT_DIST / ORT_BROWSER_FILES[0]).is_file():
+        raise RuntimeUnavailableError(
+            f"onnxruntime-web is not installed in {WEB_DEMO}: run `make setup` (or `cd web_demo && npm ci`)."
+        )
+
+
+def require_chromium() -> str:
+    browser = os.environ.get("EDGEPORT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not browser:
+        raise RuntimeUnavailableError(
+            "the browser runtime needs Chromium on PATH, and none was found. On Debian/Ubuntu: "
+            "`sudo apt-get install -y chromium` (make setup does this when run as root). "
+            "Don't run `playwright install`: edgeport drives the system chromium."
+        )
+    return browser

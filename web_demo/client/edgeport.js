@@ -1,0 +1,443 @@
+// edgeport's JS client: one ES module, no build step, the same file in browsers and in Node 20.
+//
+//   const model = await loadModel('bundles/iris/manifest.json', { fallbackUrl: 'https://api.example.com' });
+//   const [result] = await model.predict([{ 'sepal length (cm)': 5.1, ... }]);
+//   result.label, result.probabilities, result.confidence, result.served_by, result.fallback_reason
+//
+// The demo page, the Node parity runner and the browser parity harness all use this module, so the
+// parity check proves what users run. It reads the bundle's manifest, verifies the model file's
+// sha256 before creating the onnxruntime-web session, builds tensors from the manifest, and falls
+// back to an Open Inference Protocol v2 server when the browser can't answer.
+
+// ---------------------------------------------------------------- errors
+
+/** Base class: every error the client throws has a `code` a UI can switch on. */
+export class EdgeportError extends Error {
+  constructor(message, { code = 'error', cause } = {}) {
+    super(message, cause ? { cause } : undefined);
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+/** A row doesn't fit the manifest: a missing or extra column, or a value of the wrong type. */
+export class RowValidationError extends EdgeportError {}
+/** A bundle file doesn't match the sha256 in the manifest, or can't be verified here. */
+export class IntegrityError extends EdgeportError {}
+/** The manifest, the runtime or the model could not be loaded. */
+export class LoadError extends EdgeportError {}
+/** Local inference threw or passed its timeout. */
+export class InferenceError extends EdgeportError {}
+/** The fallback server failed (after one retry) or is not configured. */
+export class ServerError extends EdgeportError {}
+
+const DEFAULTS = { timeoutMs: 2000, confidenceThreshold: 0, onLowConfidence: 'server', retryDelayMs: 300 };
+const isNode = typeof process !== 'undefined' && !!process.versions?.node && typeof window === 'undefined';
+
+// ---------------------------------------------------------------- loading
+
+/**
+ * Load a bundle from its manifest URL (or, under Node, a file path).
+ * With a fallback URL configured, a local load failure does not throw: the model answers from the server
+ * and each result says why (`fallback_reason`). Without one, load failures throw typed errors.
+ */
+export async function loadModel(manifestUrlOrPath, options = {}) {
+  const progress = options.onProgress ?? (() => {});
+  const manifestUrl = String(manifestUrlOrPath);
+  progress({ stage: 'manifest', loaded: 0, total: 1 });
+  let manifest;
+  try {
+    manifest = JSON.parse(new TextDecoder().decode(await readBytes(manifestUrl, options)));
+  } catch (err) {
+    throw new LoadError(`could not read the manifest at ${manifestUrl}: ${err.message}`, { code: 'manifest', cause: err });
+  }
+  checkManifest(manifest);
+  const policy = resolvePolicy(manifest, options);
+  const model = new EdgeportModel(manifest, manifestUrl, policy, options);
+  try {
+    await model.loadLocal();
+  } catch (err) {
+    if (!policy.fallbackUrl) throw err;
+    model.localError = err;
+    progress({ stage: 'fallback', reason: err.code, message: err.message });
+  }
+  return model;
+}
+
+function resolvePolicy(manifest, options) {
+  const fromManifest = manifest.fallback ?? {};
+  return {
+    timeoutMs: options.timeoutMs ?? fromManifest.timeout_ms ?? DEFAULTS.timeoutMs,
+    confidenceThreshold: options.confidenceThreshold ?? fromManifest.confidence_threshold ?? DEFAULTS.confidenceThreshold,
+    onLowConfidence: options.onLowConfidence ?? fromManifest.on_low_confidence ?? DEFAULTS.onLowConfidence,
+    fallbackUrl: (options.fallbackUrl ?? fromManifest.url ?? null) || null,
+    retryDelayMs: options.retryDelayMs ?? DEFAULTS.retryDelayMs,
+  };
+}
+
+function checkManifest(manifest) {
+  if (!manifest || manifest.manifest_version !== 1) {
+    throw new LoadError(`unsupported manifest_version ${manifest?.manifest_version}; this client reads version 1`, { code: 'manifest' });
+  }
+  for (const field of ['name', 'version', 'format', 'task', 'inputs', 'outputs', 'files', 'model_file']) {
+    if (manifest[field] === undefined) throw new LoadError(`manifest is missing "${field}"`, { code: 'manifest' });
+  }
+}
+
+/** Resolve a bundle-relative path against the manifest's location (URL or file path). */
+export function resolveRelative(manifestUrl, relative) {
+  if (/^[a-z]+:/i.test(manifestUrl)) return new URL(relative, manifestUrl).href;
+  if (!isNode && typeof location !== 'undefined') return new URL(relative, new URL(manifestUrl, location.href)).href;
+  const slash = manifestUrl.lastIndexOf('/');
+  return (slash >= 0 ? manifestUrl.slice(0, slash + 1) : './') + relative;
+}
+
+async function readBytes(url, options = {}, onChunk) {
+  if (isNode && !/^(https?|data|blob):/i.test(url)) {
+    const { readFile } = await import('node:fs/promises');
+    const path = url.startsWith('file:') ? new URL(url) : url;
+    return new Uint8Array(await readFile(path));
+  }
+  const fetchFn = options.fetch ?? globalThis.fetch;
+  const response = await fetchFn(url);
+  if (!response.ok) throw new LoadError(`GET ${url} answered ${response.status}`, { code: 'fetch' });
+  const total = Number(response.headers.get('content-length')) || 0;
+  if (!response.body?.getReader || !onChunk) return new Uint8Array(await response.arrayBuffer());
+  const reader = response.body.getReader();
+  const chunks = [];
+  let loaded = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    loaded += value.length;
+    onChunk(loaded, total);
+  }
+  const bytes = new Uint8Array(loaded);
+  let offset = 0;
+  for (const chunk of chunks) { bytes.set(chunk, offset); offset += chunk.length; }
+  return bytes;
+}
+
+/** Hex sha256 with WebCrypto. Refuses (never skips) where WebCrypto is missing: plain http off localhost. */
+export async function sha256Hex(bytes) {
+  const subtle = globalThis.crypto?.subtle;
+  if (!subtle) {
+    throw new IntegrityError('cannot verify the model hash: WebCrypto is only available on https or localhost pages; ' +
+      'serve the demo over https', { code: 'no-webcrypto' });
+  }
+  const digest = new Uint8Array(await subtle.digest('SHA-256', bytes));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** Throw IntegrityError unless `bytes` match the manifest's entry for `path`. */
+export async function verifyFile(manifest, path, bytes) {
+  const entry = manifest.files.find((f) => f.path === path);
+  if (!entry) throw new IntegrityError(`${path} is not listed in the manifest's files`, { code: 'hash' });
+  const digest = await sha256Hex(bytes);
+  if (bytes.length !== entry.bytes || digest !== entry.sha256) {
+    throw new IntegrityError(`${path} failed its integrity check: sha256 ${digest.slice(0, 12)}…, expected ` +
+      `${entry.sha256.slice(0, 12)}… (${bytes.length} bytes, expected ${entry.bytes}); refusing to run it`, { code: 'hash' });
+  }
+}
+
+// ---------------------------------------------------------------- tensors
+
+const TYPED = { float32: Float32Array, float64: Float64Array };
+const OIP_DATATYPE = { float32: 'FP32', float64: 'FP64', int64: 'INT64', string: 'BYTES' };
+
+/** Column names the model takes, in order, with their dtypes. */
+export function describeColumns(manifest) {
+  const inputs = manifest.inputs;
+  if (inputs.length === 1 && !inputs[0].column) {
+    const [input] = inputs;
+    return (input.columns ?? []).map((name) => ({ name, dtype: input.dtype }));
+  }
+  return inputs.map((input) => ({ name: input.column ?? input.name, dtype: input.dtype, categories: input.categories }));
+}
+
+/**
+ * Build input tensors from rows, as `{name: {type, data, dims}}` (no runtime needed).
+ * Rows are objects keyed by column, or numeric arrays for a single matrix or image input.
+ * `null` in a numeric column is a missing value (NaN), which pipelines with imputers accept.
+ */
+export function buildInputs(manifest, rows) {
+  if (!Array.isArray(rows) || rows.length === 0) {
+    throw new RowValidationError('predict() takes a non-empty array of rows', { code: 'rows' });
+  }
+  const inputs = manifest.inputs;
+  if (inputs.length === 1 && !inputs[0].column) return { [inputs[0].name]: buildMatrix(inputs[0], rows) };
+  const columns = new Set(inputs.map((i) => i.column ?? i.name));
+  const feeds = {};
+  rows.forEach((row, r) => {
+    if (row === null || typeof row !== 'object' || Array.isArray(row)) {
+      throw new RowValidationError(`row ${r}: expected an object keyed by column (${[...columns].join(', ')})`, { code: 'row-type' });
+    }
+    for (const key of Object.keys(row)) {
+      if (!columns.has(key)) {
+        throw new RowValidationError(`row ${r}: unexpected column "${key}"; the model takes ${[...columns].join(', ')}`, { code: 'extra-column' });
+      }
+    }
+  });
+  for (const input of inputs) {
+    const column = input.column ?? input.name;
+    const values = rows.map((row, r) => {
+      if (!(column in row)) {
+        throw new RowValidationError(`row ${r}: missing column "${column}" (expected ${input.dtype})`, { code: 'missing-column' });
+      }
+      return checkValue(row[column], input.dtype, `row ${r}, column "${column}"`);
+    });
+    feeds[input.name] = makeTensor(input.dtype, values, [rows.length, 1]);
+  }
+  return feeds;
+}
+
+function buildMatrix(input, rows) {
+  const columns = input.columns ?? null;
+  const width = input.shape.slice(1).reduce((a, b) => a * (b ?? 1), 1);
+  const values = [];
+  rows.forEach((row, r) => {
+    let flat;
+    if (Array.isArray(row) || ArrayBuffer.isView(row)) {
+      flat = Array.isArray(row) ? row.flat(Infinity) : Array.from(row);
+    } else if (row && typeof row === 'object' && columns) {
+      for (const key of Object.keys(row)) {
+        if (!columns.includes(key)) throw new RowValidationError(`row ${r}: unexpected column "${key}"; the model takes ${columns.join(', ')}`, { code: 'extra-column' });
+      }
+      flat = columns.map((c) => {
+        if (!(c in row)) throw new RowValidationError(`row ${r}: missing column "${c}" (expected ${input.dtype})`, { code: 'missing-column' });
+        return row[c];
+      });
+    } else {
+      throw new RowValidationError(`row ${r}: expected an array of ${width} numbers${columns ? ' or an object keyed by column' : ''}`, { code: 'row-type' });
+    }
+    if (flat.length !== width) {
+      throw new RowValidationError(`row ${r}: expected ${width} values, got ${flat.length}`, { code: 'row-length' });
+    }
+    flat.forEach((v, i) => values.push(checkValue(v, input.dtype, `row ${r}, ${columns ? `column "${columns[i]}"` : `value ${i}`}`)));
+  });
+  return makeTensor(input.dtype, values, [rows.length, ...input.shape.slice(1).map((d) => d ?? 1)]);
+}
+
+function checkValue(value, dtype, where) {
+  if (dtype === 'string') {
+    if (typeof value !== 'string') throw new RowValidationError(`${where}: expected a string, got ${describe(value)}`, { code: 'type' });
+    return value;
+  }
+  if (value === null || value === undefined) {
+    if (dtype === 'int64') throw new RowValidationError(`${where}: expected an integer (int64), got ${describe(value)}`, { code: 'type' });
+    return NaN;
+  }
+  if (typeof value !== 'number') throw new RowValidationError(`${where}: expected a number (${dtype}), got ${describe(value)}`, { code: 'type' });
+  if (dtype === 'int64' && !Number.isInteger(value)) throw new RowValidationError(`${where}: expected an integer (int64), got ${value}`, { code: 'type' });
+  return value;
+}
+
+function describe(value) {
+  return value === null ? 'null' : Array.isArray(value) ? 'an array' : `${typeof value} ${JSON.stringify(value)}`;
+}
+
+function makeTensor(dtype, values, dims) {
+  if (dtype === 'string') return { type: 'string', data: values, dims };
+  if (dtype === 'int64') return { type: 'int64', data: BigInt64Array.from(values, (v) => BigInt(v)), dims };
+  return { type: dtype, data: TYPED[dtype].from(values), dims };
+}
+
+/** Turn raw outputs (`{role: {data, dims}}`) into one result per row. */
+export function toResults(manifest, raw, rowCount) {
+  const results = [];
+  const probs = raw.probabilities;
+  const width = probs ? (probs.dims.at(-1) ?? 1) : 0;
+  const valueWidth = raw.value ? raw.value.data.length / rowCount : 0;
+  for (let r = 0; r < rowCount; r++) {
+    const result = {};
+    if (raw.label) result.label = plain(raw.label.data[r]);
+    if (probs) {
+      result.probabilities = Array.from(probs.data.slice(r * width, (r + 1) * width), Number);
+      result.confidence = Math.max(...result.probabilities);
+    }
+    if (raw.value) {
+      const slice = Array.from(raw.value.data.slice(r * valueWidth, (r + 1) * valueWidth), Number);
+      result.value = slice.length === 1 ? slice[0] : slice;
+    }
+    results.push(result);
+  }
+  return results;
+}
+
+function plain(value) {
+  return typeof value === 'bigint' ? Number(value) : value;
+}
+
+// ---------------------------------------------------------------- runtimes
+
+async function createOnnxBackend(manifest, modelBytes, options) {
+  const ort = options.ort ?? (await import('onnxruntime-web'));
+  const isolated = globalThis.crossOriginIsolated === true;
+  // threads need SharedArrayBuffer, i.e. a cross-origin isolated page; one thread is also deterministic
+  ort.env.wasm.numThreads = options.numThreads ?? (isolated ? Math.min(4, globalThis.navigator?.hardwareConcurrency ?? 1) : 1);
+  if (options.wasmPaths) ort.env.wasm.wasmPaths = options.wasmPaths;
+  if (options.proxy !== undefined) ort.env.wasm.proxy = options.proxy;
+  const session = await ort.InferenceSession.create(modelBytes, { executionProviders: ['wasm'] });
+  return {
+    name: 'onnxruntime-web',
+    async run(inputs) {
+      const feeds = {};
+      for (const [name, t] of Object.entries(inputs)) feeds[name] = new ort.Tensor(t.type, t.data, t.dims);
+      const out = await session.run(feeds);
+      const raw = {};
+      for (const spec of manifest.outputs) raw[spec.role] = { data: out[spec.name].data, dims: out[spec.name].dims };
+      return raw;
+    },
+    async release() { await session.release?.(); },
+  };
+}
+
+// ---------------------------------------------------------------- the model
+
+export class EdgeportModel {
+  constructor(manifest, manifestUrl, policy, options) {
+    this.manifest = manifest;
+    this.manifestUrl = manifestUrl;
+    this.policy = policy;
+    this.options = options;
+    this.backend = null;
+    this.localError = null;
+    this.classes = manifest.classes ?? null;
+  }
+
+  /** Columns the model takes, for building forms and validating rows. */
+  get columns() { return describeColumns(this.manifest); }
+
+  async loadLocal() {
+    const progress = this.options.onProgress ?? (() => {});
+    if (typeof WebAssembly !== 'object' || this.options.forceNoWasm) {
+      throw new LoadError('this browser has no WebAssembly, so the model cannot run here', { code: 'no-wasm' });
+    }
+    if (this.manifest.format !== 'onnx') {
+      throw new LoadError(`bundle format ${this.manifest.format} is not supported by this client`, { code: 'format' });
+    }
+    const path = this.manifest.model_file;
+    let bytes;
+    try {
+      bytes = await withTimeout(readBytes(resolveRelative(this.manifestUrl, path), this.options,
+        (loaded, total) => progress({ stage: 'model', loaded, total })), this.options.loadTimeoutMs ?? 30000, 'loading the model');
+    } catch (err) {
+      throw err instanceof EdgeportError ? err : new LoadError(`could not fetch ${path}: ${err.message}`, { code: 'fetch', cause: err });
+    }
+    await verifyFile(this.manifest, path, bytes);
+    progress({ stage: 'runtime', loaded: 0, total: 1 });
+    try {
+      this.backend = await createOnnxBackend(this.manifest, bytes, this.options);
+    } catch (err) {
+      throw new LoadError(`the runtime could not load the model: ${err.message}`, { code: 'runtime', cause: err });
+    }
+    progress({ stage: 'ready', loaded: 1, total: 1 });
+  }
+
+  /**
+   * Predict for an array of rows. Resolves to one result per row with `label`/`probabilities`/`confidence`
+   * (classifiers) or `value` (regressors), plus `served_by`, `latency_ms`, `fallback_reason`.
+   */
+  async predict(rows) {
+    const inputs = buildInputs(this.manifest, rows); // bad rows are the caller's bug: never sent to the server
+    if (!this.backend) return this.fromServer(rows, reasonOf(this.localError));
+    const started = now();
+    let raw;
+    try {
+      raw = await withTimeout(this.backend.run(inputs), this.policy.timeoutMs, 'inference');
+    } catch (err) {
+      const reason = err.code === 'timeout' ? 'timeout' : 'inference-error';
+      if (!this.policy.fallbackUrl) throw err instanceof EdgeportError ? err : new InferenceError(`inference failed: ${err.message}`, { code: reason, cause: err });
+      return this.fromServer(rows, reason);
+    }
+    const latency = now() - started;
+    const results = toResults(this.manifest, raw, rows.length).map((r) => ({
+      ...r, served_by: 'browser', latency_ms: latency, fallback_reason: null, low_confidence: isLow(r, this.policy),
+    }));
+    if (results.some((r) => r.low_confidence) && this.policy.onLowConfidence === 'server' && this.policy.fallbackUrl) {
+      try {
+        return await this.fromServer(rows, 'low-confidence');
+      } catch {
+        return results; // the server could not help; the local answer, marked low-confidence, is still an answer
+      }
+    }
+    return results;
+  }
+
+  /** OIP v2 infer on the fallback server, retried once with backoff. */
+  async fromServer(rows, reason) {
+    if (!this.policy.fallbackUrl) {
+      throw new ServerError(`the model can't run here (${reason}) and no fallback server is configured`, { code: 'no-fallback', cause: this.localError });
+    }
+    const started = now();
+    const body = JSON.stringify(toInferRequest(this.manifest, buildInputs(this.manifest, rows)));
+    const { name, version } = this.manifest;
+    const url = `${this.policy.fallbackUrl.replace(/\/$/, '')}/v2/models/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}/infer`;
+    let lastError;
+    for (let attempt = 0; attempt < 2; attempt++) {
+      if (attempt) await sleep(this.policy.retryDelayMs);
+      try {
+        const response = await withTimeout((this.options.fetch ?? globalThis.fetch)(url, {
+          method: 'POST', headers: { 'content-type': 'application/json' }, body,
+        }), this.options.serverTimeoutMs ?? 10000, 'the fallback server');
+        const payload = await response.json().catch(() => ({}));
+        if (!response.ok) {
+          lastError = new ServerError(`fallback server answered ${response.status}: ${payload.error ?? response.statusText}`, { code: 'server-status' });
+          if (response.status < 500) break; // a 4xx will not change on retry
+          continue;
+        }
+        const raw = fromInferResponse(this.manifest, payload);
+        const latency = now() - started;
+        return toResults(this.manifest, raw, rows.length).map((r) => ({
+          ...r, served_by: 'server', latency_ms: latency, fallback_reason: reason, low_confidence: isLow(r, this.policy),
+        }));
+      } catch (err) {
+        lastError = err instanceof ServerError ? err : new ServerError(`fallback server unreachable: ${err.message}`, { code: 'server-unreachable', cause: err });
+      }
+    }
+    throw lastError;
+  }
+
+  async release() { await this.backend?.release(); }
+}
+
+/** An OIP v2 infer request body for built inputs. */
+export function toInferRequest(manifest, inputs) {
+  return {
+    inputs: manifest.inputs.map((spec) => {
+      const t = inputs[spec.name];
+      const data = spec.dtype === 'int64' ? Array.from(t.data, Number) : Array.from(t.data, (v) => (Number.isNaN(v) ? null : v));
+      return { name: spec.name, shape: t.dims, datatype: OIP_DATATYPE[spec.dtype], data };
+    }),
+    outputs: manifest.outputs.map((o) => ({ name: o.name })),
+  };
+}
+
+function fromInferResponse(manifest, payload) {
+  const raw = {};
+  for (const spec of manifest.outputs) {
+    const out = (payload.outputs ?? []).find((o) => o.name === spec.name);
+    if (!out) throw new ServerError(`fallback server response has no "${spec.name}" output`, { code: 'server-response' });
+    raw[spec.role] = { data: out.data.flat(Infinity), dims: out.shape };
+  }
+  return raw;
+}
+
+function isLow(result, policy) {
+  return result.confidence !== undefined && result.confidence < policy.confidenceThreshold;
+}
+
+function reasonOf(error) {
+  return error?.code === 'no-wasm' ? 'no-wasm' : error?.code === 'hash' || error?.code === 'no-webcrypto' ? 'integrity' : 'load-error';
+}
+
+function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new InferenceError(`${what} took longer than ${ms} ms`, { code: 'timeout' })), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+function sleep(ms) { return new Promise((resolve) => setTimeout(resolve, ms)); }
+function now() { return globalThis.performance?.now() ?? Date.now(); }

@@ -1,0 +1,9 @@
+// Turn the client's per-row results back into outputs keyed by role, for the parity comparison.
+// Shared by the node runner and the browser harness.
+export function collectOutputs(manifest, results) {
+  const outputs = {};
+  for (const spec of manifest.outputs) {
+    outputs[spec.role] = results.map((r) => (spec.role === 'value' ? [r.value].flat() : r[spec.role]));
+  }
+  return outputs;
+}
