@@ -1,0 +1,158 @@
+// Tests of the JS client itself, under Node's own test runner: tensors, row validation, hashes, fallback.
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+
+import {
+  buildInputs, IntegrityError, loadModel, RowValidationError, ServerError, toInferRequest, toResults, verifyFile,
+} from '../client/edgeport.js';
+
+const matrix = {
+  inputs: [{ name: 'input', dtype: 'float32', shape: [null, 3], columns: ['a', 'b', 'c'] }],
+  outputs: [{ name: 'label', dtype: 'int64', shape: [null], role: 'label' },
+    { name: 'probabilities', dtype: 'float32', shape: [null, 2], role: 'probabilities' }],
+};
+const mixed = {
+  inputs: [
+    { name: 'age', column: 'age', dtype: 'float64', shape: [null, 1] },
+    { name: 'plan', column: 'plan', dtype: 'string', shape: [null, 1], categories: ['basic', 'premium'] },
+    { name: 'visits', column: 'visits', dtype: 'int64', shape: [null, 1] },
+  ],
+  outputs: [{ name: 'value', dtype: 'float64', shape: [null, 1], role: 'value' }],
+};
+
+test('a matrix input takes numeric arrays or objects keyed by column', () => {
+  const fromArrays = buildInputs(matrix, [[1, 2, 3], [4, 5, 6]]).input;
+  assert.deepEqual(fromArrays.dims, [2, 3]);
+  assert.ok(fromArrays.data instanceof Float32Array);
+  assert.deepEqual(Array.from(fromArrays.data), [1, 2, 3, 4, 5, 6]);
+  const fromObjects = buildInputs(matrix, [{ c: 3, a: 1, b: 2 }]).input;
+  assert.deepEqual(Array.from(fromObjects.data), [1, 2, 3], 'objects are reordered to the manifest columns');
+});
+
+test('per-column inputs get their dtype: float64, string, int64 as BigInt; null is NaN', () => {
+  const feeds = buildInputs(mixed, [{ age: 31.5, plan: 'basic', visits: 3 }, { age: null, plan: 'premium', visits: 0 }]);
+  assert.ok(feeds.age.data instanceof Float64Array);
+  assert.deepEqual(feeds.age.dims, [2, 1]);
+  assert.equal(feeds.age.data[0], 31.5);
+  assert.ok(Number.isNaN(feeds.age.data[1]));
+  assert.deepEqual(feeds.plan, { type: 'string', data: ['basic', 'premium'], dims: [2, 1] });
+  assert.ok(feeds.visits.data instanceof BigInt64Array);
+  assert.equal(feeds.visits.data[0], 3n);
+});
+
+test('image inputs accept nested arrays and flatten them', () => {
+  const image = { inputs: [{ name: 'pixels', dtype: 'float32', shape: [null, 2, 2, 1] }], outputs: [] };
+  const t = buildInputs(image, [[[[1], [2]], [[3], [4]]]]).pixels;
+  assert.deepEqual(t.dims, [1, 2, 2, 1]);
+  assert.deepEqual(Array.from(t.data), [1, 2, 3, 4]);
+});
+
+test('bad rows name the row, the column and the expected type', () => {
+  const cases = [
+    [mixed, [{ age: 1, plan: 'basic' }], /row 0: missing column "visits" \(expected int64\)/],
+    [mixed, [{ age: 1, plan: 'basic', visits: 1, extra: 2 }], /row 0: unexpected column "extra"/],
+    [mixed, [{ age: '31', plan: 'basic', visits: 1 }], /row 0, column "age": expected a number \(float64\), got string "31"/],
+    [mixed, [{ age: 1, plan: 7, visits: 1 }], /column "plan": expected a string, got number 7/],
+    [mixed, [{ age: 1, plan: 'basic', visits: 1.5 }], /column "visits": expected an integer/],
+    [mixed, [[1, 2, 3]], /row 0: expected an object keyed by column/],
+    [matrix, [[1, 2]], /row 0: expected 3 values, got 2/],
+    [matrix, [{ a: 1, b: 2 }], /row 0: missing column "c"/],
+    [matrix, [], /non-empty array/],
+  ];
+  for (const [manifest, rows, message] of cases) {
+    assert.throws(() => buildInputs(manifest, rows), (err) => err instanceof RowValidationError && message.test(err.message));
+  }
+});
+
+test('results: labels from BigInt, probabilities per row, confidence is the max', () => {
+  const raw = { label: { data: BigInt64Array.from([1n, 0n]), dims: [2] },
+    probabilities: { data: Float32Array.from([0.25, 0.75, 0.9, 0.1]), dims: [2, 2] } };
+  const results = toResults(matrix, raw, 2);
+  assert.equal(results[0].label, 1);
+  assert.deepEqual(results[0].probabilities, [0.25, 0.75]);
+  assert.equal(results[1].confidence, Math.fround(0.9));
+});
+
+test('an OIP v2 request carries names, shapes, datatypes and null for missing numbers', () => {
+  const request = toInferRequest(mixed, buildInputs(mixed, [{ age: null, plan: 'basic', visits: 2 }]));
+  assert.deepEqual(request.inputs, [
+    { name: 'age', shape: [1, 1], datatype: 'FP64', data: [null] },
+    { name: 'plan', shape: [1, 1], datatype: 'BYTES', data: ['basic'] },
+    { name: 'visits', shape: [1, 1], datatype: 'INT64', data: [2] },
+  ]);
+  assert.deepEqual(request.outputs, [{ name: 'value' }]);
+});
+
+async function writeBundle(modelBytes, { tamper = false } = {}) {
+  const dir = await mkdtemp(path.join(tmpdir(), 'edgeport-client-'));
+  const sha = createHash('sha256').update(modelBytes).digest('hex');
+  await writeFile(path.join(dir, 'model.onnx'), tamper ? Buffer.concat([modelBytes, Buffer.from([0])]) : modelBytes);
+  const manifest = { manifest_version: 1, name: 'm', version: '1', format: 'onnx', task: 'regression', model_file: 'model.onnx',
+    files: [{ path: 'model.onnx', bytes: modelBytes.length, sha256: sha }], ...mixed,
+    fallback: { confidence_threshold: 0.5, on_low_confidence: 'server', timeout_ms: 2000, url: null } };
+  await writeFile(path.join(dir, 'manifest.json'), JSON.stringify(manifest));
+  return { dir, manifest };
+}
+
+test('verifyFile accepts the right bytes and refuses changed ones', async () => {
+  const bytes = new TextEncoder().encode('model bytes');
+  const { manifest } = await writeBundle(Buffer.from(bytes));
+  await verifyFile(manifest, 'model.onnx', bytes);
+  await assert.rejects(verifyFile(manifest, 'model.onnx', new TextEncoder().encode('model bytez')),
+    (err) => err instanceof IntegrityError && /failed its integrity check/.test(err.message));
+});
+
+test('loadModel refuses a model file that fails its hash, before any session is created', async () => {
+  const { dir } = await writeBundle(Buffer.from('not really onnx'), { tamper: true });
+  let sessionCreated = false;
+  const fakeOrt = { env: { wasm: {} }, InferenceSession: { create: async () => { sessionCreated = true; } } };
+  await assert.rejects(loadModel(path.join(dir, 'manifest.json'), { ort: fakeOrt }),
+    (err) => err instanceof IntegrityError && err.code === 'hash');
+  assert.equal(sessionCreated, false);
+});
+
+function fakeServer(handler) {
+  const requests = [];
+  const server = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => { body += c; });
+    req.on('end', () => { requests.push({ url: req.url, body: JSON.parse(body || '{}') }); handler(req, res, requests.length); });
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({ server, requests, url: `http://127.0.0.1:${server.address().port}` })));
+}
+
+test('without WebAssembly the client falls back to the OIP v2 server, retrying a 5xx once', async () => {
+  const { dir } = await writeBundle(Buffer.from('x'));
+  const { server, requests, url } = await fakeServer((req, res, n) => {
+    if (n === 1) { res.writeHead(503); res.end('{}'); return; }
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ model_name: 'm', outputs: [{ name: 'value', shape: [1, 1], datatype: 'FP64', data: [42.5] }] }));
+  });
+  try {
+    const model = await loadModel(path.join(dir, 'manifest.json'), { fallbackUrl: url, forceNoWasm: true, retryDelayMs: 10 });
+    const [result] = await model.predict([{ age: 40, plan: 'basic', visits: 1 }]);
+    assert.equal(result.value, 42.5);
+    assert.equal(result.served_by, 'server');
+    assert.equal(result.fallback_reason, 'no-wasm');
+    assert.equal(requests.length, 2);
+    assert.equal(requests[1].url, '/v2/models/m/versions/1/infer');
+    assert.equal(requests[1].body.inputs[1].datatype, 'BYTES');
+  } finally { server.close(); }
+});
+
+test('a server that keeps failing gives a typed ServerError, and bad rows never reach it', async () => {
+  const { dir } = await writeBundle(Buffer.from('x'));
+  const { server, requests, url } = await fakeServer((req, res) => { res.writeHead(500); res.end('{}'); });
+  try {
+    const model = await loadModel(path.join(dir, 'manifest.json'), { fallbackUrl: url, forceNoWasm: true, retryDelayMs: 10 });
+    await assert.rejects(model.predict([{ age: 1, plan: 'basic', visits: 1 }]), (err) => err instanceof ServerError);
+    assert.equal(requests.length, 2);
+    await assert.rejects(model.predict([{ age: 1 }]), RowValidationError);
+    assert.equal(requests.length, 2);
+  } finally { server.close(); }
+});
