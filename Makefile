@@ -43,7 +43,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not tensorflow and not browser"
 
 bench: setup
-	$(PY) bench/run.py
+	cd bench && ../$(PY) run.py
 
 clean:
 	rm -rf out test-artifacts bench/results .pytest_cache

@@ -132,6 +132,25 @@ def check(
         raise typer.Exit(3)
 
 
+@app.command()
+def quickstart(
+    out: Path = typer.Option(Path("out"), "--out", help="Where the example models, bundles and site go."),
+    runtime: List[RuntimeName] = typer.Option(
+        [RuntimeName.python, RuntimeName.node, RuntimeName.browser], "--runtime", "-r", help="Runtimes to check."),
+) -> None:
+    """Train the example models, export them, and check parity in every runtime."""
+    from exporter.formatting import format_quickstart
+    from exporter.quickstart import run_quickstart
+
+    try:
+        result = run_quickstart(out, [r.value for r in runtime], progress=_progress)
+    except Exception as exc:
+        _fail(exc)
+    typer.echo(format_quickstart(result))
+    if not result.passed:
+        raise typer.Exit(3)
+
+
 def _write_report(path: Path, data: dict) -> None:
     _write_text(path, json.dumps(data, indent=2) + "\n")
 

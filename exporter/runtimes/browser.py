@@ -54,7 +54,7 @@ def launch(playwright, user_data_dir: str):
 def mounts_for(bundle_dir) -> dict[str, Mount]:
     return {
         "/client/": Mount(CLIENT_DIR),
-        "/runner/": Mount(WEB_DEMO / "runner", only=("collect.mjs",)),
+        "/runner/": Mount(WEB_DEMO / "runner", only=("collect.mjs", "measure.mjs")),
         "/harness/": Mount(WEB_DEMO / "harness"),
         "/vendor/ort/": Mount(ORT_DIST, only=ORT_BROWSER_FILES),
         "/bundle/": Mount(bundle_dir),

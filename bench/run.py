@@ -1,0 +1,21 @@
+"""make bench: every benchmark, printed as tables. Figures to beat, not assertions."""
+from __future__ import annotations
+
+import platform
+import sys
+
+import runtime_bench
+import zoo_bench
+from common import save
+
+
+def main() -> None:
+    sections = sys.argv[1:] or ["zoo", "runtimes"]
+    print(f"# edgeport bench on {platform.node()} ({platform.machine()}, python {platform.python_version()})")
+    benches = {"zoo": zoo_bench.main, "runtimes": runtime_bench.main}
+    for name in sections:
+        print(benches[name](), flush=True)
+
+
+if __name__ == "__main__":
+    main()

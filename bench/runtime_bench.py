@@ -1,0 +1,98 @@
+"""The runtimes side by side: onnxruntime (Python), onnxruntime-web under Node, and in Chromium.
+
+For each example bundle: load (fetch + sha256 + session create), first inference, steady single-row
+latency (mean of 200), a batch of 256 (median of 20); in Chromium also a cold page's time from
+navigation to its first prediction and the bytes the page fetched (raw and gzipped), median of 3 cold runs.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from common import ROOT, median_ms, save, table
+
+
+def python_timings(bundle) -> dict:
+    import onnxruntime as ort
+
+    from exporter.samples import feeds_from_table, table_from_rows
+
+    rows = bundle.golden()["rows"]
+    start = time.perf_counter()
+    session = ort.InferenceSession(str(bundle.model_path), providers=["CPUExecutionProvider"])
+    load_ms = (time.perf_counter() - start) * 1000
+    one = feeds_from_table(table_from_rows(rows[:1], bundle.inputs), bundle.inputs)
+    batch_rows = (rows * (256 // len(rows) + 1))[:256]
+    batch = feeds_from_table(table_from_rows(batch_rows, bundle.inputs), bundle.inputs)
+    start = time.perf_counter()
+    session.run(None, one)
+    first_ms = (time.perf_counter() - start) * 1000
+    return {"load_ms": load_ms, "first_inference_ms": first_ms, "single_row_ms": median_ms(lambda: session.run(None, one)),  # median; JS reports a mean (coarse browser clock)
+            "batch_256_ms": median_ms(lambda: session.run(None, batch), repeats=20)}
+
+
+def node_timings(bundle) -> dict:
+    out = subprocess.run(["node", str(ROOT / "web_demo/runner/bench.mjs"), str(bundle.path.resolve())],
+                         capture_output=True, text=True, check=True, timeout=300, cwd=ROOT / "web_demo")
+    timings = json.loads(out.stdout)
+    timings.pop("first_prediction_since_navigation_ms")  # a page measure; under node it's process uptime
+    return timings
+
+
+def browser_timings(bundle, cold_runs: int = 3) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    from exporter.loopback import serve
+    from exporter.runtimes.browser import launch, mounts_for
+
+    runs = []
+    with serve(mounts_for(bundle.path)) as base, sync_playwright() as pw:
+        for _ in range(cold_runs):
+            with tempfile.TemporaryDirectory() as profile:  # a fresh profile: a cold cache every time
+                context = launch(pw, profile)
+                page = context.new_page()
+                urls = []
+                page.on("requestfinished", lambda r: urls.append(r.url))
+                page.goto(f"{base}/harness/bench.html", timeout=120_000)
+                page.wait_for_function("() => window.__edgeport && window.__edgeport.status", timeout=120_000)
+                result = page.evaluate("() => window.__edgeport")
+                context.close()
+            if result["status"] != "done":
+                raise RuntimeError(result["error"])
+            fetched = [urllib.request.urlopen(u).read() for u in dict.fromkeys(urls) if u.startswith(base)]
+            result["bytes_raw"] = sum(len(b) for b in fetched)
+            result["bytes_gzip"] = sum(len(gzip.compress(b, 6)) for b in fetched)
+            runs.append(result)
+    keys = [k for k in runs[0] if k != "status"]
+    return {k: statistics.median(r[k] for r in runs) for k in keys}
+
+
+def main() -> str:
+    from exporter.bundle import read_bundle
+    from exporter.quickstart import run_quickstart
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_quickstart(tmp, runtimes=("python",))
+        out, data = [], {}
+        for model in result.models:
+            bundle = read_bundle(model.export.bundle.path)
+            timings = {"python": python_timings(bundle), "node": node_timings(bundle), "browser": browser_timings(bundle)}
+            data[model.name] = timings
+            for runtime, t in timings.items():
+                out.append([model.name, runtime, t["load_ms"], t["first_inference_ms"], t["single_row_ms"], t["batch_256_ms"],
+                            t.get("first_prediction_since_navigation_ms", "-"),
+                            f"{t['bytes_raw'] / 1e6:.2f}" if "bytes_raw" in t else "-",
+                            f"{t['bytes_gzip'] / 1e6:.2f}" if "bytes_gzip" in t else "-"])
+    save("runtimes", data)
+    return table("runtimes side by side (ms; browser: cold page, fresh profile, median of 3)",
+                 ["model", "runtime", "load", "first infer", "1 row", "256 rows", "page→1st pred", "MB raw", "MB gzip"], out)
+
+
+if __name__ == "__main__":
+    print(main())

@@ -1,0 +1,71 @@
+// Types for edgeport.js, the edgeport JS client.
+
+export type DType = 'float32' | 'float64' | 'int64' | 'string';
+export type Row = Record<string, number | string | null> | ArrayLike<number | null> | unknown[];
+
+export interface ManifestInput { name: string; dtype: DType; shape: (number | null)[]; column?: string; columns?: string[]; categories?: (string | number)[]; }
+export interface ManifestOutput { name: string; dtype: DType; shape: (number | null)[]; role: 'label' | 'probabilities' | 'value'; }
+export interface Manifest {
+  manifest_version: 1; name: string; version: string; format: 'onnx' | 'tfjs-graph'; task: 'classification' | 'regression';
+  model_file: string; inputs: ManifestInput[]; outputs: ManifestOutput[]; classes?: (string | number | boolean)[];
+  files: { path: string; bytes: number; sha256: string }[];
+  feature_stats: Record<string, unknown>; tolerance: { atol: number; rtol: number };
+  fallback: { confidence_threshold: number; on_low_confidence: 'server' | 'abstain'; timeout_ms?: number; url?: string | null };
+  [key: string]: unknown;
+}
+
+export type FallbackReason = 'no-wasm' | 'load-error' | 'integrity' | 'inference-error' | 'timeout' | 'low-confidence';
+
+export interface Prediction {
+  label?: string | number | boolean;
+  probabilities?: number[];      // aligned with manifest.classes
+  confidence?: number;           // max(probabilities)
+  value?: number | number[];
+  low_confidence: boolean;
+  served_by: 'browser' | 'server';
+  latency_ms: number;
+  fallback_reason: FallbackReason | null;
+}
+
+export interface Progress { stage: 'manifest' | 'model' | 'runtime' | 'ready' | 'fallback'; loaded?: number; total?: number; reason?: string; message?: string; }
+
+export interface LoadOptions {
+  fallbackUrl?: string | null;   // OIP v2 server base URL; default manifest.fallback.url
+  timeoutMs?: number;            // inference timeout before falling back; default manifest.fallback.timeout_ms or 2000
+  loadTimeoutMs?: number;        // model download timeout; default 30000
+  serverTimeoutMs?: number;      // per server attempt; default 10000
+  confidenceThreshold?: number;
+  onLowConfidence?: 'server' | 'abstain';
+  retryDelayMs?: number;
+  numThreads?: number;           // default 1 unless the page is cross-origin isolated
+  wasmPaths?: string | Record<string, string>;
+  proxy?: boolean;               // run onnxruntime-web in a worker
+  ort?: unknown;                 // an onnxruntime-web module to use instead of importing one
+  fetch?: typeof fetch;
+  forceNoWasm?: boolean;         // behave as if WebAssembly were missing (tests, demos)
+  onProgress?: (p: Progress) => void;
+}
+
+export declare class EdgeportError extends Error { code: string; }
+export declare class RowValidationError extends EdgeportError {}
+export declare class IntegrityError extends EdgeportError {}
+export declare class LoadError extends EdgeportError {}
+export declare class InferenceError extends EdgeportError {}
+export declare class ServerError extends EdgeportError {}
+
+export declare class EdgeportModel {
+  readonly manifest: Manifest;
+  readonly classes: (string | number | boolean)[] | null;
+  readonly columns: { name: string; dtype: DType; categories?: (string | number)[] }[];
+  /** Why the model could not run locally, if it falls back for every call. */
+  localError: EdgeportError | null;
+  predict(rows: Row[]): Promise<Prediction[]>;
+  release(): Promise<void>;
+}
+
+export declare function loadModel(manifestUrlOrPath: string | URL, options?: LoadOptions): Promise<EdgeportModel>;
+export declare function buildInputs(manifest: Manifest, rows: Row[]): Record<string, { type: DType; data: ArrayLike<unknown>; dims: number[] }>;
+export declare function describeColumns(manifest: Manifest): { name: string; dtype: DType; categories?: (string | number)[] }[];
+export declare function verifyFile(manifest: Manifest, path: string, bytes: Uint8Array): Promise<void>;
+export declare function sha256Hex(bytes: Uint8Array): Promise<string>;
+export declare function toInferRequest(manifest: Manifest, inputs: ReturnType<typeof buildInputs>): object;
