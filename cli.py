@@ -133,6 +133,45 @@ def check(
 
 
 @app.command()
+def demo(
+    bundle: List[Path] = typer.Argument(..., help="One or more bundle directories."),
+    out: Path = typer.Option(..., "--out", "-o", help="Site directory to write."),
+    fallback_url: Optional[str] = typer.Option(None, "--fallback-url", help="OIP v2 server to fall back to (default: none)."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
+) -> None:
+    """Write a static site that runs the model in the browser, with an optional server fallback."""
+    from exporter.site import build_site
+
+    try:
+        result = build_site(bundle, out, fallback_url=fallback_url, force=force, progress=_progress)
+    except Exception as exc:
+        _fail(exc)
+    typer.echo(f"wrote {result.path} for {', '.join(result.models)}: {result.bytes_raw / 1e6:.1f} MB, "
+               f"{result.bytes_gzip / 1e6:.1f} MB gzipped. Serve it over http(s) (file:// can't load WebAssembly).")
+
+
+@app.command()
+def serve(
+    path: Path = typer.Argument(..., help="A bundle, or a folder of bundles."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    site: Optional[Path] = typer.Option(None, "--site", help="Serve this demo site at / (default: build one for PATH)."),
+    cors_origin: List[str] = typer.Option([], "--cors-origin", help="Allow this origin to call the API (repeatable)."),
+    max_body_bytes: int = typer.Option(4 * 1024 * 1024, "--max-body-bytes", help="Refuse larger request bodies (413)."),
+    max_batch: int = typer.Option(1024, "--max-batch", help="Refuse requests with more rows (400)."),
+    timeout: float = typer.Option(10.0, "--timeout", help="Per-request inference timeout, seconds."),
+) -> None:
+    """Serve the demo site, the bundle files and the Open Inference Protocol v2 fallback endpoint."""
+    from exporter.serving import serve_forever
+
+    try:
+        serve_forever(path, host=host, port=port, site=site, cors_origins=tuple(cors_origin),
+                      max_body_bytes=max_body_bytes, max_batch=max_batch, timeout_s=timeout, progress=_progress)
+    except Exception as exc:
+        _fail(exc)
+
+
+@app.command()
 def quickstart(
     out: Path = typer.Option(Path("out"), "--out", help="Where the example models, bundles and site go."),
     runtime: List[RuntimeName] = typer.Option(

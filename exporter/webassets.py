@@ -45,3 +45,8 @@ def require_chromium() -> str:
             "Don't run `playwright install`: edgeport drives the system chromium."
         )
     return browser
+
+
+TFJS_DIST = NODE_MODULES / "@tensorflow" / "tfjs" / "dist"
+# the ES-module build (1.1 MB, cpu + webgl backends), imported through the page's import map
+TFJS_BROWSER_FILES = ("tf.fesm.min.js",)

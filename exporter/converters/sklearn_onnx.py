@@ -47,6 +47,7 @@ class SklearnToOnnx:
         failures: list[str] = []
         for precision in ("float64", "float32"):
             inputs = _input_specs(model, table, per_column, precision)
+            _mark_nullable(model, table, inputs)
             try:
                 onx = _to_onnx(model, inputs, task)
                 outputs = _rename_outputs(onx, task, has_proba)
@@ -172,6 +173,34 @@ def _input_specs(model: Any, table: Any, per_column: bool, precision: str) -> li
             spec["categories"] = categories[str(column)]
         specs.append(spec)
     return specs
+
+
+def _mark_nullable(model: Any, table: Any, inputs: list[dict]) -> None:
+    """Record, per numeric input, whether the ORIGINAL model accepts a missing value there.
+
+    Asked of the model itself (one sample row with the value knocked out), so an imputer, a
+    HistGradientBoosting model's native NaN handling, or their absence all speak for themselves.
+    """
+    import warnings
+
+    row = table.iloc[:1].copy() if hasattr(table, "iloc") else np.array(table[:1], dtype=np.float64)
+    for spec in inputs:
+        if spec["dtype"] == "string":
+            continue
+        probe = row.copy()
+        if "column" in spec:
+            probe[spec["column"]] = np.nan
+        elif hasattr(probe, "iloc"):
+            probe.iloc[:, :] = np.nan
+        else:
+            probe[:] = np.nan
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result = np.asarray(model.predict(probe))
+            spec["nullable"] = bool(result.dtype.kind not in "fc" or np.isfinite(result).all())
+        except (ValueError, TypeError):
+            spec["nullable"] = False
 
 
 def _to_onnx(model: Any, inputs: list[dict], task: str) -> Any:

@@ -3,7 +3,7 @@
 export type DType = 'float32' | 'float64' | 'int64' | 'string';
 export type Row = Record<string, number | string | null> | ArrayLike<number | null> | unknown[];
 
-export interface ManifestInput { name: string; dtype: DType; shape: (number | null)[]; column?: string; columns?: string[]; categories?: (string | number)[]; }
+export interface ManifestInput { name: string; dtype: DType; shape: (number | null)[]; column?: string; columns?: string[]; categories?: (string | number)[]; nullable?: boolean; }
 export interface ManifestOutput { name: string; dtype: DType; shape: (number | null)[]; role: 'label' | 'probabilities' | 'value'; }
 export interface Manifest {
   manifest_version: 1; name: string; version: string; format: 'onnx' | 'tfjs-graph'; task: 'classification' | 'regression';
@@ -22,6 +22,7 @@ export interface Prediction {
   confidence?: number;           // max(probabilities)
   value?: number | number[];
   low_confidence: boolean;
+  browser_confidence?: number;  // the browser's confidence, when low confidence sent the row to the server
   served_by: 'browser' | 'server';
   latency_ms: number;
   fallback_reason: FallbackReason | null;
@@ -68,4 +69,4 @@ export declare function buildInputs(manifest: Manifest, rows: Row[]): Record<str
 export declare function describeColumns(manifest: Manifest): { name: string; dtype: DType; categories?: (string | number)[] }[];
 export declare function verifyFile(manifest: Manifest, path: string, bytes: Uint8Array): Promise<void>;
 export declare function sha256Hex(bytes: Uint8Array): Promise<string>;
-export declare function toInferRequest(manifest: Manifest, inputs: ReturnType<typeof buildInputs>): object;
+export declare function toInferRequest(manifest: Manifest, inputs: ReturnType<typeof buildInputs>, parameters?: Record<string, unknown>): object;

@@ -158,7 +158,7 @@ export function describeColumns(manifest) {
 /**
  * Build input tensors from rows, as `{name: {type, data, dims}}` (no runtime needed).
  * Rows are objects keyed by column, or numeric arrays for a single matrix or image input.
- * `null` in a numeric column is a missing value (NaN), which pipelines with imputers accept.
+ * `null` in a numeric column is a missing value (NaN), allowed where the manifest marks the input `nullable`.
  */
 export function buildInputs(manifest, rows) {
   if (!Array.isArray(rows) || rows.length === 0) {
@@ -184,7 +184,7 @@ export function buildInputs(manifest, rows) {
       if (!(column in row)) {
         throw new RowValidationError(`row ${r}: missing column "${column}" (expected ${input.dtype})`, { code: 'missing-column' });
       }
-      return checkValue(row[column], input.dtype, `row ${r}, column "${column}"`);
+      return checkValue(row[column], input, `row ${r}, column "${column}"`);
     });
     feeds[input.name] = makeTensor(input.dtype, values, [rows.length, 1]);
   }
@@ -213,18 +213,21 @@ function buildMatrix(input, rows) {
     if (flat.length !== width) {
       throw new RowValidationError(`row ${r}: expected ${width} values, got ${flat.length}`, { code: 'row-length' });
     }
-    flat.forEach((v, i) => values.push(checkValue(v, input.dtype, `row ${r}, ${columns ? `column "${columns[i]}"` : `value ${i}`}`)));
+    flat.forEach((v, i) => values.push(checkValue(v, input, `row ${r}, ${columns ? `column "${columns[i]}"` : `value ${i}`}`)));
   });
   return makeTensor(input.dtype, values, [rows.length, ...input.shape.slice(1).map((d) => d ?? 1)]);
 }
 
-function checkValue(value, dtype, where) {
+function checkValue(value, input, where) {
+  const dtype = input.dtype;
   if (dtype === 'string') {
     if (typeof value !== 'string') throw new RowValidationError(`${where}: expected a string, got ${describe(value)}`, { code: 'type' });
     return value;
   }
   if (value === null || value === undefined) {
-    if (dtype === 'int64') throw new RowValidationError(`${where}: expected an integer (int64), got ${describe(value)}`, { code: 'type' });
+    if (dtype === 'int64' || input.nullable === false) {
+      throw new RowValidationError(`${where}: a value is required (${dtype}); this model does not accept missing values here`, { code: 'missing-value' });
+    }
     return NaN;
   }
   if (typeof value !== 'number') throw new RowValidationError(`${where}: expected a number (${dtype}), got ${describe(value)}`, { code: 'type' });
@@ -356,7 +359,8 @@ export class EdgeportModel {
     }));
     if (results.some((r) => r.low_confidence) && this.policy.onLowConfidence === 'server' && this.policy.fallbackUrl) {
       try {
-        return await this.fromServer(rows, 'low-confidence');
+        const served = await this.fromServer(rows, 'low-confidence');
+        return served.map((r, i) => ({ ...r, browser_confidence: results[i].confidence }));
       } catch {
         return results; // the server could not help; the local answer, marked low-confidence, is still an answer
       }
@@ -370,7 +374,7 @@ export class EdgeportModel {
       throw new ServerError(`the model can't run here (${reason}) and no fallback server is configured`, { code: 'no-fallback', cause: this.localError });
     }
     const started = now();
-    const body = JSON.stringify(toInferRequest(this.manifest, buildInputs(this.manifest, rows)));
+    const body = JSON.stringify(toInferRequest(this.manifest, buildInputs(this.manifest, rows), { fallback_reason: reason }));
     const { name, version } = this.manifest;
     const url = `${this.policy.fallbackUrl.replace(/\/$/, '')}/v2/models/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}/infer`;
     let lastError;
@@ -402,8 +406,9 @@ export class EdgeportModel {
 }
 
 /** An OIP v2 infer request body for built inputs. */
-export function toInferRequest(manifest, inputs) {
+export function toInferRequest(manifest, inputs, parameters) {
   return {
+    ...(parameters ? { parameters } : {}),
     inputs: manifest.inputs.map((spec) => {
       const t = inputs[spec.name];
       const data = spec.dtype === 'int64' ? Array.from(t.data, Number) : Array.from(t.data, (v) => (Number.isNaN(v) ? null : v));

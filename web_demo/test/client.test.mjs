@@ -12,13 +12,13 @@ import {
 } from '../client/edgeport.js';
 
 const matrix = {
-  inputs: [{ name: 'input', dtype: 'float32', shape: [null, 3], columns: ['a', 'b', 'c'] }],
+  inputs: [{ name: 'input', dtype: 'float32', shape: [null, 3], columns: ['a', 'b', 'c'], nullable: false }],
   outputs: [{ name: 'label', dtype: 'int64', shape: [null], role: 'label' },
     { name: 'probabilities', dtype: 'float32', shape: [null, 2], role: 'probabilities' }],
 };
 const mixed = {
   inputs: [
-    { name: 'age', column: 'age', dtype: 'float64', shape: [null, 1] },
+    { name: 'age', column: 'age', dtype: 'float64', shape: [null, 1], nullable: true },
     { name: 'plan', column: 'plan', dtype: 'string', shape: [null, 1], categories: ['basic', 'premium'] },
     { name: 'visits', column: 'visits', dtype: 'int64', shape: [null, 1] },
   ],
@@ -63,6 +63,7 @@ test('bad rows name the row, the column and the expected type', () => {
     [matrix, [[1, 2]], /row 0: expected 3 values, got 2/],
     [matrix, [{ a: 1, b: 2 }], /row 0: missing column "c"/],
     [matrix, [], /non-empty array/],
+    [matrix, [[1, null, 3]], /does not accept missing values/],
   ];
   for (const [manifest, rows, message] of cases) {
     assert.throws(() => buildInputs(manifest, rows), (err) => err instanceof RowValidationError && message.test(err.message));

@@ -1,0 +1,177 @@
+"""create_app(): the OIP v2 fallback endpoint, the demo site, the bundle files, and /metrics.
+
+Bad input is always a 4xx with {"error": "..."} naming what is wrong; it never
+reaches onnxruntime and never gets a 5xx. Inference runs in a worker thread
+with a per-request timeout.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from .http import BodyLimit, error, static_file
+from .oip import (InferInputError, InferRequest, InferResponse, ModelMetadata, feeds_from_request, response_outputs,
+                  tensor_metadata)
+from .repository import Repository, ServedModel
+
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
+DEFAULT_MAX_BATCH = 1024
+DEFAULT_TIMEOUT_S = 10.0
+
+
+def create_app(
+    repository: Repository,
+    *,
+    site_dir: Optional[Path] = None,
+    cors_origins: tuple[str, ...] = (),
+    max_body_bytes: int = DEFAULT_MAX_BODY,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> FastAPI:
+    """The ASGI app serving `repository`'s models (and `site_dir` at /, if given)."""
+    from .metrics import Metrics
+
+    metrics = Metrics()
+    app = FastAPI(title="edgeport", version=__version__, docs_url="/docs", redoc_url=None)
+    app.state.repository = repository
+    if max_body_bytes:
+        app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["content-type"])
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        if first.get("type") == "json_invalid":
+            return error(400, f"request body is not valid JSON: {first.get('msg')}")
+        return error(400, f"invalid request: field {where}: {first.get('msg')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail))
+
+    def find(name: str, version: Optional[str]) -> ServedModel:
+        model = repository.get(name, version)
+        if model is None:
+            what = f"model {name!r}" + (f" version {version!r}" if version else "")
+            raise StarletteHTTPException(404, f"unknown {what}; this server has {', '.join(sorted(repository.models))}")
+        return model
+
+    @app.get("/v2/health/live")
+    def live() -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    def ready() -> dict:
+        return {"ready": True}
+
+    @app.get("/v2")
+    def server_metadata() -> dict:
+        return {"name": "edgeport", "version": __version__, "extensions": []}
+
+    def metadata(name: str, version: Optional[str] = None) -> ModelMetadata:
+        model = find(name, version)
+        manifest = model.bundle.manifest
+        return ModelMetadata(
+            name=model.name, versions=sorted(repository.models[model.name]), platform="onnxruntime_onnx",
+            inputs=tensor_metadata(model.bundle.inputs), outputs=tensor_metadata(model.bundle.outputs),
+            parameters={"task": manifest["task"], "classes": manifest.get("classes"), "version": model.version},
+        )
+
+    def model_ready(name: str, version: Optional[str] = None) -> dict:
+        find(name, version)
+        return {"name": name, "ready": True}
+
+    async def infer(request: Request, name: str, version: Optional[str] = None) -> Response:
+        model = find(name, version)
+        started = time.perf_counter()
+        body = await request.body()
+        try:
+            payload = InferRequest.model_validate_json(body)
+        except ValueError as exc:  # pydantic.ValidationError, with the field at fault
+            return metrics.refused(model, _validation_message(exc))
+        try:
+            feeds = feeds_from_request(model.bundle, payload, max_batch)
+            names = _requested_outputs(model, payload)
+        except InferInputError as exc:
+            return metrics.refused(model, str(exc))
+        try:
+            with anyio.fail_after(timeout_s):
+                values = await anyio.to_thread.run_sync(model.session.run, names, feeds, abandon_on_cancel=True)
+        except TimeoutError:
+            metrics.observe(model, "timeout", started, 0, payload)
+            return error(503, f"inference took longer than {timeout_s:g}s; try fewer rows")
+        except Exception as exc:  # onnxruntime failed on input that passed every check: a server fault
+            metrics.observe(model, "error", started, 0, payload)
+            return error(500, f"inference failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+        rows = next(iter(feeds.values())).shape[0]
+        metrics.observe(model, "ok", started, rows, payload)
+        response = InferResponse(model_name=model.name, model_version=model.version, id=payload.id,
+                                 outputs=response_outputs(model.bundle, names, values))
+        return Response(response.model_dump_json(exclude_none=True), media_type="application/json")
+
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        app.get(prefix, response_model=ModelMetadata)(metadata)
+        app.get(prefix + "/ready")(model_ready)
+        app.post(prefix + "/infer")(infer)
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @app.api_route("/bundles/{name}/{version}/{path:path}", methods=["GET", "HEAD"])
+    def bundle_file(name: str, version: str, path: str, request: Request) -> Response:
+        model = find(name, version)
+        listed = {f["path"]: f for f in model.bundle.manifest["files"]}
+        if path != "manifest.json" and path not in listed:
+            return error(404, f"{path!r} is not a file of bundle {name} version {version}")
+        # the version pins the content, and the manifest lists every file's hash: safe to cache hard
+        etag = f'"{listed[path]["sha256"]}"' if path in listed else None
+        if etag and request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={"ETag": etag})
+        response = static_file(model.bundle.path.resolve(), path, request, cache="public, max-age=3600")
+        if etag:
+            response.headers["ETag"] = etag
+        return response
+
+    if site_dir is not None:
+        site_root = Path(site_dir).resolve()
+
+        @app.api_route("/{path:path}", methods=["GET", "HEAD"])
+        def site(path: str, request: Request) -> Response:
+            return static_file(site_root, path, request)
+
+    return app
+
+
+def _requested_outputs(model: ServedModel, payload: InferRequest) -> list[str]:
+    available = [o["name"] for o in model.bundle.outputs]
+    if not payload.outputs:
+        return available
+    names = [o.name for o in payload.outputs]
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise InferInputError(f"unknown output {unknown[0]!r}; the model has {', '.join(available)}")
+    return names
+
+
+def _validation_message(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", lambda: [])()
+    if not errors:
+        return f"invalid request: {exc}"
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return f"request body is not valid JSON: {first.get('msg')}"
+    where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+    return f"invalid request: field {where}: {first.get('msg')}"

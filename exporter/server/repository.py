@@ -1,0 +1,78 @@
+"""The model repository: bundles on disk, verified, each with an onnxruntime session."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..bundle import MANIFEST, Bundle, read_bundle
+from ..errors import BundleError, InputFileError
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    bundle: Bundle
+    session: Any  # onnxruntime.InferenceSession
+    onnx_file: str
+
+    @property
+    def name(self) -> str:
+        return self.bundle.name
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+
+def version_key(version: str) -> tuple:
+    """Sort "2" after "10"? No: numeric parts compare as numbers ("1" < "2" < "10")."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.\-_]", version))
+
+
+class Repository:
+    """Every bundle under a path (a bundle itself, or a folder of bundles up to two levels deep)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.models: dict[str, dict[str, ServedModel]] = {}
+        for bundle_dir in discover(self.path):
+            self.add(read_bundle(bundle_dir))
+        if not self.models:
+            raise InputFileError(f"no bundles found in {self.path}: expected a directory with a manifest.json, or "
+                                 "a folder of such directories (made by `edgeport export`)")
+
+    def add(self, bundle: Bundle) -> None:
+        import onnxruntime as ort
+
+        onnx_file = bundle.manifest.get("server_model_file", bundle.manifest["model_file"])
+        if not onnx_file.endswith(".onnx"):
+            raise BundleError(f"bundle {bundle.path} has no ONNX artifact for the server to run")
+        versions = self.models.setdefault(bundle.name, {})
+        if bundle.version in versions:
+            raise BundleError(f"two bundles are both {bundle.name} version {bundle.version}: "
+                              f"{versions[bundle.version].bundle.path} and {bundle.path}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # many small requests: parallelism comes from concurrent requests
+        session = ort.InferenceSession(str(bundle.path / onnx_file), options, providers=["CPUExecutionProvider"])
+        versions[bundle.version] = ServedModel(bundle, session, onnx_file)
+
+    def get(self, name: str, version: str | None = None) -> ServedModel | None:
+        versions = self.models.get(name)
+        if not versions:
+            return None
+        if version is None:
+            return versions[max(versions, key=version_key)]
+        return versions.get(version)
+
+    def all(self) -> list[ServedModel]:
+        return [m for versions in self.models.values() for m in versions.values()]
+
+
+def discover(path: Path) -> list[Path]:
+    if not path.is_dir():
+        raise InputFileError(f"bundle directory not found: {path}")
+    if (path / MANIFEST).is_file():
+        return [path]
+    found = sorted(p.parent for p in path.glob(f"*/{MANIFEST}")) + sorted(p.parent for p in path.glob(f"*/*/{MANIFEST}"))
+    return found

@@ -1,0 +1,37 @@
+"""Running the fallback server: the repository, the demo site, and uvicorn with a graceful shutdown."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from .server.app import create_app
+from .server.repository import Repository
+from .site import build_site
+
+Progress = Callable[[str], None]
+
+
+def build_app(path: str | Path, *, site: Optional[Path] = None, site_cache: Optional[Path] = None, **limits):
+    """The app for a bundle or folder of bundles; builds a same-origin demo site when none is given."""
+    repository = Repository(path)
+    if site is None:
+        site_cache = Path(site_cache or tempfile.mkdtemp(prefix="edgeport-site-")) / "site"
+        latest = [repository.get(name).bundle.path for name in sorted(repository.models)]
+        site = build_site(latest, site_cache, fallback_url="").path
+    return create_app(repository, site_dir=site, **limits)
+
+
+def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, site: Optional[Path] = None,
+                  progress: Optional[Progress] = None, **limits) -> None:
+    """Serve until SIGINT/SIGTERM; in-flight requests finish before the process exits."""
+    import uvicorn
+
+    progress = progress or (lambda _msg: None)
+    progress(f"loading bundles from {path}")
+    app = build_app(path, site=site, **limits)
+    models = ", ".join(f"{m.name}@{m.version}" for m in app.state.repository.all())
+    progress(f"serving {models}")
+    print(f"edgeport is serving the demo at http://{host}:{port}/  (OIP v2 at http://{host}:{port}/v2; Ctrl-C stops)", flush=True)
+    # one worker: uvicorn's --workers path loses TCP_NODELAY (+44 ms a request, Kludex/uvicorn#3149)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)

@@ -1,0 +1,169 @@
+"""Building the static demo site: client-side inference that works on any static host.
+
+    site/
+      index.html            the page, with a Content-Security-Policy and an import map
+      app.js, app.css       the page script and style (web_demo/demo/)
+      client/edgeport.js    the one JS client
+      vendor/ort/...        only the runtime files the bundles need (onnxruntime-web's WASM-only build)
+      models/NAME/...       each bundle, verified against its manifest before it is copied
+      site.json             the models on the page and the fallback URL
+      *.gz, *.br            precompressed copies of the big files
+
+No CDN: everything the page loads comes from the site itself (and the
+fallback server, if one is set).
+"""
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+from urllib.parse import urlsplit
+
+from .bundle import MANIFEST, Bundle, read_bundle, staging_dir, publish
+from .errors import BundleError, RuntimeUnavailableError
+from .webassets import CLIENT_DIR, ORT_BROWSER_FILES, ORT_DIST, TFJS_BROWSER_FILES, TFJS_DIST, WEB_DEMO, require_js_packages
+
+DEMO_DIR = WEB_DEMO / "demo"
+SITE_JSON = "site.json"
+COMPRESS_MIN_BYTES = 10_000
+COMPRESS_SUFFIXES = (".js", ".mjs", ".wasm", ".onnx", ".json", ".css", ".html", ".bin")
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SiteResult:
+    path: Path
+    models: tuple[str, ...]
+    bytes_raw: int
+    bytes_gzip: int
+
+
+def build_site(bundle_paths: Sequence[str | Path], out: str | Path, *, fallback_url: str | None = None,
+               force: bool = False, progress: Progress | None = None) -> SiteResult:
+    """Write the demo site for `bundle_paths` to `out`.
+
+    fallback_url: None for no server fallback, "" for the server that serves the site (same origin),
+    or an absolute http(s) URL of an OIP v2 server.
+    """
+    progress = progress or (lambda _msg: None)
+    require_js_packages()
+    if fallback_url:
+        parts = urlsplit(fallback_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise BundleError(f"--fallback-url {fallback_url!r} is not an http(s) URL")
+    bundles = [read_bundle(p) for p in bundle_paths]
+    if not bundles:
+        raise BundleError("no bundles to put on the site")
+    names = [b.name for b in bundles]
+    if len(set(names)) != len(names):
+        raise BundleError(f"two bundles share a name ({', '.join(sorted({n for n in names if names.count(n) > 1}))}); "
+                          "a site shows one version of each model")
+    out = Path(out)
+    if out.is_dir() and (out / SITE_JSON).is_file():
+        force = True  # rebuilding a site we made is safe
+    staged = staging_dir(out, force)
+    try:
+        progress(f"building the demo site for {', '.join(names)}")
+        for item in DEMO_DIR.iterdir():
+            if item.is_file() and item.name != "index.html":
+                shutil.copy2(item, staged / item.name)
+        (staged / "client").mkdir()
+        shutil.copy2(CLIENT_DIR / "edgeport.js", staged / "client" / "edgeport.js")
+        formats = {b.manifest["format"] for b in bundles}
+        _copy_vendor(staged, formats)
+        for bundle in bundles:
+            _copy_bundle(bundle, staged / "models" / bundle.name)
+        site = {
+            "fallback_url": fallback_url,
+            "models": [{"name": b.name, "version": b.version, "task": b.manifest["task"], "format": b.manifest["format"],
+                        "manifest": f"models/{b.name}/{MANIFEST}", "description": b.manifest.get("description", "")}
+                       for b in bundles],
+        }
+        (staged / SITE_JSON).write_text(json.dumps(site, indent=2) + "\n")
+        (staged / "index.html").write_text(_index_html(fallback_url, formats))
+        progress("precompressing the big files (.gz, .br)")
+        raw, gz = _precompress(staged)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    publish(staged, out)
+    return SiteResult(out, tuple(names), raw, gz)
+
+
+def _copy_vendor(site: Path, formats: set[str]) -> None:
+    if "onnx" in formats:
+        (site / "vendor" / "ort").mkdir(parents=True)
+        for name in ORT_BROWSER_FILES:
+            shutil.copy2(ORT_DIST / name, site / "vendor" / "ort" / name)
+    if "tfjs-graph" in formats:
+        if not (TFJS_DIST / TFJS_BROWSER_FILES[0]).is_file():
+            raise RuntimeUnavailableError("@tensorflow/tfjs is not installed in web_demo: run `make setup`")
+        (site / "vendor" / "tfjs").mkdir(parents=True)
+        for name in TFJS_BROWSER_FILES:
+            shutil.copy2(TFJS_DIST / name, site / "vendor" / "tfjs" / name)
+
+
+def _copy_bundle(bundle: Bundle, target: Path) -> None:
+    target.mkdir(parents=True)
+    shutil.copy2(bundle.path / MANIFEST, target / MANIFEST)
+    for entry in bundle.manifest["files"]:
+        destination = target / entry["path"]
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(bundle.path / entry["path"], destination)
+
+
+def import_map(formats: set[str]) -> str:
+    imports = {}
+    if "onnx" in formats:
+        imports["onnxruntime-web"] = "./vendor/ort/ort.wasm.min.mjs"
+    if "tfjs-graph" in formats:
+        imports["@tensorflow/tfjs"] = "./vendor/tfjs/tf.fesm.min.js"
+    return json.dumps({"imports": imports})
+
+
+def content_security_policy(fallback_url: str | None, inline_scripts: Sequence[str]) -> str:
+    connect = ["'self'"]
+    if fallback_url:
+        parts = urlsplit(fallback_url)
+        connect.append(f"{parts.scheme}://{parts.netloc}")
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in inline_scripts)
+    # wasm-unsafe-eval lets WebAssembly compile without allowing JS eval
+    return (f"default-src 'self'; script-src 'self' 'wasm-unsafe-eval' {hashes}; connect-src {' '.join(connect)}; "
+            "style-src 'self'; img-src 'self' data: blob:; worker-src 'self' blob:; object-src 'none'; base-uri 'self'; "
+            "form-action 'none'")
+
+
+def _index_html(fallback_url: str | None, formats: set[str]) -> str:
+    template = (DEMO_DIR / "index.html").read_text()
+    imports = import_map(formats)
+    html = template.replace("{{IMPORT_MAP}}", imports)
+    return html.replace("{{CSP}}", content_security_policy(fallback_url, [imports]))
+
+
+def _precompress(site: Path) -> tuple[int, int]:
+    import brotli
+
+    raw = gz = 0
+    for path in sorted(p for p in site.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        raw += len(data)
+        if len(data) < COMPRESS_MIN_BYTES or path.suffix not in COMPRESS_SUFFIXES:
+            gz += len(data)
+            continue
+        packed = gzip.compress(data, 9, mtime=0)
+        gz += len(packed)
+        path.with_name(path.name + ".gz").write_bytes(packed)
+        # quality 9: within a few % of 11 for wasm, and seconds instead of a minute
+        path.with_name(path.name + ".br").write_bytes(brotli.compress(data, quality=9))
+    return raw, gz
+
+
+def safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)

@@ -1,0 +1,268 @@
+// The demo page: builds a form from the bundle's manifest, predicts through the edgeport client,
+// and shows where every answer came from. All inference logic lives in client/edgeport.js.
+import { describeColumns, loadModel, ServerError } from './client/edgeport.js';
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const REASONS = {
+  'no-wasm': () => 'This browser can\'t run WebAssembly, so the server answered instead.',
+  'load-error': (m) => `The model couldn't load in this browser (${m.localError?.message ?? 'unknown error'}), so the server answered instead.`,
+  integrity: (m) => `The model file failed its integrity check (${m.localError?.message ?? ''}), so the browser refused to run it and the server answered instead.`,
+  'inference-error': () => 'Running the model in the browser failed, so the server answered instead.',
+  timeout: (m) => `The browser took longer than ${m.policy.timeoutMs} ms, so the server answered instead.`,
+  'low-confidence': (m, r) => `The browser's answer was only ${pct(r.browser_confidence)} confident (threshold ${pct(m.policy.confidenceThreshold)}), so the server was asked.`,
+};
+
+let site;
+let model;
+let columns = [];
+let golden = null;
+
+function pct(x) { return x === undefined || x === null ? '?' : `${(100 * x).toFixed(0)}%`; }
+
+function show(id) {
+  for (const part of ['idle', 'result', 'error-state']) $(part).hidden = part !== id;
+}
+
+function showError(message) {
+  $('error-text').textContent = message;
+  show('error-state');
+}
+
+function fallbackUrl() {
+  if (site.fallback_url === null || site.fallback_url === undefined) return null;
+  return site.fallback_url || location.origin; // "" means the server that serves this page
+}
+
+async function main() {
+  try {
+    site = await (await fetch('./site.json')).json();
+  } catch (err) {
+    $('model-title').textContent = 'This demo site is incomplete';
+    showError(`site.json could not be read (${err.message}). Rebuild the site with edgeport demo.`);
+    return;
+  }
+  const chosen = site.models.find((m) => m.name === params.get('model')) ?? site.models[0];
+  $('models').replaceChildren(...site.models.map((m) => {
+    const link = document.createElement('a');
+    link.href = `?model=${encodeURIComponent(m.name)}`;
+    link.textContent = m.name;
+    if (m === chosen) link.setAttribute('aria-current', 'page');
+    return link;
+  }));
+  $('footer').textContent = fallbackUrl() ? `Fallback server: ${fallbackUrl()} (Open Inference Protocol v2)` : 'No fallback server: this page answers only from the browser.';
+  $('predict').addEventListener('click', predict);
+  $('sample').addEventListener('click', fillSample);
+  $('retry').addEventListener('click', predict);
+  await open(chosen);
+}
+
+async function open(entry) {
+  $('model-title').textContent = entry.name;
+  $('model-meta').textContent = `${entry.task} · ${entry.format} · version ${entry.version}`;
+  $('progress').hidden = false;
+  const options = {
+    fallbackUrl: fallbackUrl() ?? '',
+    onProgress: progress,
+    forceNoWasm: params.has('nowasm'),
+  };
+  if (params.has('threshold')) options.confidenceThreshold = Number(params.get('threshold'));
+  if (params.has('policy')) options.onLowConfidence = params.get('policy');
+  try {
+    model = await loadModel(entry.manifest, options);
+  } catch (err) {
+    $('progress').hidden = true;
+    showError(`The model can't run in this browser (${err.message}) and no fallback server is configured.`);
+    return;
+  }
+  $('progress').hidden = true;
+  columns = describeColumns(model.manifest);
+  buildForm(model.manifest);
+  fetch(new URL('golden.json', new URL(entry.manifest, location.href))).then((r) => r.json()).then((g) => { golden = g; $('sample').disabled = false; }).catch(() => {});
+  $('predict').disabled = false;
+  if (model.localError) {
+    $('model-meta').textContent += ' · running on the server';
+  }
+}
+
+function progress(event) {
+  const text = { manifest: 'Reading the manifest…', model: 'Downloading the model…', runtime: 'Starting the runtime…', ready: 'Ready', fallback: 'Using the server' }[event.stage];
+  const fraction = event.total ? event.loaded / event.total : event.stage === 'ready' ? 1 : 0;
+  $('progress-text').textContent = event.total && event.stage === 'model' ? `${text} ${(event.loaded / 1024).toFixed(0)} / ${(event.total / 1024).toFixed(0)} KB` : text;
+  $('progress-bar').style.width = `${Math.round(100 * fraction)}%`;
+}
+
+// ------------------------------------------------------------------ the form, built from the manifest
+
+function isImage(manifest) {
+  const input = manifest.inputs[0];
+  return manifest.inputs.length === 1 && input.shape.length >= 3;
+}
+
+function buildForm(manifest) {
+  const form = $('form');
+  form.replaceChildren();
+  if (isImage(manifest)) {
+    form.append(imageField(manifest));
+    return;
+  }
+  const stats = manifest.feature_stats ?? {};
+  for (const column of columns) {
+    const label = document.createElement('label');
+    label.textContent = column.name;
+    let field;
+    const stat = stats[column.name] ?? {};
+    if (column.dtype === 'string') {
+      field = document.createElement('select');
+      const options = column.categories ?? Object.keys(stat.frequencies ?? {});
+      for (const value of options) field.append(new Option(value, value));
+      const common = Object.entries(stat.frequencies ?? {}).sort((a, b) => b[1] - a[1])[0];
+      if (common) field.value = common[0];
+    } else {
+      field = document.createElement('input');
+      field.type = 'number';
+      field.step = 'any';
+      if (stat.mean !== null && stat.mean !== undefined) field.value = roundish(stat.mean);
+      if (stat.min !== null && stat.min !== undefined) field.placeholder = `${roundish(stat.min)} – ${roundish(stat.max)}`;
+      if (column.nullable === false || manifest.inputs.find((i) => (i.column ?? i.name) === column.name)?.nullable === false) field.required = true;
+    }
+    field.name = column.name;
+    field.dataset.dtype = column.dtype;
+    label.append(field);
+    form.append(label);
+  }
+}
+
+function roundish(x) { return Math.abs(x) >= 100 ? x.toFixed(1) : Number(x.toPrecision(4)); }
+
+function imageField(manifest) {
+  const input = manifest.inputs[0];
+  const [height, width] = input.shape.slice(1, 3);
+  const stat = manifest.feature_stats?.[input.name] ?? { min: 0, max: 1 };
+  const label = document.createElement('label');
+  label.className = 'canvas-field';
+  label.textContent = `Draw (scaled to ${height}×${width})`;
+  const canvas = document.createElement('canvas');
+  canvas.width = canvas.height = 160;
+  canvas.id = 'canvas';
+  const ctx = canvas.getContext('2d');
+  ctx.lineWidth = 16;
+  ctx.lineCap = 'round';
+  let drawing = false;
+  const point = (e) => { const r = canvas.getBoundingClientRect(); return [e.clientX - r.left, e.clientY - r.top]; };
+  canvas.addEventListener('pointerdown', (e) => { drawing = true; ctx.beginPath(); ctx.moveTo(...point(e)); });
+  canvas.addEventListener('pointermove', (e) => { if (drawing) { ctx.lineTo(...point(e)); ctx.stroke(); } });
+  window.addEventListener('pointerup', () => { drawing = false; });
+  const clear = document.createElement('button');
+  clear.type = 'button';
+  clear.className = 'secondary';
+  clear.textContent = 'Clear';
+  clear.addEventListener('click', () => ctx.clearRect(0, 0, canvas.width, canvas.height));
+  const upload = document.createElement('input');
+  upload.type = 'file';
+  upload.accept = 'image/*';
+  upload.addEventListener('change', async () => {
+    const bitmap = await createImageBitmap(upload.files[0]);
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  });
+  canvas.readPixels = () => {
+    // average the drawing down to the model's grid, darkness scaled into the sample's value range
+    const small = document.createElement('canvas');
+    small.width = width;
+    small.height = height;
+    const sctx = small.getContext('2d');
+    sctx.drawImage(canvas, 0, 0, width, height);
+    const { data } = sctx.getImageData(0, 0, width, height);
+    const values = [];
+    for (let i = 0; i < width * height; i++) values.push(stat.min + (data[i * 4 + 3] / 255) * (stat.max - stat.min));
+    return values;
+  };
+  label.append(canvas, clear, upload);
+  return label;
+}
+
+function readRow() {
+  if (isImage(model.manifest)) return $('canvas').readPixels();
+  const row = {};
+  for (const field of $('form').elements) {
+    if (!field.name) continue;
+    if (field.dataset.dtype === 'string') row[field.name] = field.value;
+    else row[field.name] = field.value === '' ? null : Number(field.value);
+  }
+  const input = model.manifest.inputs[0];
+  return model.manifest.inputs.length === 1 && !input.column ? columns.map((c) => row[c.name]) : row;
+}
+
+function fillSample() {
+  if (!golden?.rows?.length) return;
+  const row = golden.rows[Math.floor(Math.random() * golden.rows.length)];
+  if (isImage(model.manifest)) return;
+  const values = Array.isArray(row) ? Object.fromEntries(columns.map((c, i) => [c.name, row[i]])) : row;
+  for (const field of $('form').elements) {
+    if (field.name in values) field.value = values[field.name] ?? '';
+  }
+}
+
+// ------------------------------------------------------------------ predicting and showing where the answer came from
+
+async function predict() {
+  $('predict').disabled = true;
+  try {
+    const [result] = await model.predict([readRow()]);
+    render(result);
+  } catch (err) {
+    if (err instanceof ServerError) {
+      const local = model.localError ? `The model can't run in this browser (${model.localError.message}), and t` : 'T';
+      showError(`${local}he fallback server can't be reached right now (${err.message}). Check your connection and try again.`);
+    } else {
+      showError(err.message);
+    }
+  } finally {
+    $('predict').disabled = false;
+  }
+}
+
+function render(result) {
+  const classes = model.classes ?? [];
+  const regression = result.value !== undefined;
+  $('label').textContent = regression ? format(result.value) : String(result.label);
+  $('confidence').textContent = regression ? '' : `${pct(result.confidence)} confident`;
+  $('bars').replaceChildren(...(result.probabilities ?? []).map((p, i) => {
+    const row = document.createElement('div');
+    row.className = `prob${p === result.confidence ? ' top' : ''}`;
+    const name = document.createElement('span');
+    name.textContent = String(classes[i] ?? i);
+    const track = document.createElement('div');
+    track.className = 'track';
+    const fill = document.createElement('div');
+    fill.className = 'fill';
+    fill.style.width = `${(100 * p).toFixed(1)}%`;
+    track.append(fill);
+    const value = document.createElement('span');
+    value.textContent = pct(p);
+    row.append(name, track, value);
+    return row;
+  }));
+  $('served-by').textContent = result.served_by;
+  $('served-by').className = `badge ${result.served_by}`;
+  $('latency').textContent = `${result.latency_ms.toFixed(result.latency_ms < 10 ? 2 : 0)} ms`;
+  const notice = $('notice');
+  notice.className = 'notice';
+  if (result.fallback_reason) {
+    notice.textContent = REASONS[result.fallback_reason]?.(model, result) ?? `The server answered (${result.fallback_reason}).`;
+    notice.hidden = false;
+  } else if (result.low_confidence) {
+    notice.textContent = `Only ${pct(result.confidence)} confident (threshold ${pct(model.policy.confidenceThreshold)}): treat this answer as a guess.`;
+    notice.className = 'notice abstain';
+    notice.hidden = false;
+  } else {
+    notice.hidden = true;
+  }
+  notice.dataset.reason = result.fallback_reason ?? '';
+  show('result');
+}
+
+function format(value) { return Array.isArray(value) ? value.map(format).join(', ') : Number(value).toPrecision(5); }
+
+main().catch((err) => showError(`The demo failed to start: ${err.message}`));
