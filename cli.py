@@ -176,18 +176,30 @@ def quickstart(
     out: Path = typer.Option(Path("out"), "--out", help="Where the example models, bundles and site go."),
     runtime: List[RuntimeName] = typer.Option(
         [RuntimeName.python, RuntimeName.node, RuntimeName.browser], "--runtime", "-r", help="Runtimes to check."),
+    serve: bool = typer.Option(True, "--serve/--no-serve", help="Serve the demo when done (--no-serve stops after building)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to serve on."),
+    port: int = typer.Option(8000, "--port", help="Port to serve on."),
 ) -> None:
-    """Train the example models, export them, and check parity in every runtime."""
+    """Train the example models, export them, check parity everywhere, build the demo and serve it."""
     from exporter.formatting import format_quickstart
     from exporter.quickstart import run_quickstart
+    from exporter.site import build_site
 
     try:
         result = run_quickstart(out, [r.value for r in runtime], progress=_progress)
+        typer.echo(format_quickstart(result))
+        if not result.passed:
+            raise typer.Exit(3)
+        site = build_site([m.export.bundle.path for m in result.models], out / "site", fallback_url="", progress=_progress)
+        typer.echo(f"demo site: {site.path} ({site.bytes_raw / 1e6:.1f} MB, {site.bytes_gzip / 1e6:.1f} MB gzipped)")
+        if serve:
+            from exporter.serving import serve_forever
+
+            serve_forever(result.bundles_dir, host=host, port=port, site=site.path, progress=_progress)
+    except typer.Exit:
+        raise
     except Exception as exc:
         _fail(exc)
-    typer.echo(format_quickstart(result))
-    if not result.passed:
-        raise typer.Exit(3)
 
 
 def _write_report(path: Path, data: dict) -> None:

@@ -28,6 +28,7 @@ def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000
     import uvicorn
 
     progress = progress or (lambda _msg: None)
+    _check_port(host, port)
     progress(f"loading bundles from {path}")
     app = build_app(path, site=site, **limits)
     models = ", ".join(f"{m.name}@{m.version}" for m in app.state.repository.all())
@@ -35,3 +36,17 @@ def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000
     print(f"edgeport is serving the demo at http://{host}:{port}/  (OIP v2 at http://{host}:{port}/v2; Ctrl-C stops)", flush=True)
     # one worker: uvicorn's --workers path loses TCP_NODELAY (+44 ms a request, Kludex/uvicorn#3149)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+
+
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    from .errors import EdgeportError
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise EdgeportError(f"cannot listen on {host}:{port} ({exc.strerror}); is another server running? "
+                                "Pass --port to pick another port.") from exc

@@ -148,8 +148,10 @@ def create_app(
     if site_dir is not None:
         site_root = Path(site_dir).resolve()
 
-        @app.api_route("/{path:path}", methods=["GET", "HEAD"])
+        @app.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
         def site(path: str, request: Request) -> Response:
+            if request.method not in ("GET", "HEAD") or path == "v2" or path.startswith("v2/"):
+                return error(404, f"no such endpoint: {request.method} /{path}")
             return static_file(site_root, path, request)
 
     return app

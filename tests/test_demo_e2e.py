@@ -1,0 +1,140 @@
+"""The demo end to end in real Chromium against a real `edgeport serve`, with screenshots as artifacts."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+
+import pytest
+
+from conftest import ServerProcess, artifact_dir, need
+
+pytestmark = [pytest.mark.browser]
+SHOTS = "demo"
+
+
+@pytest.fixture(autouse=True)
+def chromium_available():
+    need(shutil.which("chromium") is not None, "chromium is not on PATH (apt-get install -y chromium)")
+
+
+@pytest.fixture(scope="module")
+def server(example_bundles):
+    process = ServerProcess(example_bundles.bundles_dir)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def page():
+    from playwright.sync_api import sync_playwright
+
+    from exporter.runtimes.browser import PageLog, launch
+
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
+        context = launch(pw, profile)
+        page = context.new_page()
+        page.set_viewport_size({"width": 1100, "height": 720})
+        page.log = PageLog()
+        page.log.attach(page)
+        page.set_default_timeout(30_000)
+        yield page
+        context.close()
+
+
+def open_model(page, url, model, block_wasm=False):
+    if block_wasm:
+        page.route("**/*.wasm", lambda route: route.abort())
+    page.goto(f"{url}/?model={model}")
+    page.wait_for_selector("#predict:not([disabled])")
+
+
+def predict(page):
+    page.click("#predict")
+    page.wait_for_selector("#result:not([hidden]), #error-state:not([hidden])")
+
+
+def shot(page, name):
+    path = artifact_dir(SHOTS) / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+
+
+def csp_violations(page):
+    return [line for line in page.log.lines if "Content Security Policy" in line]
+
+
+def test_the_demo_predicts_in_the_browser(page, server, example_bundles):
+    import pandas as pd
+
+    open_model(page, server.url, "iris")
+    inputs = page.locator("#form input")
+    assert inputs.count() == 4  # one field per column of the manifest
+    values = {"sepal length (cm)": 6.7, "sepal width (cm)": 3.0, "petal length (cm)": 5.2, "petal width (cm)": 2.3}
+    for name, value in values.items():
+        page.fill(f"input[name='{name}']", str(value))
+    predict(page)
+    assert page.text_content("#served-by") == "browser"
+    assert page.is_hidden("#notice")
+    model = next(m for m in example_bundles.models if m.name == "iris")
+    from models.iris import train
+
+    expected = train().model.predict(pd.DataFrame([values]))[0]
+    assert page.text_content("#label") == expected
+    assert page.locator("#bars .prob").count() == 3
+    assert "confident" in page.text_content("#confidence")
+    assert not csp_violations(page), page.log.lines
+    shot(page, "1-browser-prediction")
+
+
+def test_churn_form_has_dropdowns_for_categories(page, server):
+    open_model(page, server.url, "churn")
+    options = page.locator("select[name='plan'] option").all_text_contents()
+    assert sorted(options) == ["basic", "premium", "standard"]
+    predict(page)
+    assert page.text_content("#served-by") == "browser"
+
+
+def test_blocked_wasm_falls_back_to_the_server_and_says_why(page, server):
+    open_model(page, server.url, "iris", block_wasm=True)
+    predict(page)
+    assert page.text_content("#served-by") == "server"
+    assert page.get_attribute("#notice", "data-reason") == "load-error"
+    assert "server answered instead" in page.text_content("#notice")
+    assert page.text_content("#label") in ("setosa", "versicolor", "virginica")
+    shot(page, "2-wasm-blocked-server-fallback")
+
+
+def test_low_confidence_goes_to_the_server(page, server, example_bundles):
+    bundle = next(m for m in example_bundles.models if m.name == "churn").export.bundle
+    threshold = bundle.manifest["fallback"]["confidence_threshold"]
+    assert bundle.manifest["fallback"]["on_low_confidence"] == "server"
+    golden = bundle.golden()
+    unsure = [row for row, p in zip(golden["rows"], golden["outputs"]["probabilities"])
+              if max(p) < threshold - 0.02 and all(v is not None for v in row.values())]
+    assert unsure, "the churn sample should have rows the model is unsure about"
+    open_model(page, server.url, "churn")
+    for name, value in unsure[0].items():
+        if isinstance(value, str):
+            page.select_option(f"select[name='{name}']", value)
+        else:
+            page.fill(f"input[name='{name}']", repr(value))
+    predict(page)
+    assert page.text_content("#served-by") == "server"
+    assert page.get_attribute("#notice", "data-reason") == "low-confidence"
+    assert "confident" in page.text_content("#notice")
+    shot(page, "3-low-confidence-server")
+
+
+def test_server_down_too_shows_the_designed_error_state(page, example_bundles):
+    own = ServerProcess(example_bundles.bundles_dir)
+    try:
+        open_model(page, own.url, "iris", block_wasm=True)
+    finally:
+        own.stop()
+    predict(page)
+    assert page.is_visible("#error-state")
+    assert "No prediction right now" in page.text_content("#error-state")
+    assert "can't be reached" in page.text_content("#error-text")
+    assert page.is_visible("#retry")
+    assert not [line for line in page.log.lines if line.startswith("page error")], page.log.lines
+    shot(page, "4-server-down-error-state")

@@ -1,0 +1,247 @@
+"""The OIP v2 fallback server: TestClient for the contract, a real uvicorn process for its own behaviour."""
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def bundles(example_bundles):
+    return example_bundles.bundles_dir
+
+
+@pytest.fixture(scope="module")
+def client(bundles):
+    from exporter.server.app import create_app
+    from exporter.server.repository import Repository
+
+    return TestClient(create_app(Repository(bundles), max_body_bytes=64_000, max_batch=100))
+
+
+@pytest.fixture(scope="module")
+def server(bundles):
+    process = ServerProcess(bundles, "--max-body-bytes", "64000", "--max-batch", "100")
+    yield process
+    process.stop()
+
+
+def iris_request(rows):
+    return {"inputs": [{"name": "input", "shape": [len(rows), 4], "datatype": "FP64", "data": [v for r in rows for v in r]}]}
+
+
+def test_metadata_is_the_manifest_in_oip_terms(client):
+    response = client.get("/v2/models/churn")
+    assert response.status_code == 200
+    assert response.json() == {
+        "name": "churn", "versions": ["1"], "platform": "onnxruntime_onnx",
+        "inputs": [
+            {"name": "tenure_months", "datatype": "FP32", "shape": [-1, 1]},
+            {"name": "monthly_charges", "datatype": "FP32", "shape": [-1, 1]},
+            {"name": "support_calls", "datatype": "FP32", "shape": [-1, 1]},
+            {"name": "plan", "datatype": "BYTES", "shape": [-1, 1]},
+            {"name": "region", "datatype": "BYTES", "shape": [-1, 1]},
+        ],
+        "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                    {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}],
+        "parameters": {"task": "classification", "classes": ["churn", "stay"], "version": "1"},
+    }
+    assert client.get("/v2/models/churn/versions/1/ready").json() == {"name": "churn", "ready": True}
+    assert client.get("/v2").json() == {"name": "edgeport", "version": "0.1.0", "extensions": []}
+    assert client.get("/v2/health/live").status_code == 200
+
+
+def test_infer_matches_the_original_model(client, example_bundles):
+    from models.iris import train
+
+    model = train().model
+    X = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
+    import pandas as pd
+
+    frame = pd.DataFrame(X, columns=model.feature_names_in_)
+    response = client.post("/v2/models/iris/versions/1/infer", json={**iris_request(X.tolist()), "id": "r1"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_name"] == "iris" and body["model_version"] == "1" and body["id"] == "r1"
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert outputs["label"] == {"name": "label", "shape": [2], "datatype": "BYTES", "data": list(model.predict(frame))}
+    assert outputs["probabilities"]["shape"] == [2, 3]
+    np.testing.assert_allclose(np.reshape(outputs["probabilities"]["data"], (2, 3)), model.predict_proba(frame), atol=1e-9)
+
+
+def test_output_selection_and_nested_data(client):
+    request = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [[5.1, 3.5, 1.4, 0.2]]}],
+               "outputs": [{"name": "probabilities"}]}
+    body = client.post("/v2/models/iris/infer", json=request).json()
+    assert [o["name"] for o in body["outputs"]] == ["probabilities"]
+
+
+def test_missing_numbers_are_accepted_where_the_model_imputes(client):
+    request = {"inputs": [
+        {"name": "tenure_months", "shape": [1, 1], "datatype": "FP32", "data": [12]},
+        {"name": "monthly_charges", "shape": [1, 1], "datatype": "FP32", "data": [None]},
+        {"name": "support_calls", "shape": [1, 1], "datatype": "FP32", "data": [2]},
+        {"name": "plan", "shape": [1, 1], "datatype": "BYTES", "data": ["basic"]},
+        {"name": "region", "shape": [1, 1], "datatype": "BYTES", "data": ["north"]},
+    ]}
+    response = client.post("/v2/models/churn/infer", json=request)
+    assert response.status_code == 200, response.text
+
+
+def churn_input(name, **override):
+    base = {"tenure_months": ("FP32", [12]), "monthly_charges": ("FP32", [70.0]), "support_calls": ("FP32", [1]),
+            "plan": ("BYTES", ["basic"]), "region": ("BYTES", ["north"])}[name]
+    return {"name": name, "shape": [1, 1], "datatype": base[0], "data": base[1], **override}
+
+
+def churn_request(**overrides):
+    names = ["tenure_months", "monthly_charges", "support_calls", "plan", "region"]
+    return {"inputs": [churn_input(n, **overrides.get(n, {})) for n in names]}
+
+
+BAD_INPUTS = [
+    # (id, path, body (dict -> JSON, str/bytes -> raw), expected status, words the error must contain)
+    ("malformed JSON", "/v2/models/iris/infer", "{not json", 400, ["JSON"]),
+    ("empty body", "/v2/models/iris/infer", "", 400, ["JSON"]),
+    ("JSON array", "/v2/models/iris/infer", "[1, 2]", 400, ["invalid request"]),
+    ("no inputs field", "/v2/models/iris/infer", {"id": "x"}, 400, ["inputs"]),
+    ("empty inputs", "/v2/models/iris/infer", {"inputs": []}, 400, ["inputs"]),
+    ("unknown field", "/v2/models/iris/infer", {**iris_request([[1, 2, 3, 4]]), "extra": 1}, 400, ["extra"]),
+    ("shape not ints", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": ["1", "4"], "datatype": "FP64", "data": [1, 2, 3, 4]}]}, 400, ["shape"]),
+    ("wrong shape rank", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [4], "datatype": "FP64", "data": [1, 2, 3, 4]}]}, 400, ["'input'", "rank"]),
+    ("wrong feature count", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}]}, 400, ["'input'", "dimension 1"]),
+    ("data/shape mismatch", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}]}, 400, ["'input'", "4 values"]),
+    ("negative dimension", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [-1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}]}, 400, ["'input'", "negative"]),
+    ("zero rows", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [0, 4], "datatype": "FP64", "data": []}]}, 400, ["no rows"]),
+    ("wrong datatype", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "BYTES", "data": ["a", "b", "c", "d"]}]}, 400, ["'input'", "BYTES"]),
+    ("unknown datatype", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP128", "data": [1, 2, 3, 4]}]}, 400, ["FP128"]),
+    ("strings for numbers", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": ["5.1", 3.5, 1.4, 0.2]}]}, 400, ["'input'", "numbers"]),
+    ("booleans for numbers", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [True, 3.5, 1.4, 0.2]}]}, 400, ["numbers"]),
+    ("NaN where not allowed", "/v2/models/iris/infer", '{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [NaN, 3.5, 1.4, 0.2]}]}', 400, ["missing value"]),
+    ("null where not allowed", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [None, 3.5, 1.4, 0.2]}]}, 400, ["missing value"]),
+    ("Infinity", "/v2/models/iris/infer", '{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [Infinity, 3.5, 1.4, 0.2]}]}', 400, ["infinite"]),
+    ("unknown input name", "/v2/models/iris/infer", {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}]}, 400, ["unknown input 'x'"]),
+    ("input given twice", "/v2/models/iris/infer", {"inputs": [iris_request([[1, 2, 3, 4]])["inputs"][0]] * 2}, 400, ["more than once"]),
+    ("missing input", "/v2/models/churn/infer", {"inputs": [churn_input("plan")]}, 400, ["'tenure_months' is missing"]),
+    ("numbers for strings", "/v2/models/churn/infer", churn_request(plan={"datatype": "BYTES", "data": [3]}), 400, ["'plan'", "strings"]),
+    ("numeric datatype for strings", "/v2/models/churn/infer", churn_request(region={"datatype": "FP32", "data": [1.0]}), 400, ["'region'", "BYTES"]),
+    ("batch sizes differ", "/v2/models/churn/infer", churn_request(plan={"shape": [2, 1], "data": ["basic", "premium"]}), 400, ["batch size"]),
+    ("over the batch cap", "/v2/models/iris/infer", iris_request([[1, 2, 3, 4]] * 101), 400, ["at most 100"]),
+    ("unknown output", "/v2/models/iris/infer", {**iris_request([[1, 2, 3, 4]]), "outputs": [{"name": "logits"}]}, 400, ["unknown output 'logits'"]),
+    ("unknown model", "/v2/models/nope/infer", iris_request([[1, 2, 3, 4]]), 404, ["unknown model 'nope'"]),
+    ("unknown version", "/v2/models/iris/versions/7/infer", iris_request([[1, 2, 3, 4]]), 404, ["version '7'"]),
+    ("traversal in the name", "/v2/models/..%2F..%2Fetc%2Fpasswd/infer", iris_request([[1, 2, 3, 4]]), 404, []),  # decoded to extra path segments: no route matches
+    ("traversal in a bundle file", "/bundles/iris/1/..%2F..%2F..%2Fetc%2Fpasswd", None, 404, ["not a file of bundle"]),
+    ("GET on infer", "/v2/models/iris/infer", None, (404, 405), []),
+    ("oversized body", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [1.0] * 20000}]}, 413, ["larger than"]),
+]
+
+
+def _statuses(status):
+    return status if isinstance(status, tuple) else (status,)
+
+
+def _send(http, base, path, body):
+    if body is None:
+        return http.get(base + path)
+    content = json.dumps(body) if isinstance(body, dict) else body
+    return http.post(base + path, content=content, headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize("name,path,body,status,words", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_gets_a_4xx_that_names_the_fault(client, name, path, body, status, words):
+    response = _send(client, "", path, body)
+    assert response.status_code in _statuses(status), response.text
+    error = response.json()["error"]
+    for word in words:
+        assert word in error, error
+
+
+def test_the_real_process_refuses_the_whole_corpus_and_stays_healthy(server):
+    assert len(BAD_INPUTS) >= 20
+    with httpx.Client(timeout=10) as http:
+        for name, path, body, status, _ in BAD_INPUTS:
+            response = _send(http, server.url, path, body)
+            assert response.status_code in _statuses(status) and 400 <= response.status_code < 500, (name, response.text)
+            assert "error" in response.json(), name
+        assert http.get(f"{server.url}/v2/health/ready").status_code == 200
+        good = http.post(f"{server.url}/v2/models/iris/infer", json=iris_request([[5.1, 3.5, 1.4, 0.2]]))
+        assert good.status_code == 200
+        # a body with a Content-Length that lies is still cut off at the cap
+        chunks = (b"x" * 16_384 for _ in range(8))
+        streamed = http.post(f"{server.url}/v2/models/iris/infer", content=chunks)
+        assert streamed.status_code == 413
+        metrics = http.get(f"{server.url}/metrics").text
+        assert 'edgeport_infer_requests_total{model="iris",outcome="bad_request",version="1"}' in metrics
+    assert server.proc.poll() is None
+
+
+def test_tritonclient_speaks_to_edgeport(server):
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(url=server.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("iris") and client.is_model_ready("churn", "1")
+    metadata = client.get_model_metadata("churn")
+    assert [i["datatype"] for i in metadata["inputs"]] == ["FP32", "FP32", "FP32", "BYTES", "BYTES"]
+
+    x = triton.InferInput("input", [2, 4], "FP64")
+    x.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]), binary_data=False)
+    result = client.infer("iris", [x], outputs=[triton.InferRequestedOutput("label", binary_data=False)])
+    assert [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("label")] == ["setosa", "virginica"]
+
+    inputs = []
+    for name, value in (("tenure_months", 3.0), ("monthly_charges", 95.0), ("support_calls", 6.0)):
+        t = triton.InferInput(name, [1, 1], "FP32")
+        t.set_data_from_numpy(np.array([[value]], dtype=np.float32), binary_data=False)
+        inputs.append(t)
+    for name, value in (("plan", "basic"), ("region", "north")):
+        t = triton.InferInput(name, [1, 1], "BYTES")
+        t.set_data_from_numpy(np.array([[value]], dtype=object), binary_data=False)
+        inputs.append(t)
+    result = client.infer("churn", inputs, outputs=[triton.InferRequestedOutput("probabilities", binary_data=False)])
+    probabilities = result.as_numpy("probabilities")
+    assert probabilities.shape == (1, 2) and abs(probabilities.sum() - 1) < 1e-5
+
+
+def test_sigterm_during_requests_loses_none(bundles):
+    server = ServerProcess(bundles)
+    body = iris_request([[5.1, 3.5, 1.4, 0.2]] * 100)
+    outcomes = []
+    started = threading.Event()
+
+    def call(i):
+        try:
+            with httpx.Client(timeout=30) as http:
+                started.set()
+                response = http.post(f"{server.url}/v2/models/iris/infer", json=body)
+                return ("ok" if response.status_code == 200 else f"status {response.status_code}")
+        except httpx.ConnectError:
+            return "refused"  # never accepted: the client knows to retry, nothing was lost
+        except httpx.HTTPError as exc:
+            return f"lost: {type(exc).__name__}"
+
+    try:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            futures = [pool.submit(call, i) for i in range(400)]
+            started.wait(10)
+            time.sleep(0.2)
+            server.proc.send_signal(signal.SIGTERM)
+            outcomes = [f.result() for f in futures]
+        # uvicorn re-raises the signal after its graceful shutdown, so -SIGTERM is the clean exit here
+        assert server.proc.wait(timeout=30) in (0, -signal.SIGTERM), server.output()
+    finally:
+        server.stop()
+    print({o: outcomes.count(o) for o in set(outcomes)})
+    lost = [o for o in outcomes if o not in ("ok", "refused")]
+    assert not lost, f"{len(lost)} requests lost: {sorted(set(lost))}"
+    assert outcomes.count("ok") > 0
