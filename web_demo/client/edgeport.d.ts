@@ -40,7 +40,7 @@ export interface LoadOptions {
   retryDelayMs?: number;
   numThreads?: number;           // default 1 unless the page is cross-origin isolated
   wasmPaths?: string | Record<string, string>;
-  proxy?: boolean;               // run onnxruntime-web in a worker
+  proxy?: boolean;               // run onnxruntime-web in a worker; default true in browsers, false in Node
   ort?: unknown;                 // an onnxruntime-web module to use instead of importing one
   fetch?: typeof fetch;
   forceNoWasm?: boolean;         // behave as if WebAssembly were missing (tests, demos)

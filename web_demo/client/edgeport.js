@@ -279,7 +279,9 @@ async function createOnnxBackend(manifest, modelBytes, options) {
   // threads need SharedArrayBuffer, i.e. a cross-origin isolated page; one thread is also deterministic
   ort.env.wasm.numThreads = options.numThreads ?? (isolated ? Math.min(4, globalThis.navigator?.hardwareConcurrency ?? 1) : 1);
   if (options.wasmPaths) ort.env.wasm.wasmPaths = options.wasmPaths;
-  if (options.proxy !== undefined) ort.env.wasm.proxy = options.proxy;
+  // in browsers, run inference in onnxruntime-web's proxy worker: the page stays responsive and the
+  // inference timeout can actually fire (a synchronous WASM call on the main thread can't be raced)
+  ort.env.wasm.proxy = options.proxy ?? (!isNode && typeof Worker !== 'undefined');
   const session = await ort.InferenceSession.create(modelBytes, { executionProviders: ['wasm'] });
   return {
     name: 'onnxruntime-web',

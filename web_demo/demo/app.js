@@ -24,8 +24,10 @@ function show(id) {
   for (const part of ['idle', 'result', 'error-state']) $(part).hidden = part !== id;
 }
 
-function showError(message) {
+function showError(message, detail = '') {
   $('error-text').textContent = message;
+  $('error-detail').textContent = detail;
+  $('error-details').hidden = !detail;
   show('error-state');
 }
 
@@ -68,11 +70,12 @@ async function open(entry) {
   };
   if (params.has('threshold')) options.confidenceThreshold = Number(params.get('threshold'));
   if (params.has('policy')) options.onLowConfidence = params.get('policy');
+  if (params.has('timeout')) options.timeoutMs = Number(params.get('timeout'));
   try {
     model = await loadModel(entry.manifest, options);
   } catch (err) {
     $('progress').hidden = true;
-    showError(`The model can't run in this browser (${err.message}) and no fallback server is configured.`);
+    showError('The model can\'t run in this browser, and this page has no fallback server.', err.message);
     return;
   }
   $('progress').hidden = true;
@@ -213,8 +216,9 @@ async function predict() {
     render(result);
   } catch (err) {
     if (err instanceof ServerError) {
-      const local = model.localError ? `The model can't run in this browser (${model.localError.message}), and t` : 'T';
-      showError(`${local}he fallback server can't be reached right now (${err.message}). Check your connection and try again.`);
+      const local = model.localError ? 'The model can\'t run in this browser, and the' : 'The';
+      showError(`${local} fallback server can't be reached right now. Check your connection and try again.`,
+        [model.localError && `In the browser: ${model.localError.message}`, `Server: ${err.message}`].filter(Boolean).join('\n'));
     } else {
       showError(err.message);
     }

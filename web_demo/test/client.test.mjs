@@ -157,3 +157,58 @@ test('a server that keeps failing gives a typed ServerError, and bad rows never 
     assert.equal(requests.length, 2);
   } finally { server.close(); }
 });
+
+function fakeOrt({ runMs = 0, fail = false } = {}) {
+  class Tensor { constructor(type, data, dims) { Object.assign(this, { type, data, dims }); } }
+  return {
+    env: { wasm: {} },
+    Tensor,
+    InferenceSession: {
+      create: async () => ({
+        run: async (feeds) => {
+          await new Promise((resolve) => setTimeout(resolve, runMs));
+          if (fail) throw new Error('kernel exploded');
+          const n = Object.values(feeds)[0].dims[0];
+          return { value: { data: Float64Array.from({ length: n }, () => 1.5), dims: [n, 1] } };
+        },
+      }),
+    },
+  };
+}
+
+async function okServer() {
+  return fakeServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ outputs: [{ name: 'value', shape: [1, 1], datatype: 'FP64', data: [7] }] }));
+  });
+}
+
+const ROW = [{ age: 40, plan: 'basic', visits: 1 }];
+
+test('a local answer within the timeout is served by the browser', async () => {
+  const { dir } = await writeBundle(Buffer.from('x'));
+  const model = await loadModel(path.join(dir, 'manifest.json'), { ort: fakeOrt(), fallbackUrl: '' });
+  const [result] = await model.predict(ROW);
+  assert.deepEqual([result.value, result.served_by, result.fallback_reason], [1.5, 'browser', null]);
+});
+
+test('inference past its timeout falls back to the server, with the reason', async () => {
+  const { dir } = await writeBundle(Buffer.from('x'));
+  const { server, url } = await okServer();
+  try {
+    const model = await loadModel(path.join(dir, 'manifest.json'), { ort: fakeOrt({ runMs: 300 }), fallbackUrl: url, timeoutMs: 50 });
+    const [result] = await model.predict(ROW);
+    assert.deepEqual([result.value, result.served_by, result.fallback_reason], [7, 'server', 'timeout']);
+  } finally { server.close(); }
+});
+
+test('inference that throws falls back; without a server it is a typed InferenceError', async () => {
+  const { dir } = await writeBundle(Buffer.from('x'));
+  const { server, url } = await okServer();
+  try {
+    const withServer = await loadModel(path.join(dir, 'manifest.json'), { ort: fakeOrt({ fail: true }), fallbackUrl: url });
+    assert.equal((await withServer.predict(ROW))[0].fallback_reason, 'inference-error');
+  } finally { server.close(); }
+  const alone = await loadModel(path.join(dir, 'manifest.json'), { ort: fakeOrt({ fail: true }), fallbackUrl: '' });
+  await assert.rejects(alone.predict(ROW), (err) => err.name === 'InferenceError' && /kernel exploded/.test(err.message));
+});
