@@ -43,6 +43,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not tensorflow and not browser"
 
 bench: setup
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || echo "warning: wrk missing; the server bench will be skipped" >&2
 	cd bench && ../$(PY) run.py
 
 clean:

@@ -5,14 +5,15 @@ import platform
 import sys
 
 import runtime_bench
+import server_bench
 import zoo_bench
 from common import save
 
 
 def main() -> None:
-    sections = sys.argv[1:] or ["zoo", "runtimes"]
+    sections = sys.argv[1:] or ["zoo", "runtimes", "server"]
     print(f"# edgeport bench on {platform.node()} ({platform.machine()}, python {platform.python_version()})")
-    benches = {"zoo": zoo_bench.main, "runtimes": runtime_bench.main}
+    benches = {"zoo": zoo_bench.main, "runtimes": runtime_bench.main, "server": server_bench.main}
     for name in sections:
         print(benches[name](), flush=True)
 

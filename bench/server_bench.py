@@ -1,0 +1,172 @@
+"""Server fallback throughput and latency under concurrency, with wrk as the load generator.
+
+Side by side in one run, on the same single-row iris infer request:
+  edgeport serve         onnxruntime behind the OIP v2 endpoint (validation, metrics, limits)
+  naive FastAPI+joblib   the baseline: sklearn predict per request, no checks
+  MLServer 1.7.1         with its sklearn runtime, in a venv of its own (skipped, with the reason, if it can't install)
+Each server runs as its own process with one worker; wrk runs 2 threads and 16 connections for 10 s.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from common import ROOT, save, table
+
+DURATION_S = int(os.environ.get("BENCH_SECONDS", "10"))
+CONNECTIONS = 16
+MLSERVER_VENV = ROOT / "bench" / ".venv-mlserver"
+ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"not ready: {url}")
+
+
+def wrk(url: str, body: dict) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
+                     'wrk.headers["Content-Type"] = "application/json"\n')
+    out = subprocess.run(["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{DURATION_S}s", "--latency", "-s", script.name, url],
+                         capture_output=True, text=True, check=True).stdout
+    os.unlink(script.name)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_ms": _ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),
+            "p99_ms": _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1)),
+            "errors": int(non2xx.group(1)) if non2xx else 0}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+
+def run_server(cmd: list[str], ready_url: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}, cwd=cwd)
+    wait_ready(ready_url, proc)
+    return proc
+
+
+def mlserver_python() -> tuple[str | None, str]:
+    """MLServer's own venv: uvloop 0.21 because 0.23 crashes its inference worker (see DESIGN.md)."""
+    python = MLSERVER_VENV / "bin" / "python"
+    if not (MLSERVER_VENV / ".installed").exists():
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_VENV)], check=True, capture_output=True)
+            subprocess.run([str(python), "-m", "pip", "install", "-q", "mlserver==1.7.1", "mlserver-sklearn==1.7.1",
+                            "uvloop==0.21.0"], check=True, capture_output=True, text=True, timeout=900)
+            (MLSERVER_VENV / ".installed").touch()
+        except (subprocess.SubprocessError, OSError) as exc:
+            detail = getattr(exc, "stderr", "") or str(exc)
+            return None, f"MLServer did not install: {detail.strip().splitlines()[-1][:160] if detail.strip() else exc}"
+    return str(python), ""
+
+
+def main() -> str:
+    import joblib
+
+    from exporter.quickstart import run_quickstart
+    from models.iris import train
+
+    if not shutil.which("wrk"):
+        return "\n## server fallback\nskipped: wrk is not installed (apt-get install -y wrk; make bench does this as root)"
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        quick = run_quickstart(tmp / "q", runtimes=("python",))
+        model = train().model
+        joblib.dump(model, tmp / "iris.joblib")
+        body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": ROW}]}
+
+        port = free_port()
+        proc = run_server([str(Path(sys.executable).with_name("edgeport")), "serve", str(quick.bundles_dir), "--port", str(port)],
+                          f"http://127.0.0.1:{port}/v2/health/ready")
+        try:
+            results["edgeport serve (onnxruntime)"] = wrk(f"http://127.0.0.1:{port}/v2/models/iris/infer", body)
+        finally:
+            proc.terminate()
+            proc.wait()
+
+        port = free_port()
+        proc = run_server([sys.executable, "-m", "uvicorn", "naive_app:app", "--port", str(port), "--log-level", "warning",
+                           "--app-dir", str(ROOT / "bench" / "baselines")],
+                          f"http://127.0.0.1:{port}/docs", env={"NAIVE_MODEL": str(tmp / "iris.joblib")})
+        try:
+            results["naive FastAPI + joblib (sklearn)"] = wrk(f"http://127.0.0.1:{port}/v2/models/iris/infer", body)
+        finally:
+            proc.terminate()
+            proc.wait()
+
+        python, why = mlserver_python()
+        if python:
+            results["MLServer 1.7.1 (sklearn runtime)"] = _mlserver(python, tmp, body)
+        else:
+            results["MLServer 1.7.1 (sklearn runtime)"] = {"skipped": why}
+    save("server", results)
+    base = results["edgeport serve (onnxruntime)"]["rps"]
+    rows = []
+    for name, r in results.items():
+        if "skipped" in r:
+            rows.append([name, "-", "-", "-", "-", r["skipped"]])
+        else:
+            rows.append([name, r["rps"], r["p50_ms"], r["p99_ms"], f"{r['rps'] / base:.2f}x", f"{r['errors']} non-2xx"])
+    return table(f"server fallback: single-row infer, wrk 2 threads x {CONNECTIONS} connections x {DURATION_S}s, one worker each",
+                 ["server", "req/s", "p50 ms", "p99 ms", "vs edgeport", "notes"], rows)
+
+
+def _mlserver(python: str, tmp: Path, body: dict) -> dict:
+    import joblib
+
+    model_dir = tmp / "mlserver" / "iris"
+    model_dir.mkdir(parents=True)
+    joblib.dump(joblib.load(tmp / "iris.joblib"), model_dir / "model.joblib")
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    (tmp / "mlserver" / "settings.json").write_text(json.dumps(
+        {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port, "parallel_workers": 0}))
+    # predict_proba, as edgeport returns probabilities; MLServer's default is predict only
+    (model_dir / "model-settings.json").write_text(json.dumps(
+        {"name": "iris", "implementation": "mlserver_sklearn.SKLearnModel",
+         "parameters": {"uri": "./model.joblib", "extra": {"predict_fn": "predict_proba"}}}))
+    mlserver = str(Path(python).with_name("mlserver"))
+    proc = run_server([mlserver, "start", str(tmp / "mlserver")], f"http://127.0.0.1:{http_port}/v2/models/iris/ready")
+    try:
+        # MLServer's sklearn runtime takes a plain numeric tensor; names don't matter to it
+        probe = httpx.post(f"http://127.0.0.1:{http_port}/v2/models/iris/infer", json=body, timeout=10)
+        if probe.status_code != 200:
+            return {"skipped": f"MLServer answered {probe.status_code}: {probe.text[:120]}"}
+        return wrk(f"http://127.0.0.1:{http_port}/v2/models/iris/infer", body)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+if __name__ == "__main__":
+    print(main())
