@@ -35,7 +35,30 @@ def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000
     progress(f"serving {models}")
     print(f"edgeport is serving the demo at http://{host}:{port}/  (OIP v2 at http://{host}:{port}/v2; Ctrl-C stops)", flush=True)
     # one worker: uvicorn's --workers path loses TCP_NODELAY (+44 ms a request, Kludex/uvicorn#3149)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+    _draining_server_class()(config).run()
+
+
+def _draining_server_class():
+    import asyncio
+
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM: report not-ready, stop accepting, let just-accepted connections send their
+        request, then uvicorn's own graceful shutdown finishes every request in flight."""
+
+        accept_grace_s = 0.3
+
+        async def shutdown(self, sockets=None) -> None:
+            self.config.app.state.draining = True
+            for server in self.servers:
+                server.close()
+            await asyncio.sleep(self.accept_grace_s)
+            await super().shutdown(sockets)
+
+    return DrainingServer
+
 
 
 def _check_port(host: str, port: int) -> None:

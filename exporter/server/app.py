@@ -73,9 +73,13 @@ def create_app(
     def live() -> dict:
         return {"live": True}
 
+    app.state.draining = False
+
     @app.get("/v2/health/ready")
-    def ready() -> dict:
-        return {"ready": True}
+    def ready() -> Response:
+        if app.state.draining:  # shutting down: load balancers should stop sending traffic here
+            return JSONResponse({"ready": False}, status_code=503)
+        return JSONResponse({"ready": True})
 
     @app.get("/v2")
     def server_metadata() -> dict:
