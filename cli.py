@@ -32,6 +32,7 @@ class RuntimeName(str, Enum):
     python = "python"
     node = "node"
     browser = "browser"
+    server = "server"
 
 
 class LowConfidence(str, Enum):
@@ -74,7 +75,8 @@ def export(
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
     atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance (default: the converter's)."),
     rtol: Optional[float] = typer.Option(None, "--rtol", help="Relative tolerance (default: the converter's)."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="tfjs: float16|uint8; onnx: int8 (dynamic)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="Keras only. tfjs: float16|uint8; onnx: int8 (dynamic)."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Keras classifiers: class names, comma-separated (default 0..k-1)."),
     confidence_threshold: float = typer.Option(0.6, "--confidence-threshold", min=0.0, max=1.0, help="Below this the client falls back."),
     on_low_confidence: LowConfidence = typer.Option(LowConfidence.server, "--on-low-confidence", help="Ask the server, or abstain."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the parity report (JSON) here."),
@@ -84,6 +86,8 @@ def export(
     from exporter.formatting import format_export, format_report
 
     options = {"quantize": quantize} if quantize else {}
+    if classes:
+        options["classes"] = [c.strip() for c in classes.split(",")]
     try:
         result = export_model(
             model, out, to=to.value, sample=sample, name=name, version=version, allow_pickle=allow_pickle,

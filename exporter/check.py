@@ -95,7 +95,7 @@ def _reference_from_model(bundle: Bundle, model_path: Any, data_path: Any, allow
     # the original sees exactly what the runtimes see: the rows after their JSON round trip
     table = table_from_rows(rows, bundle.inputs)
     try:
-        reference = converter.reference(loaded, table)
+        reference = converter.reference(loaded, table, classes=bundle.classes)
     except Exception as exc:
         raise SampleError(f"the original model could not predict on {Path(data_path).name}: {exc}") from exc
     return rows, {k: np.asarray(v).tolist() for k, v in reference.items()}, f"{Path(model_path).name} on {Path(data_path).name}"

@@ -20,7 +20,7 @@ from .errors import SampleError
 from .loading import load_model
 from .parity import ParityReport, Tolerance
 from .registry import get_converter
-from .samples import feature_stats, read_sample, rows_from_table, table_from_rows
+from .samples import feature_stats, head, read_sample, rows_from_table, table_from_rows, table_len
 
 Progress = Callable[[str], None]
 
@@ -51,7 +51,7 @@ def export_model(
     rtol: float | None = None,
     confidence_threshold: float = 0.6,
     on_low_confidence: str = "server",
-    runtimes: Sequence[str] = ("python",),
+    runtimes: Sequence[str] | None = None,
     progress: Progress | None = None,
     **converter_options: Any,
 ) -> ExportResult:
@@ -74,9 +74,9 @@ def export_model(
             target = staged / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
-        progress(f"computing golden outputs of the original model on {min(len(converted.table), GOLDEN_ROWS)} rows")
-        rows = rows_from_table(_head(converted.table, GOLDEN_ROWS), converted.inputs)
-        reference = converter.reference(loaded, table_from_rows(rows, converted.inputs))
+        progress(f"computing golden outputs of the original model on {min(table_len(converted.table), GOLDEN_ROWS)} rows")
+        rows = rows_from_table(head(converted.table, GOLDEN_ROWS), converted.inputs)
+        reference = converter.reference(loaded, table_from_rows(rows, converted.inputs), classes=converted.classes)
         reference = {role: np.asarray(values).tolist() for role, values in reference.items()}
         write_json(staged / GOLDEN, {"rows": rows, "outputs": reference})
         tolerance = Tolerance(
@@ -103,7 +103,11 @@ def export_model(
             **converted.extra,
         }
         write_manifest(staged, manifest)
+        runtimes = runtimes or getattr(converter, "verify_runtimes", ("python",))
         report = run_parity(read_bundle(staged), rows, reference, runtimes, tolerance, "golden outputs", progress)
+        if "quantization" in converted.extra:
+            report = ParityReport(report.bundle, report.reference, report.tolerance, report.runtimes,
+                                  {**report.meta, "quantization": quantization_cost(converted.extra["quantization"], report)})
         write_json(staged / PARITY, report.to_dict())
         write_manifest(staged, {**manifest, "parity": report.summary()})
     except BaseException:
@@ -117,8 +121,20 @@ def export_model(
     return ExportResult(bundle=bundle, report=report, seconds=time.perf_counter() - started)
 
 
-def _head(table: Any, n: int) -> Any:
-    return table.iloc[:n] if hasattr(table, "iloc") else table[:n]
+def quantization_cost(sizes: dict, report: ParityReport) -> dict:
+    """What quantizing cost, against the float original: bytes saved, max diff, label agreement."""
+    per_runtime = {}
+    for runtime in report.runtimes:
+        diffs = {d.role: d for d in runtime.outputs}
+        if not diffs:
+            continue
+        numeric = [d.max_abs_diff for d in diffs.values() if d.role != "label" and d.max_abs_diff is not None]
+        label = diffs.get("label")
+        per_runtime[runtime.runtime] = {
+            "max_abs_diff_vs_float": max(numeric) if numeric else None,
+            "label_agreement": None if label is None or not runtime.rows else round(1 - label.mismatched_rows / runtime.rows, 4),
+        }
+    return {**sizes, "against_float_model": per_runtime}
 
 
 def _default_name(path: Path) -> str:

@@ -74,10 +74,21 @@ def format_junit(report: ParityReport) -> str:
 def format_export(result) -> str:
     """What `edgeport export` prints after the parity table."""
     manifest = result.bundle.manifest
-    return (
+    lines = [
         f"wrote {result.bundle.path} ({manifest['format']}, {manifest['source'].get('estimator', manifest['source']['framework'])}, "
         f"{manifest['source'].get('precision', '')}) in {result.seconds:.1f}s"
-    )
+    ]
+    cost = result.report.meta.get("quantization")
+    if cost:
+        lines.append(
+            f"quantized {cost['mode']}: weights {cost['float_weight_bytes'] / 1024:.1f} KB → "
+            f"{cost['quantized_weight_bytes'] / 1024:.1f} KB (saved {100 * cost['saved_fraction']:.0f}%)"
+        )
+        for runtime, c in cost["against_float_model"].items():
+            agreement = "-" if c["label_agreement"] is None else f"{100 * c['label_agreement']:.1f}%"
+            lines.append(f"  against the float model in {runtime}: max abs diff {_num(c['max_abs_diff_vs_float'])}, "
+                         f"labels agree {agreement}")
+    return "\n".join(lines)
 
 
 def format_quickstart(result) -> str:

@@ -17,7 +17,7 @@ from .loading import LoadedModel
 from .parity import Tolerance
 
 # modules whose import registers the built-in converters
-BUILTIN_CONVERTERS = ("exporter.converters.sklearn_onnx",)
+BUILTIN_CONVERTERS = ("exporter.converters.sklearn_onnx", "exporter.converters.keras")
 
 Progress = Callable[[str], None]
 
@@ -42,11 +42,12 @@ class Converted:
 class Converter(Protocol):
     framework: str
     target: str
+    verify_runtimes: tuple[str, ...]  # where export checks parity; default ("python",)
 
     def convert(self, loaded: LoadedModel, sample: Any, progress: Progress, **options: Any) -> Converted: ...
 
-    def reference(self, loaded: LoadedModel, table: Any) -> dict[str, Any]:
-        """The original model's outputs on `table`, keyed by role."""
+    def reference(self, loaded: LoadedModel, table: Any, classes: Any = None) -> dict[str, Any]:
+        """The original model's outputs on `table`, keyed by role (labels named by `classes`)."""
         ...
 
 

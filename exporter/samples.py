@@ -1,13 +1,17 @@
 """Sample data: reading it, turning it into JSON rows and back, and describing it.
 
-A sample is what the user passes with --sample: CSV with a header, Parquet, or
-`.npy`. It decides the graph's input signature, gives the golden rows, and
+A sample is what the user passes with --sample: CSV with a header, Parquet,
+`.npy`, or `.npz` with one array per named input (multi-input Keras models). It decides the graph's input signature, gives the golden rows, and
 gives `feature_stats` for the manifest.
 
 Rows are the JSON form every runtime shares (golden.json, the JS client, the
-node and browser runners): a list of arrays for a single matrix input, or a
-list of objects keyed by column for per-column inputs. JSON has no NaN, so a
-missing number is `null`.
+node and browser runners): a list of arrays for a single matrix or tensor
+input, a list of objects keyed by column for per-column inputs, or a list of
+objects keyed by input name (each a nested array) for several tensor inputs.
+JSON has no NaN, so a missing number is `null`.
+
+Tables are what the original model takes: a DataFrame, an ndarray, or (for
+several tensor inputs) a dict of ndarrays keyed by input name.
 """
 from __future__ import annotations
 
@@ -35,6 +39,12 @@ def read_sample(path: str | Path) -> Any:
             frame = pd.read_csv(path)
         elif suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+            if not arrays or len({len(a) for a in arrays.values()}) != 1:
+                raise SampleError(f"sample {path.name} must hold one array per input, all with the same number of rows")
+            return arrays
         elif suffix == ".npy":
             array = np.load(path, allow_pickle=False)
             if array.ndim == 1:
@@ -43,7 +53,7 @@ def read_sample(path: str | Path) -> Any:
                 raise SampleError(f"sample {path.name} is empty")
             return array
         else:
-            raise SampleError(f"unsupported sample format {suffix!r} for {path.name}: use .csv (with a header row), .parquet or .npy")
+            raise SampleError(f"unsupported sample format {suffix!r} for {path.name}: use .csv (with a header row), .parquet, .npy or .npz")
     except SampleError:
         raise
     except Exception as exc:
@@ -67,14 +77,17 @@ def _json_number(value: Any) -> float | int | None:
 
 
 def rows_from_table(table: Any, inputs: Sequence[dict]) -> list:
-    """JSON rows from a DataFrame or ndarray, shaped for `inputs` (manifest entries)."""
+    """JSON rows from a table, shaped for `inputs` (manifest entries)."""
+    if _is_tensor_dict(inputs):
+        arrays = {spec["name"]: np.asarray(table[spec["name"]], dtype=np.float64) for spec in inputs}
+        return [{name: _nested_json(array[i]) for name, array in arrays.items()} for i in range(table_len(table))]
     if _is_matrix(inputs):
         columns = inputs[0].get("columns")
         if hasattr(table, "iloc"):
             table = table[columns].to_numpy() if columns else table.to_numpy()
         array = np.asarray(table, dtype=np.float64)
         if array.ndim > 2:  # images and other tensors go through as nested lists
-            return [np.where(np.isnan(r), None, r).tolist() for r in array]
+            return [_nested_json(r) for r in array]
         return [[_json_number(v) for v in row] for row in array]
     rows = []
     for record in table.to_dict(orient="records"):
@@ -93,6 +106,8 @@ def table_from_rows(rows: Sequence, inputs: Sequence[dict]) -> Any:
     """The inverse of rows_from_table: what the original Python model is called with."""
     import pandas as pd
 
+    if _is_tensor_dict(inputs):
+        return {spec["name"]: np.array([row[spec["name"]] for row in rows], dtype=np.float64) for spec in inputs}
     if _is_matrix(inputs):
         return np.array(rows, dtype=np.float64)  # numpy reads None as NaN, at any nesting
     data = {}
@@ -106,7 +121,9 @@ def table_from_rows(rows: Sequence, inputs: Sequence[dict]) -> Any:
 
 
 def feeds_from_table(table: Any, inputs: Sequence[dict]) -> dict[str, np.ndarray]:
-    """Input tensors for onnxruntime (Python) from a DataFrame or ndarray."""
+    """Input tensors for onnxruntime (Python) from a table."""
+    if _is_tensor_dict(inputs):
+        return {spec["name"]: np.asarray(table[spec["name"]], dtype=NUMPY_DTYPES[spec["dtype"]]) for spec in inputs}
     if _is_matrix(inputs):
         spec = inputs[0]
         columns = spec.get("columns")
@@ -128,6 +145,9 @@ def feature_stats(table: Any, inputs: Sequence[dict]) -> dict:
     """Per-column statistics of the sample, for the demo form and later drift checks."""
     import pandas as pd
 
+    if _is_tensor_dict(inputs):
+        return {spec["name"]: _numeric_stats(pd.Series(np.asarray(table[spec["name"]], dtype=np.float64).ravel()))
+                for spec in inputs}
     if _is_matrix(inputs):
         array = np.asarray(table.to_numpy() if hasattr(table, "iloc") else table, dtype=np.float64)
         if array.ndim != 2:
@@ -164,8 +184,27 @@ def _numeric_stats(series: Any) -> dict:
     }
 
 
+def table_len(table: Any) -> int:
+    return len(next(iter(table.values()))) if isinstance(table, dict) else len(table)
+
+
+def head(table: Any, n: int) -> Any:
+    """The first n rows of any table."""
+    if isinstance(table, dict):
+        return {k: v[:n] for k, v in table.items()}
+    return table.iloc[:n] if hasattr(table, "iloc") else table[:n]
+
+
+def _nested_json(array: np.ndarray) -> Any:
+    return np.where(np.isnan(array), None, array).tolist()
+
+
 def _is_matrix(inputs: Sequence[dict]) -> bool:
     return len(inputs) == 1 and "column" not in inputs[0]
+
+
+def _is_tensor_dict(inputs: Sequence[dict]) -> bool:
+    return len(inputs) > 1 and all("column" not in spec for spec in inputs)
 
 
 def _is_missing(value: Any) -> bool:

@@ -36,9 +36,13 @@ TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 class SklearnToOnnx:
     """scikit-learn estimator or Pipeline → one ONNX graph."""
 
-    def convert(self, loaded: LoadedModel, sample: Any, progress: Progress, **options: Any) -> Converted:
+    def convert(self, loaded: LoadedModel, sample: Any, progress: Progress, quantize: str | None = None,
+                **options: Any) -> Converted:
         import sklearn
 
+        if quantize:
+            raise UnsupportedModelError("--quantize applies to Keras models; scikit-learn graphs are small and "
+                                        "mostly tree or linear ops that int8 dynamic quantization does not shrink")
         model = loaded.model
         task = task_of(model)
         table, per_column = _prepare_table(model, sample)
@@ -84,7 +88,7 @@ class SklearnToOnnx:
             f"({'; '.join(failures)}). If a step is custom code, replace it with a scikit-learn transformer."
         )
 
-    def reference(self, loaded: LoadedModel, table: Any) -> dict[str, Any]:
+    def reference(self, loaded: LoadedModel, table: Any, classes: Any = None) -> dict[str, Any]:
         return reference_outputs(loaded.model, table)
 
 

@@ -1,6 +1,7 @@
 """Runtimes that run a bundle on rows and hand back outputs keyed by role.
 
-    python   onnxruntime in this process
+    python   onnxruntime in this process, on the bundle's ONNX model (not applicable to tfjs bundles)
+    server   onnxruntime on the artifact the fallback server runs (model.onnx, also in tfjs bundles)
     node     the JS client (web_demo/client/edgeport.js) under Node.js
     browser  the same JS client in headless Chromium, driven by playwright
 
@@ -29,6 +30,7 @@ class RuntimeOutput:
 
 RUNTIMES = {
     "python": "exporter.runtimes.python_ort",
+    "server": "exporter.runtimes.server",
     "node": "exporter.runtimes.node",
     "browser": "exporter.runtimes.browser",
 }
@@ -38,3 +40,13 @@ def get_runtime(name: str) -> Callable[[Bundle, list], RuntimeOutput]:
     if name not in RUNTIMES:
         raise EdgeportError(f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}")
     return importlib.import_module(RUNTIMES[name]).run
+
+
+def with_labels(outputs: dict[str, Any], classes: list | None) -> dict[str, Any]:
+    """Add the label a model without a label output means: the most probable class (as the JS client does)."""
+    import numpy as np
+
+    if "label" in outputs or "probabilities" not in outputs or not classes:
+        return outputs
+    index = np.asarray(outputs["probabilities"]).argmax(axis=1)
+    return {**outputs, "label": np.asarray(classes, dtype=object)[index]}

@@ -16,7 +16,8 @@ from typing import Sequence
 from ..bundle import Bundle
 from ..errors import RuntimeFailedError, RuntimeUnavailableError
 from ..loopback import Mount, serve
-from ..webassets import CLIENT_DIR, ORT_BROWSER_FILES, ORT_DIST, WEB_DEMO, require_chromium, require_js_packages
+from ..webassets import (CLIENT_DIR, ORT_BROWSER_FILES, ORT_DIST, TFJS_BROWSER_FILES, TFJS_DIST, WEB_DEMO,
+                         require_chromium, require_js_packages)
 from . import RuntimeOutput
 
 CHROMIUM_ARGS = (
@@ -57,6 +58,7 @@ def mounts_for(bundle_dir) -> dict[str, Mount]:
         "/runner/": Mount(WEB_DEMO / "runner", only=("collect.mjs", "measure.mjs")),
         "/harness/": Mount(WEB_DEMO / "harness"),
         "/vendor/ort/": Mount(ORT_DIST, only=ORT_BROWSER_FILES),
+        "/vendor/tfjs/": Mount(TFJS_DIST, only=TFJS_BROWSER_FILES),
         "/bundle/": Mount(bundle_dir),
     }
 

@@ -42,6 +42,8 @@ export interface LoadOptions {
   wasmPaths?: string | Record<string, string>;
   proxy?: boolean;               // run onnxruntime-web in a worker; default true in browsers, false in Node
   ort?: unknown;                 // an onnxruntime-web module to use instead of importing one
+  tf?: unknown;                  // a @tensorflow/tfjs module to use instead of importing one (tfjs-graph bundles)
+  tfBackend?: string;            // e.g. 'cpu' or 'webgl'; default: TF.js's own choice
   fetch?: typeof fetch;
   forceNoWasm?: boolean;         // behave as if WebAssembly were missing (tests, demos)
   onProgress?: (p: Progress) => void;

@@ -257,6 +257,8 @@ export function toResults(manifest, raw, rowCount) {
     if (probs) {
       result.probabilities = Array.from(probs.data.slice(r * width, (r + 1) * width), Number);
       result.confidence = Math.max(...result.probabilities);
+      // models without a label output (Keras classifiers): the most probable class
+      if (!raw.label && manifest.classes) result.label = manifest.classes[result.probabilities.indexOf(result.confidence)];
     }
     if (raw.value) {
       const slice = Array.from(raw.value.data.slice(r * valueWidth, (r + 1) * valueWidth), Number);
@@ -297,6 +299,50 @@ async function createOnnxBackend(manifest, modelBytes, options) {
   };
 }
 
+async function createTfjsBackend(manifest, manifestUrl, modelJsonBytes, options, progress) {
+  const tf = options.tf ?? (await import('@tensorflow/tfjs'));
+  if (options.tfBackend) await tf.setBackend(options.tfBackend);
+  await tf.ready();
+  const modelJson = JSON.parse(new TextDecoder().decode(modelJsonBytes));
+  const dir = manifest.model_file.includes('/') ? manifest.model_file.slice(0, manifest.model_file.lastIndexOf('/') + 1) : '';
+  const weightSpecs = [];
+  const shards = [];
+  for (const group of modelJson.weightsManifest ?? []) {
+    weightSpecs.push(...group.weights);
+    for (const shard of group.paths) {
+      const path = dir + shard;
+      const bytes = await readBytes(resolveRelative(manifestUrl, path), options);
+      await verifyFile(manifest, path, bytes); // every weight shard is checked, not just model.json
+      shards.push(bytes);
+      progress({ stage: 'model', loaded: shards.length, total: (modelJson.weightsManifest ?? []).reduce((n, g) => n + g.paths.length, 0) });
+    }
+  }
+  const weightData = new Uint8Array(shards.reduce((n, b) => n + b.length, 0));
+  let offset = 0;
+  for (const bytes of shards) { weightData.set(bytes, offset); offset += bytes.length; }
+  const artifacts = { ...modelJson, weightSpecs, weightData: weightData.buffer };
+  delete artifacts.weightsManifest;
+  const model = await tf.loadGraphModel({ load: async () => artifacts });
+  const [output] = manifest.outputs;
+  return {
+    name: `tfjs-${tf.getBackend()}`,
+    async run(inputs) {
+      const feeds = {};
+      for (const [name, t] of Object.entries(inputs)) feeds[name] = tf.tensor(t.data, t.dims, t.type === 'int64' ? 'int32' : 'float32');
+      try {
+        const result = await model.executeAsync(feeds);
+        const tensor = Array.isArray(result) ? result[0] : result;
+        const raw = { [output.role]: { data: await tensor.data(), dims: tensor.shape } };
+        tf.dispose(result);
+        return raw;
+      } finally {
+        tf.dispose(Object.values(feeds));
+      }
+    },
+    async release() { model.dispose(); },
+  };
+}
+
 // ---------------------------------------------------------------- the model
 
 export class EdgeportModel {
@@ -318,7 +364,7 @@ export class EdgeportModel {
     if (typeof WebAssembly !== 'object' || this.options.forceNoWasm) {
       throw new LoadError('this browser has no WebAssembly, so the model cannot run here', { code: 'no-wasm' });
     }
-    if (this.manifest.format !== 'onnx') {
+    if (!['onnx', 'tfjs-graph'].includes(this.manifest.format)) {
       throw new LoadError(`bundle format ${this.manifest.format} is not supported by this client`, { code: 'format' });
     }
     const path = this.manifest.model_file;
@@ -332,8 +378,11 @@ export class EdgeportModel {
     await verifyFile(this.manifest, path, bytes);
     progress({ stage: 'runtime', loaded: 0, total: 1 });
     try {
-      this.backend = await createOnnxBackend(this.manifest, bytes, this.options);
+      this.backend = this.manifest.format === 'onnx'
+        ? await createOnnxBackend(this.manifest, bytes, this.options)
+        : await createTfjsBackend(this.manifest, this.manifestUrl, bytes, this.options, progress);
     } catch (err) {
+      if (err instanceof IntegrityError) throw err;
       throw new LoadError(`the runtime could not load the model: ${err.message}`, { code: 'runtime', cause: err });
     }
     progress({ stage: 'ready', loaded: 1, total: 1 });

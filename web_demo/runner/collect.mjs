@@ -5,5 +5,7 @@ export function collectOutputs(manifest, results) {
   for (const spec of manifest.outputs) {
     outputs[spec.role] = results.map((r) => (spec.role === 'value' ? [r.value].flat() : r[spec.role]));
   }
+  // classifiers without a label output (Keras): the client's own label, derived from the probabilities
+  if (!outputs.label && results.length && results[0].label !== undefined) outputs.label = results.map((r) => r.label);
   return outputs;
 }

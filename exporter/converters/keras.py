@@ -1,0 +1,273 @@
+"""Keras 3 / TensorFlow → ONNX and → TensorFlow.js graph models.
+
+The paths that work for Keras 3 (see DESIGN.md), so users never have to learn them:
+  onnx:  tf2onnx.convert.from_function(tf.function(model), input_signature=...)
+         (tf2onnx.convert.from_keras fails on Keras 3)
+  tfjs:  model.export(dir, format="tf_saved_model"), then tensorflowjs_converter
+         --input_format=tf_saved_model --output_format=tfjs_graph_model
+         (the Keras-3 layers format writes a model.json that @tensorflow/tfjs 4.22 refuses)
+
+A tfjs bundle also carries model.onnx for the fallback server (which runs
+onnxruntime), and both artifacts are parity-checked against the Keras model:
+the ONNX one in onnxruntime (`server` runtime), the tfjs one under Node.
+
+TensorFlow, tf2onnx and tensorflowjs are imported inside the functions.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import ConversionError, SampleError, UnsupportedModelError
+from ..keras_loading import import_tensorflow, quiet_native_stderr
+from ..loading import LoadedModel
+from ..parity import Tolerance
+from ..registry import Converted, Progress, register
+
+# float32 in Keras, onnxruntime and TF.js alike; kernels differ in summation order (~1e-7 relative),
+# a few conv/dense layers compound it to ~1e-6. Real skew (other weights, other preprocessing) is >1e-3.
+DEFAULT_TOLERANCE = Tolerance(atol=1e-5, rtol=1e-4)
+ONNX_OPSET = 17
+# "=*" quantizes every weight; a bare flag would swallow the next argument as its layer list
+TFJS_QUANTIZE = {"float16": "--quantize_float16=*", "uint8": "--quantize_uint8=*"}
+ONNX_QUANTIZE = ("int8",)
+
+
+@register("keras", "onnx")
+class KerasToOnnx:
+    """Keras model → ONNX with tf2onnx (optionally int8 dynamic quantization)."""
+
+    def convert(self, loaded: LoadedModel, sample: Any, progress: Progress, quantize: str | None = None,
+                classes: Sequence[Any] | None = None, **_: Any) -> Converted:
+        if quantize and quantize not in ONNX_QUANTIZE:
+            raise UnsupportedModelError(f"--quantize {quantize} is not available for ONNX; use: {', '.join(ONNX_QUANTIZE)}")
+        model = loaded.model
+        inputs, table = keras_signature(model, sample)
+        task, classes = keras_task(model, classes)
+        progress("converting with tf2onnx (from_function)")
+        onnx_bytes = to_onnx_bytes(model, inputs, task)
+        files, extra = {"model.onnx": onnx_bytes}, {}
+        if quantize:
+            progress("quantizing weights to int8 (onnxruntime.quantization.quantize_dynamic)")
+            files["model.onnx"] = quantize_onnx(onnx_bytes)
+            extra["quantization"] = quantization_cost("int8", len(onnx_bytes), len(files["model.onnx"]))
+        return Converted(files=files, model_file="model.onnx", format="onnx", task=task, inputs=inputs,
+                         outputs=outputs_for(task, len(classes or []), model), source=source_info(model, "tf2onnx", precision="float32"),
+                         tolerance=DEFAULT_TOLERANCE, table=table, classes=classes, extra=extra)
+
+    def reference(self, loaded: LoadedModel, table: Any, classes: Sequence[Any] | None = None) -> dict[str, Any]:
+        return keras_reference(loaded.model, table, classes)
+
+
+@register("keras", "tfjs")
+class KerasToTfjs:
+    """Keras model → SavedModel → TF.js graph model, plus model.onnx for the fallback server."""
+
+    verify_runtimes = ("server", "node")
+
+    def convert(self, loaded: LoadedModel, sample: Any, progress: Progress, quantize: str | None = None,
+                classes: Sequence[Any] | None = None, **_: Any) -> Converted:
+        if quantize and quantize not in TFJS_QUANTIZE:
+            raise UnsupportedModelError(f"--quantize {quantize} is not available for tfjs; use: {', '.join(TFJS_QUANTIZE)}")
+        model = loaded.model
+        inputs, table = keras_signature(model, sample)
+        task, classes = keras_task(model, classes)
+        with tempfile.TemporaryDirectory(prefix="edgeport-tfjs-") as tmp:
+            saved = Path(tmp) / "saved_model"
+            progress("exporting a TensorFlow SavedModel (model.export)")
+            try:
+                model.export(str(saved), format="tf_saved_model", verbose=False)
+            except Exception as exc:
+                raise ConversionError(f"Keras could not export a SavedModel: {str(exc).splitlines()[0][:300]}") from exc
+            progress("converting with tensorflowjs_converter to a graph model" + (f" ({quantize})" if quantize else ""))
+            files = _tfjs_files(saved, Path(tmp) / "tfjs", quantize)
+            extra: dict = {}
+            if quantize:
+                plain = _tfjs_files(saved, Path(tmp) / "tfjs-float", None)
+                extra["quantization"] = quantization_cost(quantize, _weight_bytes(plain), _weight_bytes(files))
+        progress("converting with tf2onnx for the fallback server")
+        files["model.onnx"] = to_onnx_bytes(model, inputs, task)
+        extra["server_model_file"] = "model.onnx"
+        return Converted(files=files, model_file="tfjs/model.json", format="tfjs-graph", task=task, inputs=inputs,
+                         outputs=outputs_for(task, len(classes or []), model),
+                         source=source_info(model, "tensorflowjs", precision="float32"),
+                         tolerance=DEFAULT_TOLERANCE, table=table, classes=classes, extra=extra)
+
+    def reference(self, loaded: LoadedModel, table: Any, classes: Sequence[Any] | None = None) -> dict[str, Any]:
+        return keras_reference(loaded.model, table, classes)
+
+
+# ------------------------------------------------------------------ shared pieces
+
+def keras_signature(model: Any, sample: Any) -> tuple[list[dict], Any]:
+    """Manifest inputs from the model's Keras inputs, and the sample as the model takes it."""
+    specs = []
+    for tensor in model.inputs:
+        shape = [None, *[None if d is None else int(d) for d in tensor.shape[1:]]]
+        dtype = {"float64": "float64", "int64": "int64"}.get(str(tensor.dtype), "float32")
+        specs.append({"name": _input_name(tensor), "dtype": dtype, "shape": shape})
+    if len(specs) > 1:
+        if not isinstance(sample, dict):
+            raise SampleError(f"the model has {len(specs)} inputs ({', '.join(s['name'] for s in specs)}); pass an .npz "
+                              "sample with one array per input, named like the inputs")
+        missing = [s["name"] for s in specs if s["name"] not in sample]
+        if missing:
+            raise SampleError(f"the .npz sample has no array named {missing[0]!r}; it has {', '.join(sample)}")
+        table = {s["name"]: _check_shape(np.asarray(sample[s["name"]]), s) for s in specs}
+        return specs, table
+    spec = specs[0]
+    if isinstance(sample, dict):
+        raise SampleError("the model has one input: pass a .npy (or CSV) sample, not .npz")
+    if hasattr(sample, "iloc"):
+        if len(spec["shape"]) != 2:
+            raise SampleError(f"a CSV sample is a 2-D table, but input {spec['name']!r} takes shape {_shape_text(spec)}; use .npy")
+        if any(not np.issubdtype(t, np.number) for t in sample.dtypes):
+            raise SampleError("the CSV sample has non-numeric columns; Keras models here take numbers")
+        spec["columns"] = [str(c) for c in sample.columns]
+        sample = sample.to_numpy()
+    return specs, _check_shape(np.asarray(sample), spec)
+
+
+def _check_shape(array: np.ndarray, spec: dict) -> np.ndarray:
+    want = spec["shape"]
+    if array.ndim != len(want) or any(w is not None and w != g for w, g in zip(want[1:], array.shape[1:])):
+        raise SampleError(f"the sample for input {spec['name']!r} has shape {tuple(array.shape)}, but the model takes "
+                          f"{_shape_text(spec)}")
+    if not np.issubdtype(array.dtype, np.number):
+        raise SampleError(f"the sample for input {spec['name']!r} is not numeric ({array.dtype})")
+    if spec.get("columns") and len(spec["columns"]) != array.shape[1]:
+        raise SampleError(f"the CSV sample has {array.shape[1]} columns, but input {spec['name']!r} takes {want[1]}")
+    return array.astype(np.float32 if spec["dtype"] == "float32" else np.float64)
+
+
+def _shape_text(spec: dict) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in spec["shape"]) + ")"
+
+
+def _input_name(tensor: Any) -> str:
+    return str(tensor.name).split(":")[0]
+
+
+def keras_task(model: Any, classes: Sequence[Any] | None) -> tuple[str, list | None]:
+    """Classification when the model ends in a softmax over k > 1 units; regression otherwise."""
+    if len(model.outputs) != 1:
+        raise UnsupportedModelError(f"edgeport exports Keras models with one output; this one has {len(model.outputs)}")
+    units = model.outputs[0].shape[-1]
+    activation = getattr(getattr(model.layers[-1], "activation", None), "__name__", "")
+    if activation == "softmax" and units and units > 1:
+        classes = list(classes) if classes else list(range(int(units)))
+        if len(classes) != units:
+            raise SampleError(f"--classes names {len(classes)} classes, but the model outputs {units} probabilities")
+        return "classification", classes
+    return "regression", None
+
+
+def outputs_for(task: str, n_classes: int, model: Any) -> list[dict]:
+    if task == "classification":
+        return [{"name": "probabilities", "dtype": "float32", "shape": [None, n_classes], "role": "probabilities"}]
+    shape = [None, *[None if d is None else int(d) for d in model.outputs[0].shape[1:]]]
+    return [{"name": "value", "dtype": "float32", "shape": shape, "role": "value"}]
+
+
+def keras_reference(model: Any, table: Any, classes: Sequence[Any] | None = None) -> dict[str, Any]:
+    """The Keras model's outputs; a classifier's label is its most probable class."""
+    x = [table[_input_name(t)].astype(np.float32) for t in model.inputs] if isinstance(table, dict) else np.asarray(table, np.float32)
+    predictions = np.asarray(model.predict(x, verbose=0), dtype=np.float64)
+    task, classes = keras_task(model, classes)
+    if task == "classification":
+        return {"label": np.asarray(classes, dtype=object)[predictions.argmax(axis=1)], "probabilities": predictions}
+    return {"value": predictions.reshape(len(predictions), -1)}
+
+
+def to_onnx_bytes(model: Any, inputs: list[dict], task: str) -> bytes:
+    tf = import_tensorflow()
+    import tf2onnx
+
+    signature = [tf.TensorSpec(spec["shape"], tf.dtypes.as_dtype(spec["dtype"]), name=spec["name"]) for spec in inputs]
+    function = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0]))
+    try:
+        with quiet_native_stderr():
+            proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=ONNX_OPSET)
+    except Exception as exc:
+        raise ConversionError(f"tf2onnx could not convert the model to ONNX: {_first_line(exc)}. "
+                              "A layer or op it doesn't support is the usual cause; replace it with standard layers.") from exc
+    role = "probabilities" if task == "classification" else "value"
+    old = proto.graph.output[0].name
+    for node in proto.graph.node:
+        node.output[:] = [role if name == old else name for name in node.output]
+    proto.graph.output[0].name = role
+    return proto.SerializeToString()
+
+
+def quantize_onnx(onnx_bytes: bytes) -> bytes:
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process is for static quantization
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        source.write_bytes(onnx_bytes)
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+        return target.read_bytes()
+
+
+def quantization_cost(mode: str, float_bytes: int, quantized_bytes: int) -> dict:
+    return {"mode": mode, "float_weight_bytes": float_bytes, "quantized_weight_bytes": quantized_bytes,
+            "bytes_saved": float_bytes - quantized_bytes,
+            "saved_fraction": round(1 - quantized_bytes / float_bytes, 4) if float_bytes else 0.0}
+
+
+def _tfjs_files(saved: Path, out: Path, quantize: str | None) -> dict[str, bytes]:
+    command = [sys.executable, "-m", "tensorflowjs.converters.converter", "--input_format=tf_saved_model",
+               "--output_format=tfjs_graph_model", "--signature_name=serving_default"]
+    if quantize:
+        command.append(TFJS_QUANTIZE[quantize])
+    proc = subprocess.run([*command, str(saved), str(out)], capture_output=True, text=True, timeout=600,
+                          env=_quiet_env())
+    if proc.returncode != 0:
+        raise ConversionError(f"tensorflowjs_converter failed: {_translate_tfjs_error(proc.stderr)}")
+    return {f"tfjs/{p.relative_to(out).as_posix()}": p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _weight_bytes(files: dict[str, bytes]) -> int:
+    return sum(len(content) for name, content in files.items() if name.endswith(".bin"))
+
+
+def _translate_tfjs_error(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    unsupported = next((line for line in lines if "Unsupported Ops" in line), None)
+    if unsupported:
+        ops = unsupported.split(":", 1)[-1].strip()
+        return (f"TF.js has no kernel for op(s) {ops}. Replace the layer that uses them, or export with --to onnx "
+                "(onnxruntime-web covers more ops).")
+    errors = [line for line in lines if "Error" in line or "error" in line]
+    return (errors or lines or ["no output"])[-1][:400]
+
+
+def _quiet_env() -> dict:
+    import os
+
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def source_info(model: Any, converter: str, precision: str) -> dict:
+    tf = import_tensorflow()
+    import keras
+
+    from importlib.metadata import version  # importing tensorflowjs would load TF Decision Forests and its banner
+
+    return {"framework": "keras", "framework_version": f"{keras.__version__} (tensorflow {tf.__version__})",
+            "converter": converter, "converter_version": version(converter),
+            "estimator": type(model).__name__, "precision": precision}
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+
