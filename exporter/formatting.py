@@ -91,6 +91,10 @@ def format_export(result) -> str:
     return "\n".join(lines)
 
 
+def _status(status: str) -> str:
+    return {"not_applicable": "n/a"}.get(status, status)
+
+
 def format_quickstart(result) -> str:
     """The quickstart table: one line per example model, one column per runtime."""
     runtimes = list(dict.fromkeys(r.runtime for m in result.models for r in m.report.runtimes))
@@ -102,7 +106,7 @@ def format_quickstart(result) -> str:
         diffs = [d.max_abs_diff for r in model.report.runtimes for d in r.outputs if d.max_abs_diff is not None]
         lines.append(
             f"{model.name:<22} {source.get('estimator', '')[:44]:<44} {source.get('precision', ''):<9} "
-            + " ".join(f"{statuses.get(r, '-'):<8}" for r in runtimes)
+            + " ".join(f"{_status(statuses.get(r, '-')):<8}" for r in runtimes)
             + f"  {_num(max(diffs) if diffs else None)}"
         )
     lines.append("all example models pass parity in every runtime" if result.passed else "PARITY FAILED for at least one model")

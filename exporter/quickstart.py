@@ -50,8 +50,10 @@ def run_quickstart(root: str | Path = "out", runtimes: Sequence[str] = ("python"
         progress(f"[{name}] training")
         example = train()
         model_path, sample_path = write_example(example, root / "models")
-        exported = export_model(model_path, root / "bundles" / name, sample=sample_path, name=name, force=True,
-                                progress=lambda m, n=name: progress(f"[{n}] {m}"))
-        report = check_bundle(exported.bundle.path, runtimes, progress=lambda m, n=name: progress(f"[{n}] {m}"))
+        exported = export_model(model_path, root / "bundles" / name, to=example.target, sample=sample_path, name=name,
+                                force=True, progress=lambda m, n=name: progress(f"[{n}] {m}"))
+        # a tfjs bundle's server artifact (model.onnx) is checked too: it is what the fallback answers with
+        extra = ("server",) if "server_model_file" in exported.bundle.manifest else ()
+        report = check_bundle(exported.bundle.path, [*runtimes, *extra], progress=lambda m, n=name: progress(f"[{n}] {m}"))
         done.append(QuickstartModel(name, example.description, exported, report))
     return QuickstartResult(root=root, models=tuple(done))

@@ -8,9 +8,9 @@ from . import Example
 
 
 def train(epochs: int = 12, seed: int = 0) -> Example:
-    import os
+    from exporter.keras_loading import import_tensorflow
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import_tensorflow()  # quietly: TensorFlow's C++ start-up chatter is not for users
     import keras
     import numpy as np
     from sklearn.datasets import load_digits

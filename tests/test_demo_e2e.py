@@ -138,3 +138,23 @@ def test_server_down_too_shows_the_designed_error_state(page, example_bundles):
     assert page.is_visible("#retry")
     assert not [line for line in page.log.lines if line.startswith("page error")], page.log.lines
     shot(page, "4-server-down-error-state")
+
+
+@pytest.mark.tensorflow
+def test_the_keras_digits_model_predicts_from_the_canvas_in_the_browser(page, server, example_bundles):
+    import numpy as np
+
+    model = next((m for m in example_bundles.models if m.name == "digits-cnn"), None)
+    need(model is not None, "the tensorflow extra is not installed, so the Keras example is not built")
+    golden = model.export.bundle.golden()
+    probabilities = np.asarray(golden["outputs"]["probabilities"])
+    row = int(np.argmax(probabilities.max(axis=1)))  # the sample the model is surest about
+    open_model(page, server.url, "digits-cnn")
+    assert page.is_visible("#canvas")
+    page.evaluate("(pixels) => document.getElementById('canvas').paintPixels(pixels)",
+                  np.asarray(golden["rows"][row]).ravel().tolist())
+    predict(page)
+    assert page.text_content("#served-by") == "browser"
+    assert page.text_content("#label") == str(golden["outputs"]["label"][row])
+    assert not csp_violations(page), page.log.lines
+    shot(page, "5-keras-digits-tfjs")

@@ -1,17 +1,19 @@
 """Keras 3 / TensorFlow → ONNX and → TensorFlow.js graph models.
 
-The paths that work for Keras 3 (see DESIGN.md), so users never have to learn them:
-  onnx:  tf2onnx.convert.from_function(tf.function(model), input_signature=...)
-         (tf2onnx.convert.from_keras fails on Keras 3)
-  tfjs:  model.export(dir, format="tf_saved_model"), then tensorflowjs_converter
-         --input_format=tf_saved_model --output_format=tfjs_graph_model
+The paths that work for Keras 3, so users never have to learn them. Both start
+from model.export(dir, format="tf_saved_model"):
+  onnx:  python -m tf2onnx.convert --saved-model dir
+         (tf2onnx.convert.from_keras fails on Keras 3; from_function and Keras' own
+         ONNX export leave a Normalization layer's statistics as dangling graph inputs)
+  tfjs:  tensorflowjs_converter --input_format=tf_saved_model --output_format=tfjs_graph_model
          (the Keras-3 layers format writes a model.json that @tensorflow/tfjs 4.22 refuses)
+Both converters run as subprocesses; their errors are translated into one paragraph.
 
 A tfjs bundle also carries model.onnx for the fallback server (which runs
 onnxruntime), and both artifacts are parity-checked against the Keras model:
 the ONNX one in onnxruntime (`server` runtime), the tfjs one under Node.
 
-TensorFlow, tf2onnx and tensorflowjs are imported inside the functions.
+TensorFlow is imported inside the functions, never at module import.
 """
 from __future__ import annotations
 
@@ -49,8 +51,10 @@ class KerasToOnnx:
         model = loaded.model
         inputs, table = keras_signature(model, sample)
         task, classes = keras_task(model, classes)
-        progress("converting with tf2onnx (from_function)")
-        onnx_bytes = to_onnx_bytes(model, inputs, task)
+        with tempfile.TemporaryDirectory(prefix="edgeport-onnx-") as tmp:
+            saved = export_saved_model(model, Path(tmp) / "saved_model", progress)
+            progress("converting with tf2onnx (--saved-model)")
+            onnx_bytes = to_onnx_bytes(saved, task)
         files, extra = {"model.onnx": onnx_bytes}, {}
         if quantize:
             progress("quantizing weights to int8 (onnxruntime.quantization.quantize_dynamic)")
@@ -78,20 +82,15 @@ class KerasToTfjs:
         inputs, table = keras_signature(model, sample)
         task, classes = keras_task(model, classes)
         with tempfile.TemporaryDirectory(prefix="edgeport-tfjs-") as tmp:
-            saved = Path(tmp) / "saved_model"
-            progress("exporting a TensorFlow SavedModel (model.export)")
-            try:
-                model.export(str(saved), format="tf_saved_model", verbose=False)
-            except Exception as exc:
-                raise ConversionError(f"Keras could not export a SavedModel: {str(exc).splitlines()[0][:300]}") from exc
+            saved = export_saved_model(model, Path(tmp) / "saved_model", progress)
             progress("converting with tensorflowjs_converter to a graph model" + (f" ({quantize})" if quantize else ""))
             files = _tfjs_files(saved, Path(tmp) / "tfjs", quantize)
             extra: dict = {}
             if quantize:
                 plain = _tfjs_files(saved, Path(tmp) / "tfjs-float", None)
                 extra["quantization"] = quantization_cost(quantize, _weight_bytes(plain), _weight_bytes(files))
-        progress("converting with tf2onnx for the fallback server")
-        files["model.onnx"] = to_onnx_bytes(model, inputs, task)
+            progress("converting with tf2onnx for the fallback server")
+            files["model.onnx"] = to_onnx_bytes(saved, task)
         extra["server_model_file"] = "model.onnx"
         return Converted(files=files, model_file="tfjs/model.json", format="tfjs-graph", task=task, inputs=inputs,
                          outputs=outputs_for(task, len(classes or []), model),
@@ -184,24 +183,44 @@ def keras_reference(model: Any, table: Any, classes: Sequence[Any] | None = None
     return {"value": predictions.reshape(len(predictions), -1)}
 
 
-def to_onnx_bytes(model: Any, inputs: list[dict], task: str) -> bytes:
-    tf = import_tensorflow()
-    import tf2onnx
-
-    signature = [tf.TensorSpec(spec["shape"], tf.dtypes.as_dtype(spec["dtype"]), name=spec["name"]) for spec in inputs]
-    function = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0]))
+def export_saved_model(model: Any, target: Path, progress: Progress) -> Path:
+    """The SavedModel both converters start from: variables frozen properly, names from the Keras inputs."""
+    progress("exporting a TensorFlow SavedModel (model.export)")
     try:
         with quiet_native_stderr():
-            proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=ONNX_OPSET)
+            model.export(str(target), format="tf_saved_model", verbose=False)
     except Exception as exc:
-        raise ConversionError(f"tf2onnx could not convert the model to ONNX: {_first_line(exc)}. "
-                              "A layer or op it doesn't support is the usual cause; replace it with standard layers.") from exc
+        raise ConversionError(f"Keras could not export a SavedModel: {_first_line(exc)}") from exc
+    return target
+
+
+def to_onnx_bytes(saved: Path, task: str) -> bytes:
+    """tf2onnx on the SavedModel. (from_function and Keras' own ONNX export leave a Normalization
+    layer's statistics as extra graph inputs; the --saved-model path freezes them.)"""
+    import onnx
+
+    output = saved.parent / "model.onnx"
+    proc = subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved), "--output", str(output),
+                           "--opset", str(ONNX_OPSET)], capture_output=True, text=True, timeout=600, env=_quiet_env())
+    if proc.returncode != 0 or not output.is_file():
+        raise ConversionError(f"tf2onnx could not convert the model to ONNX: {_translate_tf2onnx_error(proc.stderr)}")
+    proto = onnx.load(str(output))
     role = "probabilities" if task == "classification" else "value"
     old = proto.graph.output[0].name
     for node in proto.graph.node:
         node.output[:] = [role if name == old else name for name in node.output]
     proto.graph.output[0].name = role
     return proto.SerializeToString()
+
+
+def _translate_tf2onnx_error(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    unsupported = sorted({m.split("]")[0] for line in lines for m in line.split("Tensorflow op [")[1:]})
+    if unsupported:
+        return (f"ONNX has no conversion for TensorFlow op(s) {', '.join(unsupported)}. "
+                "Replace the layer that uses them with standard Keras layers.")
+    errors = [line for line in lines if "Error" in line or "ERROR" in line]
+    return (errors or lines or ["no output"])[-1][:400]
 
 
 def quantize_onnx(onnx_bytes: bytes) -> bytes:
@@ -240,12 +259,13 @@ def _weight_bytes(files: dict[str, bytes]) -> int:
 
 
 def _translate_tfjs_error(stderr: str) -> str:
+    import re
+
+    found = re.findall(r"ValueError: Unsupported Ops in the model(?: before optimization)?\s*\n\s*([^\n]+)", stderr)
+    if found:
+        return (f"TF.js has no kernel for op(s) {found[-1].strip()}. Replace the layer that uses them, or export "
+                "with --to onnx (onnxruntime-web covers more ops).")
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    unsupported = next((line for line in lines if "Unsupported Ops" in line), None)
-    if unsupported:
-        ops = unsupported.split(":", 1)[-1].strip()
-        return (f"TF.js has no kernel for op(s) {ops}. Replace the layer that uses them, or export with --to onnx "
-                "(onnxruntime-web covers more ops).")
     errors = [line for line in lines if "Error" in line or "error" in line]
     return (errors or lines or ["no output"])[-1][:400]
 
@@ -264,7 +284,7 @@ def source_info(model: Any, converter: str, precision: str) -> dict:
 
     return {"framework": "keras", "framework_version": f"{keras.__version__} (tensorflow {tf.__version__})",
             "converter": converter, "converter_version": version(converter),
-            "estimator": type(model).__name__, "precision": precision}
+            "estimator": f"{type(model).__name__}({model.name})", "precision": precision}
 
 
 def _first_line(exc: Exception) -> str:

@@ -44,6 +44,7 @@ export interface LoadOptions {
   ort?: unknown;                 // an onnxruntime-web module to use instead of importing one
   tf?: unknown;                  // a @tensorflow/tfjs module to use instead of importing one (tfjs-graph bundles)
   tfBackend?: string;            // e.g. 'cpu' or 'webgl'; default: TF.js's own choice
+  warmup?: boolean;              // tfjs-graph: one run on zeros at load (default true)
   fetch?: typeof fetch;
   forceNoWasm?: boolean;         // behave as if WebAssembly were missing (tests, demos)
   onProgress?: (p: Progress) => void;

@@ -180,12 +180,16 @@ export function buildInputs(manifest, rows) {
   });
   for (const input of inputs) {
     const column = input.column ?? input.name;
-    const values = rows.map((row, r) => {
+    rows.forEach((row, r) => {
       if (!(column in row)) {
-        throw new RowValidationError(`row ${r}: missing column "${column}" (expected ${input.dtype})`, { code: 'missing-column' });
+        throw new RowValidationError(`row ${r}: missing ${input.column ? 'column' : 'input'} "${column}" (expected ${input.dtype})`, { code: 'missing-column' });
       }
-      return checkValue(row[column], input, `row ${r}, column "${column}"`);
     });
+    if (!input.column) { // one of several tensor inputs: each row holds a (nested) array for it
+      feeds[input.name] = buildMatrix(input, rows.map((row) => row[column]));
+      continue;
+    }
+    const values = rows.map((row, r) => checkValue(row[column], input, `row ${r}, column "${column}"`));
     feeds[input.name] = makeTensor(input.dtype, values, [rows.length, 1]);
   }
   return feeds;
@@ -323,14 +327,22 @@ async function createTfjsBackend(manifest, manifestUrl, modelJsonBytes, options,
   const artifacts = { ...modelJson, weightSpecs, weightData: weightData.buffer };
   delete artifacts.weightsManifest;
   const model = await tf.loadGraphModel({ load: async () => artifacts });
+  // one warm-up run on zeros: TF.js compiles kernels on first use, which would otherwise land on the user's first prediction
+  if (options.warmup !== false) {
+    const zeros = Object.fromEntries(manifest.inputs.map((i) => [i.name, tf.zeros([1, ...i.shape.slice(1).map((d) => d ?? 1)])]));
+    const out = await model.executeAsync(zeros);
+    tf.dispose([out, ...Object.values(zeros)]);
+  }
   const [output] = manifest.outputs;
+  const needsAsync = JSON.stringify(modelJson.modelTopology).match(/"op":\s*"(Enter|Exit|Merge|Switch|NextIteration|LoopCond|If|StatelessIf|While|StatelessWhile|NonMaxSuppression\w*|Where)"/) !== null;
   return {
     name: `tfjs-${tf.getBackend()}`,
     async run(inputs) {
       const feeds = {};
       for (const [name, t] of Object.entries(inputs)) feeds[name] = tf.tensor(t.data, t.dims, t.type === 'int64' ? 'int32' : 'float32');
       try {
-        const result = await model.executeAsync(feeds);
+        // execute() is synchronous and enough for models without control flow; executeAsync() for the rest
+        const result = needsAsync ? await model.executeAsync(feeds) : model.execute(feeds);
         const tensor = Array.isArray(result) ? result[0] : result;
         const raw = { [output.role]: { data: await tensor.data(), dims: tensor.shape } };
         tf.dispose(result);

@@ -142,14 +142,16 @@ function imageField(manifest) {
   const input = manifest.inputs[0];
   const [height, width] = input.shape.slice(1, 3);
   const stat = manifest.feature_stats?.[input.name] ?? { min: 0, max: 1 };
-  const label = document.createElement('label');
+  // a div, not a label: a click inside a <label> would "click" its first control (the Clear button)
+  const label = document.createElement('div');
   label.className = 'canvas-field';
-  label.textContent = `Draw (scaled to ${height}×${width})`;
+  const caption = document.createElement('span');
+  caption.textContent = `Draw, or upload an image (scaled to ${height}×${width})`;
   const canvas = document.createElement('canvas');
   canvas.width = canvas.height = 160;
   canvas.id = 'canvas';
   const ctx = canvas.getContext('2d');
-  ctx.lineWidth = 16;
+  ctx.lineWidth = 22;
   ctx.lineCap = 'round';
   let drawing = false;
   const point = (e) => { const r = canvas.getBoundingClientRect(); return [e.clientX - r.left, e.clientY - r.top]; };
@@ -181,7 +183,18 @@ function imageField(manifest) {
     for (let i = 0; i < width * height; i++) values.push(stat.min + (data[i * 4 + 3] / 255) * (stat.max - stat.min));
     return values;
   };
-  label.append(canvas, clear, upload);
+  canvas.paintPixels = (values) => {
+    const cell = canvas.width / width;
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    values.forEach((v, i) => {
+      ctx.fillStyle = `rgba(0, 0, 0, ${Math.max(0, Math.min(1, (v - stat.min) / ((stat.max - stat.min) || 1)))})`;
+      ctx.fillRect((i % width) * cell, Math.floor(i / width) * cell, cell, cell);
+    });
+  };
+  const tools = document.createElement('div');
+  tools.className = 'actions';
+  tools.append(clear, upload);
+  label.append(caption, canvas, tools);
   return label;
 }
 
@@ -200,7 +213,10 @@ function readRow() {
 function fillSample() {
   if (!golden?.rows?.length) return;
   const row = golden.rows[Math.floor(Math.random() * golden.rows.length)];
-  if (isImage(model.manifest)) return;
+  if (isImage(model.manifest)) {
+    $('canvas').paintPixels(row.flat(Infinity));
+    return;
+  }
   const values = Array.isArray(row) ? Object.fromEntries(columns.map((c, i) => [c.name, row[i]])) : row;
   for (const field of $('form').elements) {
     if (field.name in values) field.value = values[field.name] ?? '';

@@ -52,6 +52,15 @@ test('image inputs accept nested arrays and flatten them', () => {
   assert.deepEqual(Array.from(t.data), [1, 2, 3, 4]);
 });
 
+test('several tensor inputs take one (nested) array per input in each row', () => {
+  const twoInputs = { inputs: [{ name: 'left', dtype: 'float32', shape: [null, 2] }, { name: 'right', dtype: 'float32', shape: [null, 3] }], outputs: [] };
+  const feeds = buildInputs(twoInputs, [{ left: [1, 2], right: [3, 4, 5] }, { left: [6, 7], right: [8, 9, 10] }]);
+  assert.deepEqual(feeds.left.dims, [2, 2]);
+  assert.deepEqual(Array.from(feeds.right.data), [3, 4, 5, 8, 9, 10]);
+  assert.throws(() => buildInputs(twoInputs, [{ left: [1, 2] }]), /missing input "right"/);
+  assert.throws(() => buildInputs(twoInputs, [{ left: [1], right: [3, 4, 5] }]), /expected 2 values, got 1/);
+});
+
 test('bad rows name the row, the column and the expected type', () => {
   const cases = [
     [mixed, [{ age: 1, plan: 'basic' }], /row 0: missing column "visits" \(expected int64\)/],
