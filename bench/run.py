@@ -4,6 +4,7 @@ from __future__ import annotations
 import platform
 import sys
 
+import keras_bench
 import runtime_bench
 import server_bench
 import zoo_bench
@@ -11,9 +12,9 @@ from common import save
 
 
 def main() -> None:
-    sections = sys.argv[1:] or ["zoo", "runtimes", "server"]
+    sections = sys.argv[1:] or ["zoo", "runtimes", "keras", "server"]
     print(f"# edgeport bench on {platform.node()} ({platform.machine()}, python {platform.python_version()})")
-    benches = {"zoo": zoo_bench.main, "runtimes": runtime_bench.main, "server": server_bench.main}
+    benches = {"zoo": zoo_bench.main, "runtimes": runtime_bench.main, "keras": keras_bench.main, "server": server_bench.main}
     for name in sections:
         print(benches[name](), flush=True)
 
