@@ -6,8 +6,6 @@ paragraph, no traceback unless --debug), 2 usage, 3 parity failed.
 from __future__ import annotations
 
 import json
-import os
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional

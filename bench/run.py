@@ -8,7 +8,7 @@ import keras_bench
 import runtime_bench
 import server_bench
 import zoo_bench
-from common import save
+
 
 
 def main() -> None:

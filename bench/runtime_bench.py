@@ -13,7 +13,6 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from pathlib import Path
 
 from common import ROOT, median_ms, save, table
 

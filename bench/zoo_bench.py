@@ -13,7 +13,6 @@ from common import median_ms, save, table
 
 
 def main() -> str:
-    import numpy as np
     import onnxruntime as ort
 
     from conftest import save_model

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from .bundle import Bundle, read_bundle
 from .errors import RuntimeFailedError, SampleError
 from .parity import ParityReport, RuntimeResult, Tolerance, compare_outputs
+from .registry import Progress
 from .runtimes import get_runtime
 
-Progress = Callable[[str], None]
 
 
 def check_bundle(

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -19,10 +19,9 @@ from .check import run_parity
 from .errors import SampleError
 from .loading import load_model
 from .parity import ParityReport, Tolerance
-from .registry import get_converter
+from .registry import Progress, get_converter
 from .samples import feature_stats, head, read_sample, rows_from_table, table_from_rows, table_len
 
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)

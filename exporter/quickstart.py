@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from .check import check_bundle
 from .export import ExportResult, export_model
 from .parity import ParityReport
+from .registry import Progress
 
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from .server.app import create_app
 from .server.repository import Repository
 from .site import build_site
+from .registry import Progress
 
-Progress = Callable[[str], None]
 
 
 def build_app(path: str | Path, *, site: Optional[Path] = None, site_cache: Optional[Path] = None, **limits):

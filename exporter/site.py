@@ -18,23 +18,22 @@ import base64
 import gzip
 import hashlib
 import json
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 from urllib.parse import urlsplit
 
 from .bundle import MANIFEST, Bundle, read_bundle, staging_dir, publish
 from .errors import BundleError, RuntimeUnavailableError
 from .webassets import CLIENT_DIR, ORT_BROWSER_FILES, ORT_DIST, TFJS_BROWSER_FILES, TFJS_DIST, WEB_DEMO, require_js_packages
+from .registry import Progress
 
 DEMO_DIR = WEB_DEMO / "demo"
 SITE_JSON = "site.json"
 COMPRESS_MIN_BYTES = 10_000
 COMPRESS_SUFFIXES = (".js", ".mjs", ".wasm", ".onnx", ".json", ".css", ".html", ".bin")
 
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -164,6 +163,3 @@ def _precompress(site: Path) -> tuple[int, int]:
         path.with_name(path.name + ".br").write_bytes(brotli.compress(data, quality=9))
     return raw, gz
 
-
-def safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import skops.io as sio
 

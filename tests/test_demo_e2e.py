@@ -75,7 +75,6 @@ def test_the_demo_predicts_in_the_browser(page, server, example_bundles):
     predict(page)
     assert page.text_content("#served-by") == "browser"
     assert page.is_hidden("#notice")
-    model = next(m for m in example_bundles.models if m.name == "iris")
     from models.iris import train
 
     expected = train().model.predict(pd.DataFrame([values]))[0]

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from conftest import IN_CI, assert_parity, churn_data, iris_frame, need, rehash_bundle, save_model
+from conftest import assert_parity, churn_data, iris_frame, need, rehash_bundle, save_model
 from exporter.webassets import ORT_DIST, ORT_BROWSER_FILES
 
 pytestmark = [pytest.mark.browser]

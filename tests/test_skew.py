@@ -2,7 +2,6 @@
 import json
 import shutil
 
-import numpy as np
 from typer.testing import CliRunner
 
 from cli import app

@@ -37,22 +37,45 @@ DEFAULT_TOLERANCE = Tolerance(atol=1e-5, rtol=1e-4)
 ONNX_OPSET = 17
 # "=*" quantizes every weight; a bare flag would swallow the next argument as its layer list
 TFJS_QUANTIZE = {"float16": "--quantize_float16=*", "uint8": "--quantize_uint8=*"}
-ONNX_QUANTIZE = ("int8",)
+
+
+class _KerasConverter:
+    """What both Keras converters share: checking the options and sample, describing, reference outputs."""
+
+    target = ""
+    quantize_modes: tuple[str, ...] = ()
+
+    def _prepare(self, loaded: LoadedModel, sample: Any, quantize: str | None,
+                 classes: Sequence[Any] | None) -> tuple[list[dict], Any, str, list | None]:
+        if quantize and quantize not in self.quantize_modes:
+            raise UnsupportedModelError(f"--quantize {quantize} is not available for {self.target}; "
+                                        f"use: {', '.join(self.quantize_modes)}")
+        inputs, table = keras_signature(loaded.model, sample)
+        task, classes = keras_task(loaded.model, classes)
+        return inputs, table, task, classes
+
+    def _converted(self, loaded: LoadedModel, inputs: list[dict], table: Any, task: str, classes: list | None,
+                   files: dict[str, bytes], model_file: str, fmt: str, converter: str, extra: dict) -> Converted:
+        return Converted(files=files, model_file=model_file, format=fmt, task=task, inputs=inputs,
+                         outputs=outputs_for(task, len(classes or []), loaded.model),
+                         source=source_info(loaded.model, converter, precision="float32"),
+                         tolerance=DEFAULT_TOLERANCE, table=table, classes=classes, extra=extra)
+
+    def reference(self, loaded: LoadedModel, table: Any, classes: Sequence[Any] | None = None) -> dict[str, Any]:
+        return keras_reference(loaded.model, table, classes)
 
 
 @register("keras", "onnx")
-class KerasToOnnx:
+class KerasToOnnx(_KerasConverter):
     """Keras model → ONNX with tf2onnx (optionally int8 dynamic quantization)."""
+
+    quantize_modes = ("int8",)
 
     def convert(self, loaded: LoadedModel, sample: Any, progress: Progress, quantize: str | None = None,
                 classes: Sequence[Any] | None = None, **_: Any) -> Converted:
-        if quantize and quantize not in ONNX_QUANTIZE:
-            raise UnsupportedModelError(f"--quantize {quantize} is not available for ONNX; use: {', '.join(ONNX_QUANTIZE)}")
-        model = loaded.model
-        inputs, table = keras_signature(model, sample)
-        task, classes = keras_task(model, classes)
+        inputs, table, task, classes = self._prepare(loaded, sample, quantize, classes)
         with tempfile.TemporaryDirectory(prefix="edgeport-onnx-") as tmp:
-            saved = export_saved_model(model, Path(tmp) / "saved_model", progress)
+            saved = export_saved_model(loaded.model, Path(tmp) / "saved_model", progress)
             progress("converting with tf2onnx (--saved-model)")
             onnx_bytes = to_onnx_bytes(saved, task)
         files, extra = {"model.onnx": onnx_bytes}, {}
@@ -60,45 +83,31 @@ class KerasToOnnx:
             progress("quantizing weights to int8 (onnxruntime.quantization.quantize_dynamic)")
             files["model.onnx"] = quantize_onnx(onnx_bytes)
             extra["quantization"] = quantization_cost("int8", len(onnx_bytes), len(files["model.onnx"]))
-        return Converted(files=files, model_file="model.onnx", format="onnx", task=task, inputs=inputs,
-                         outputs=outputs_for(task, len(classes or []), model), source=source_info(model, "tf2onnx", precision="float32"),
-                         tolerance=DEFAULT_TOLERANCE, table=table, classes=classes, extra=extra)
-
-    def reference(self, loaded: LoadedModel, table: Any, classes: Sequence[Any] | None = None) -> dict[str, Any]:
-        return keras_reference(loaded.model, table, classes)
+        return self._converted(loaded, inputs, table, task, classes, files, "model.onnx", "onnx", "tf2onnx", extra)
 
 
 @register("keras", "tfjs")
-class KerasToTfjs:
+class KerasToTfjs(_KerasConverter):
     """Keras model → SavedModel → TF.js graph model, plus model.onnx for the fallback server."""
 
+    quantize_modes = tuple(TFJS_QUANTIZE)
     verify_runtimes = ("server", "node")
 
     def convert(self, loaded: LoadedModel, sample: Any, progress: Progress, quantize: str | None = None,
                 classes: Sequence[Any] | None = None, **_: Any) -> Converted:
-        if quantize and quantize not in TFJS_QUANTIZE:
-            raise UnsupportedModelError(f"--quantize {quantize} is not available for tfjs; use: {', '.join(TFJS_QUANTIZE)}")
-        model = loaded.model
-        inputs, table = keras_signature(model, sample)
-        task, classes = keras_task(model, classes)
+        inputs, table, task, classes = self._prepare(loaded, sample, quantize, classes)
+        extra: dict = {"server_model_file": "model.onnx"}
         with tempfile.TemporaryDirectory(prefix="edgeport-tfjs-") as tmp:
-            saved = export_saved_model(model, Path(tmp) / "saved_model", progress)
+            saved = export_saved_model(loaded.model, Path(tmp) / "saved_model", progress)
             progress("converting with tensorflowjs_converter to a graph model" + (f" ({quantize})" if quantize else ""))
             files = _tfjs_files(saved, Path(tmp) / "tfjs", quantize)
-            extra: dict = {}
             if quantize:
                 plain = _tfjs_files(saved, Path(tmp) / "tfjs-float", None)
                 extra["quantization"] = quantization_cost(quantize, _weight_bytes(plain), _weight_bytes(files))
             progress("converting with tf2onnx for the fallback server")
             files["model.onnx"] = to_onnx_bytes(saved, task)
-        extra["server_model_file"] = "model.onnx"
-        return Converted(files=files, model_file="tfjs/model.json", format="tfjs-graph", task=task, inputs=inputs,
-                         outputs=outputs_for(task, len(classes or []), model),
-                         source=source_info(model, "tensorflowjs", precision="float32"),
-                         tolerance=DEFAULT_TOLERANCE, table=table, classes=classes, extra=extra)
-
-    def reference(self, loaded: LoadedModel, table: Any, classes: Sequence[Any] | None = None) -> dict[str, Any]:
-        return keras_reference(loaded.model, table, classes)
+        return self._converted(loaded, inputs, table, task, classes, files, "tfjs/model.json", "tfjs-graph",
+                               "tensorflowjs", extra)
 
 
 # ------------------------------------------------------------------ shared pieces
