@@ -162,6 +162,22 @@ def test_onnx_int8_quantization_reports_its_cost(saved, tmp_path):
     assert "quantized int8" in result.output
 
 
+def test_a_savedmodel_directory_exports_like_a_keras_file(saved, tmp_path):
+    model_path, sample_path = saved["normalized-regressor"]
+    directory = tmp_path / "saved_model"
+    keras.models.load_model(model_path).export(str(directory), format="tf_saved_model", verbose=False)
+    result = runner.invoke(app, ["export", str(directory), "--sample", str(sample_path), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["name"] == "saved_model" and manifest["inputs"][0]["shape"] == [None, 10]
+
+
+def test_a_directory_that_is_not_a_savedmodel_is_refused(tmp_path):
+    (tmp_path / "junk").mkdir()
+    result = runner.invoke(app, ["export", str(tmp_path / "junk"), "--sample", str(tmp_path / "x.npy"), "--out", str(tmp_path / "b")])
+    assert_clean(result, "not a TensorFlow SavedModel")
+
+
 def test_classes_name_the_labels(saved, tmp_path):
     model_path, sample_path = saved["mlp"]
     result = runner.invoke(app, ["export", str(model_path), "--sample", str(sample_path), "--classes", "setosa,versicolor,virginica",

@@ -258,3 +258,16 @@ def test_sigterm_finishes_every_request_in_flight(slow_bundle):
     finally:
         server.stop()
     assert outcomes == [(200, 1000)] * 6, outcomes
+
+
+def test_inference_past_the_timeout_is_a_503_not_a_hang(slow_bundle):
+    from exporter.server.app import create_app
+    from exporter.server.repository import Repository
+
+    client = TestClient(create_app(Repository(slow_bundle.path), timeout_s=0.01))
+    dtype = "FP64" if slow_bundle.inputs[0]["dtype"] == "float64" else "FP32"
+    rows = np.zeros((1000, 16)).ravel().tolist()
+    response = client.post("/v2/models/slow/infer", json={"inputs": [{"name": "input", "shape": [1000, 16], "datatype": dtype, "data": rows}]})
+    assert response.status_code == 503
+    assert "longer than 0.01s" in response.json()["error"]
+    assert client.get("/v2/health/ready").status_code == 200

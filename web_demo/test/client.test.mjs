@@ -221,3 +221,44 @@ test('inference that throws falls back; without a server it is a typed Inference
   const alone = await loadModel(path.join(dir, 'manifest.json'), { ort: fakeOrt({ fail: true }), fallbackUrl: '' });
   await assert.rejects(alone.predict(ROW), (err) => err.name === 'InferenceError' && /kernel exploded/.test(err.message));
 });
+
+async function writeClassifierBundle(policy) {
+  const dir = await mkdtemp(path.join(tmpdir(), 'edgeport-client-'));
+  const bytes = Buffer.from('x');
+  await writeFile(path.join(dir, 'model.onnx'), bytes);
+  const manifest = { manifest_version: 1, name: 'c', version: '2', format: 'onnx', task: 'classification', model_file: 'model.onnx',
+    files: [{ path: 'model.onnx', bytes: 1, sha256: createHash('sha256').update(bytes).digest('hex') }],
+    inputs: [{ name: 'input', dtype: 'float32', shape: [null, 1], columns: ['x'], nullable: false }],
+    outputs: [{ name: 'label', dtype: 'string', shape: [null], role: 'label' }, { name: 'probabilities', dtype: 'float32', shape: [null, 2], role: 'probabilities' }],
+    classes: ['no', 'yes'], fallback: { confidence_threshold: 0.7, on_low_confidence: policy, timeout_ms: 2000, url: null } };
+  await writeFile(path.join(dir, 'manifest.json'), JSON.stringify(manifest));
+  return path.join(dir, 'manifest.json');
+}
+
+function unsureOrt() {
+  class Tensor { constructor(type, data, dims) { Object.assign(this, { type, data, dims }); } }
+  return { env: { wasm: {} }, Tensor, InferenceSession: { create: async () => ({ run: async () => ({
+    label: { data: ['yes'], dims: [1] }, probabilities: { data: Float32Array.from([0.45, 0.55]), dims: [1, 2] } }) }) } };
+}
+
+test('low confidence with the abstain policy answers locally, marked low_confidence', async () => {
+  const model = await loadModel(await writeClassifierBundle('abstain'), { ort: unsureOrt(), fallbackUrl: 'http://127.0.0.1:9' });
+  const [result] = await model.predict([[1]]);
+  assert.deepEqual([result.label, result.served_by, result.low_confidence, result.fallback_reason], ['yes', 'browser', true, null]);
+});
+
+test('low confidence with the server policy asks the server and keeps the browser confidence', async () => {
+  const { server, url, requests } = await fakeServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ outputs: [{ name: 'label', shape: [1], datatype: 'BYTES', data: ['no'] },
+      { name: 'probabilities', shape: [1, 2], datatype: 'FP32', data: [0.8, 0.2] }] }));
+  });
+  try {
+    const model = await loadModel(await writeClassifierBundle('server'), { ort: unsureOrt(), fallbackUrl: url });
+    const [result] = await model.predict([[1]]);
+    assert.deepEqual([result.label, result.served_by, result.fallback_reason, result.low_confidence], ['no', 'server', 'low-confidence', false]);
+    assert.ok(Math.abs(result.browser_confidence - 0.55) < 1e-6);
+    assert.equal(requests[0].url, '/v2/models/c/versions/2/infer');
+    assert.deepEqual(requests[0].body.parameters, { fallback_reason: 'low-confidence' });
+  } finally { server.close(); }
+});
