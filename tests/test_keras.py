@@ -133,6 +133,24 @@ def test_keras_model_exports_and_passes_everywhere(name, target, saved, tmp_path
 
 
 @pytest.mark.browser
+def test_a_differently_trained_keras_model_is_caught_against_a_tfjs_bundle(saved, tmp_path):
+    js_ready()
+    model_path, sample_path = saved["mlp"]
+    out = tmp_path / "b"
+    assert runner.invoke(app, ["export", str(model_path), "--sample", str(sample_path), "--to", "tfjs", "--out", str(out)]).exit_code == 0
+    other, _ = mlp_classifier()  # same architecture, trained again: other weights
+    other_path = tmp_path / "other.keras"
+    other.save(other_path)
+    report = tmp_path / "r.json"
+    result = runner.invoke(app, ["check", str(out), "-r", "node", "-r", "server", "--model", str(other_path),
+                                 "--data", str(sample_path), "--report", str(report)])
+    assert result.exit_code == 3, result.output
+    sections = {r["runtime"]: r for r in json.loads(report.read_text())["runtimes"]}
+    for runtime in ("node", "server"):
+        assert not next(o for o in sections[runtime]["outputs"] if o["role"] == "probabilities")["passed"]
+
+
+@pytest.mark.browser
 def test_quantized_tfjs_states_its_cost_and_runs_in_chromium(saved, tmp_path):
     js_ready()
     model_path, sample_path = saved["cnn"]
