@@ -6,8 +6,9 @@ still written (so it can be inspected), and the result says it failed.
 from __future__ import annotations
 
 import re
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -104,19 +105,16 @@ def export_model(
         write_manifest(staged, manifest)
         runtimes = runtimes or getattr(converter, "verify_runtimes", ("python",))
         report = run_parity(read_bundle(staged), rows, reference, runtimes, tolerance, "golden outputs", progress)
+        report = replace(report, bundle=str(out))  # where the bundle will live, not the staging directory
         if "quantization" in converted.extra:
-            report = ParityReport(report.bundle, report.reference, report.tolerance, report.runtimes,
-                                  {**report.meta, "quantization": quantization_cost(converted.extra["quantization"], report)})
+            report = replace(report, meta={**report.meta,
+                                           "quantization": quantization_cost(converted.extra["quantization"], report)})
         write_json(staged / PARITY, report.to_dict())
         write_manifest(staged, {**manifest, "parity": report.summary()})
     except BaseException:
-        import shutil
-
         shutil.rmtree(staged, ignore_errors=True)
         raise
-    final = publish(staged, out)
-    bundle = read_bundle(final)
-    report = ParityReport(str(final), report.reference, report.tolerance, report.runtimes, report.meta)
+    bundle = read_bundle(publish(staged, out))
     return ExportResult(bundle=bundle, report=report, seconds=time.perf_counter() - started)
 
 
