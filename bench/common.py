@@ -5,6 +5,7 @@ import json
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -12,6 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+# scikit-learn's deprecation notices about the zoo's SVC(probability=True) are not results
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", message=".*Maximum iterations.*")
 
 
 def median_ms(fn: Callable[[], object], repeats: int = 200, warmup: int = 5) -> float:

@@ -81,6 +81,8 @@ def main() -> str:
         out, data = [], {}
         for model in result.models:
             bundle = read_bundle(model.export.bundle.path)
+            if bundle.manifest["format"] != "onnx":
+                continue  # the Keras example has its own bench (keras_bench.py)
             timings = {"python": python_timings(bundle), "node": node_timings(bundle), "browser": browser_timings(bundle)}
             data[model.name] = timings
             for runtime, t in timings.items():

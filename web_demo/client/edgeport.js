@@ -100,7 +100,6 @@ async function readBytes(url, options = {}, onChunk) {
   const fetchFn = options.fetch ?? globalThis.fetch;
   const response = await fetchFn(url);
   if (!response.ok) throw new LoadError(`GET ${url} answered ${response.status}`, { code: 'fetch' });
-  const total = Number(response.headers.get('content-length')) || 0;
   if (!response.body?.getReader || !onChunk) return new Uint8Array(await response.arrayBuffer());
   const reader = response.body.getReader();
   const chunks = [];
@@ -110,7 +109,7 @@ async function readBytes(url, options = {}, onChunk) {
     if (done) break;
     chunks.push(value);
     loaded += value.length;
-    onChunk(loaded, total);
+    onChunk(loaded);
   }
   const bytes = new Uint8Array(loaded);
   let offset = 0;
@@ -380,10 +379,12 @@ export class EdgeportModel {
       throw new LoadError(`bundle format ${this.manifest.format} is not supported by this client`, { code: 'format' });
     }
     const path = this.manifest.model_file;
+    const expected = this.manifest.files.find((f) => f.path === path)?.bytes ?? 0;
     let bytes;
     try {
       bytes = await withTimeout(readBytes(resolveRelative(this.manifestUrl, path), this.options,
-        (loaded, total) => progress({ stage: 'model', loaded, total })), this.options.loadTimeoutMs ?? 30000, 'loading the model');
+        // the manifest knows the true size; Content-Length may be the compressed one
+        (loaded) => progress({ stage: 'model', loaded, total: expected })), this.options.loadTimeoutMs ?? 30000, 'loading the model');
     } catch (err) {
       throw err instanceof EdgeportError ? err : new LoadError(`could not fetch ${path}: ${err.message}`, { code: 'fetch', cause: err });
     }
