@@ -128,6 +128,8 @@ BAD_INPUTS = [
     ("booleans for numbers", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [True, 3.5, 1.4, 0.2]}]}, 400, ["numbers"]),
     ("NaN where not allowed", "/v2/models/iris/infer", '{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [NaN, 3.5, 1.4, 0.2]}]}', 400, ["missing value"]),
     ("null where not allowed", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [None, 3.5, 1.4, 0.2]}]}, 400, ["missing value"]),
+    ("a number beyond float64", "/v2/models/iris/infer", '{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [1%s, 3.5, 1.4, 0.2]}]}' % ("0" * 400), 400, ["does not fit"]),
+    ("a number beyond float32", "/v2/models/churn/infer", churn_request(tenure_months={"data": [3.5e38]}), 400, ["'tenure_months'", "does not fit FP32"]),
     ("Infinity", "/v2/models/iris/infer", '{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [Infinity, 3.5, 1.4, 0.2]}]}', 400, ["infinite"]),
     ("unknown input name", "/v2/models/iris/infer", {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}]}, 400, ["unknown input 'x'"]),
     ("input given twice", "/v2/models/iris/infer", {"inputs": [iris_request([[1, 2, 3, 4]])["inputs"][0]] * 2}, 400, ["more than once"]),

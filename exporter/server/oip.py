@@ -149,10 +149,23 @@ def _tensor(item: RequestInput, spec: dict, max_batch: int) -> np.ndarray:
         elif isinstance(value, float) and math.isinf(value):
             raise InferInputError(f"input {name!r} has an infinite value at index {index}")
         else:
+            if not _fits(value, dtype):
+                raise InferInputError(f"input {name!r} has a value at index {index} that does not fit {expected}")
             values.append(value)
     if dtype == "int64" and any(not float(v).is_integer() for v in values):
         raise InferInputError(f"input {name!r} expects integers (INT64)")
     return np.array(values, dtype=NUMPY_OF[dtype]).reshape(item.shape)
+
+
+def _fits(value: int | float, dtype: str) -> bool:
+    """A JSON number the model's dtype can hold (Python ints are unbounded; float32 tops out at 3.4e38)."""
+    if dtype == "int64":
+        return not isinstance(value, int) or -(2**63) <= value < 2**63
+    try:
+        magnitude = abs(float(value))
+    except OverflowError:
+        return False
+    return magnitude <= float(np.finfo(NUMPY_OF[dtype]).max)
 
 
 def _flatten(data: list) -> list:
