@@ -234,6 +234,9 @@ function checkValue(value, input, where) {
     return NaN;
   }
   if (typeof value !== 'number') throw new RowValidationError(`${where}: expected a number (${dtype}), got ${describe(value)}`, { code: 'type' });
+  if (!Number.isFinite(value) || (dtype === 'float32' && Math.abs(value) > 3.4028234663852886e38)) {
+    throw new RowValidationError(`${where}: ${value} does not fit ${dtype}`, { code: 'range' });
+  }
   if (dtype === 'int64' && !Number.isInteger(value)) throw new RowValidationError(`${where}: expected an integer (int64), got ${value}`, { code: 'type' });
   return value;
 }

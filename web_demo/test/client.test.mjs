@@ -73,6 +73,8 @@ test('bad rows name the row, the column and the expected type', () => {
     [matrix, [{ a: 1, b: 2 }], /row 0: missing column "c"/],
     [matrix, [], /non-empty array/],
     [matrix, [[1, null, 3]], /does not accept missing values/],
+    [matrix, [[1, Infinity, 3]], /Infinity does not fit float32/],
+    [matrix, [[1, 1e39, 3]], /does not fit float32/],
   ];
   for (const [manifest, rows, message] of cases) {
     assert.throws(() => buildInputs(manifest, rows), (err) => err instanceof RowValidationError && message.test(err.message));
