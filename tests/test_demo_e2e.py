@@ -101,6 +101,10 @@ def test_blocked_wasm_falls_back_to_the_server_and_says_why(page, server):
     assert "server answered instead" in page.text_content("#notice")
     assert page.text_content("#label") in ("setosa", "versicolor", "virginica")
     shot(page, "2-wasm-blocked-server-fallback")
+    import httpx
+
+    metrics = httpx.get(f"{server.url}/metrics").text  # the server sees why browsers come to it
+    assert 'edgeport_fallback_requests_total{model="iris",reason="load-error"}' in metrics
 
 
 def test_low_confidence_goes_to_the_server(page, server, example_bundles):

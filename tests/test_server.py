@@ -78,6 +78,24 @@ def test_infer_matches_the_original_model(client, example_bundles):
     np.testing.assert_allclose(np.reshape(outputs["probabilities"]["data"], (2, 3)), model.predict_proba(frame), atol=1e-9)
 
 
+def test_bundle_files_are_served_with_their_hash_as_etag(client, example_bundles):
+    bundle = next(m for m in example_bundles.models if m.name == "iris").export.bundle
+    entry = next(f for f in bundle.manifest["files"] if f["path"] == "model.onnx")
+    response = client.get("/bundles/iris/1/model.onnx")
+    assert response.status_code == 200 and response.content == (bundle.path / "model.onnx").read_bytes()
+    assert response.headers["etag"] == f'"{entry["sha256"]}"' and "max-age" in response.headers["cache-control"]
+    assert client.get("/bundles/iris/1/model.onnx", headers={"if-none-match": response.headers["etag"]}).status_code == 304
+    assert client.get("/bundles/iris/1/manifest.json").json()["name"] == "iris"
+
+
+def test_fallback_reasons_are_counted_in_metrics(client):
+    body = {**iris_request([[5.1, 3.5, 1.4, 0.2]]), "parameters": {"fallback_reason": "low-confidence"}}
+    assert client.post("/v2/models/iris/infer", json=body).status_code == 200
+    metrics = client.get("/metrics").text
+    assert 'edgeport_fallback_requests_total{model="iris",reason="low-confidence"} 1.0' in metrics
+    assert 'edgeport_infer_rows_total{model="iris",version="1"}' in metrics
+
+
 def test_output_selection_and_nested_data(client):
     request = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [[5.1, 3.5, 1.4, 0.2]]}],
                "outputs": [{"name": "probabilities"}]}
