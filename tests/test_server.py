@@ -53,7 +53,8 @@ def test_metadata_is_the_manifest_in_oip_terms(client):
         ],
         "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
                     {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}],
-        "parameters": {"task": "classification", "classes": ["churn", "stay"], "version": "1"},
+        "parameters": {"task": "classification", "classes": ["churn", "stay"], "version": "1",
+                       "manifest_url": "/bundles/churn/1/manifest.json"},
     }
     assert client.get("/v2/models/churn/versions/1/ready").json() == {"name": "churn", "ready": True}
     assert client.get("/v2").json() == {"name": "edgeport", "version": "0.1.0", "extensions": []}
@@ -94,6 +95,8 @@ def test_fallback_reasons_are_counted_in_metrics(client):
     metrics = client.get("/metrics").text
     assert 'edgeport_fallback_requests_total{model="iris",reason="low-confidence"} 1.0' in metrics
     assert 'edgeport_infer_rows_total{model="iris",version="1"}' in metrics
+    assert 'edgeport_predicted_class_total{label="setosa",model="iris",version="1"}' in metrics
+    assert 'edgeport_prediction_confidence_bucket{le="1.0",model="iris",version="1"}' in metrics
 
 
 def test_output_selection_and_nested_data(client):

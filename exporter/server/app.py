@@ -91,7 +91,9 @@ def create_app(
         return ModelMetadata(
             name=model.name, versions=sorted(repository.models[model.name]), platform="onnxruntime_onnx",
             inputs=tensor_metadata(model.bundle.inputs), outputs=tensor_metadata(model.bundle.outputs),
-            parameters={"task": manifest["task"], "classes": manifest.get("classes"), "version": model.version},
+            # the manifest URL of this version: apps resolve the active model at run time, not in their code
+            parameters={"task": manifest["task"], "classes": manifest.get("classes"), "version": model.version,
+                        "manifest_url": f"/bundles/{model.name}/{model.version}/manifest.json"},
         )
 
     def model_ready(name: str, version: Optional[str] = None) -> dict:
@@ -126,6 +128,7 @@ def create_app(
             metrics.observe(model, "error", started, 0, payload)
             return error(500, f"inference failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
         metrics.observe(model, "ok", started, rows, payload)
+        metrics.predictions(model, {spec["role"]: v for spec, v in zip(_specs(model, names), values)})
         response = InferResponse(model_name=model.name, model_version=model.version, id=payload.id,
                                  outputs=response_outputs(model.bundle, names, values))
         return Response(response.model_dump_json(exclude_none=True), media_type="application/json")
@@ -164,6 +167,11 @@ def create_app(
             return static_file(site_root, path, request)
 
     return app
+
+
+def _specs(model: ServedModel, names: list[str]) -> list[dict]:
+    by_name = {o["name"]: o for o in model.bundle.outputs}
+    return [by_name[n] for n in names]
 
 
 def _requested_outputs(model: ServedModel, payload: InferRequest) -> list[str]:

@@ -22,6 +22,11 @@ class Metrics:
         self.latency = Histogram("edgeport_infer_seconds", "Infer request latency (validation + inference)",
                                  ["model", "version"], registry=self.registry,
                                  buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0))
+        # what the model says, for drift: a falling confidence or a shifting class mix is the early warning
+        self.confidence = Histogram("edgeport_prediction_confidence", "Top class probability per row", ["model", "version"],
+                                    registry=self.registry, buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0))
+        self.predicted = Counter("edgeport_predicted_class", "Rows by predicted class", ["model", "version", "label"],
+                                 registry=self.registry)
         # why browsers asked the server: the JS client sends parameters.fallback_reason
         self.fallbacks = Counter("edgeport_fallback_requests", "Requests that browsers sent as a fallback, by reason",
                                  ["model", "reason"], registry=self.registry)
@@ -38,6 +43,19 @@ class Metrics:
         reason = (payload.parameters or {}).get("fallback_reason")
         if reason is not None:
             self.fallbacks.labels(model.name, reason if reason in FALLBACK_REASONS else "other").inc()
+
+    def predictions(self, model: Any, outputs: dict[str, Any]) -> None:
+        """Record per-row confidence and predicted class from the outputs of a classifier."""
+        import numpy as np
+
+        probabilities = outputs.get("probabilities")
+        if probabilities is None:
+            return
+        probabilities = np.asarray(probabilities, dtype=np.float64).reshape(len(probabilities), -1)
+        classes = model.bundle.classes or list(range(probabilities.shape[1]))
+        for row in probabilities:
+            self.confidence.labels(model.name, model.version).observe(float(row.max()))
+            self.predicted.labels(model.name, model.version, str(classes[int(row.argmax())])).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -55,6 +55,7 @@ class Repository:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1  # many small requests: parallelism comes from concurrent requests
         session = ort.InferenceSession(str(bundle.path / onnx_file), options, providers=["CPUExecutionProvider"])
+        _warm_up(bundle, session)
         versions[bundle.version] = ServedModel(bundle, session, onnx_file)
 
     def get(self, name: str, version: str | None = None) -> ServedModel | None:
@@ -76,3 +77,12 @@ def discover(path: Path) -> list[Path]:
         return [path]
     found = sorted(p.parent for p in path.glob(f"*/{MANIFEST}")) + sorted(p.parent for p in path.glob(f"*/*/{MANIFEST}"))
     return found
+
+
+def _warm_up(bundle: Bundle, session: Any) -> None:
+    """One golden row through the session at start-up, so the first user doesn't pay for lazy init."""
+    from ..samples import feeds_from_table, table_from_rows
+
+    rows = bundle.golden()["rows"][:1]
+    if rows:
+        session.run(None, feeds_from_table(table_from_rows(rows, bundle.inputs), bundle.inputs))
