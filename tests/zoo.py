@@ -4,6 +4,7 @@ from __future__ import annotations
 
 def zoo() -> dict:
     """name -> (fitted model, sample DataFrame). Deterministic; about a second to build."""
+    from sklearn.calibration import CalibratedClassifierCV
     from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris, load_wine
     from sklearn.ensemble import (GradientBoostingClassifier, GradientBoostingRegressor, HistGradientBoostingClassifier,
                                   HistGradientBoostingRegressor, RandomForestClassifier, RandomForestRegressor)
@@ -24,7 +25,8 @@ def zoo() -> dict:
     iris, wine, cancer, diabetes = frame(load_iris), frame(load_wine), frame(load_breast_cancer), frame(load_diabetes)
     specs = {
         "logistic": (make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)), iris),
-        "svc-proba": (make_pipeline(StandardScaler(), SVC(probability=True, random_state=0)), wine),
+        # SVM with probabilities: SVC(probability=True) is deprecated in scikit-learn 1.9 in favour of this
+        "svc-proba": (make_pipeline(StandardScaler(), CalibratedClassifierCV(SVC(), ensemble=False)), wine),
         "knn": (make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=5)), wine),
         "decision-tree": (DecisionTreeClassifier(max_depth=6, random_state=0), cancer),
         "random-forest": (RandomForestClassifier(n_estimators=40, random_state=0), cancer),
