@@ -23,7 +23,7 @@ $(NODE_MODULES)/.installed: web_demo/package.json web_demo/package-lock.json
 	cd web_demo && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-# Debian's chromium is the browser for parity and end-to-end tests; never `playwright install` (it downloads).
+# Debian's chromium is the browser for parity and end-to-end tests; playwright never downloads its own (offline).
 chromium:
 	@if command -v chromium >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -42,7 +42,7 @@ def require_chromium() -> str:
         raise RuntimeUnavailableError(
             "the browser runtime needs Chromium on PATH, and none was found. On Debian/Ubuntu: "
             "`sudo apt-get install -y chromium` (make setup does this when run as root). "
-            "Don't run `playwright install`: edgeport drives the system chromium."
+            "Don't let playwright download a browser: edgeport drives the system chromium."
         )
     return browser
 
