@@ -98,14 +98,14 @@ def _status(status: str) -> str:
 def format_quickstart(result) -> str:
     """The quickstart table: one line per example model, one column per runtime."""
     runtimes = list(dict.fromkeys(r.runtime for m in result.models for r in m.report.runtimes))
-    header = f"{'model':<22} {'estimator':<44} {'precision':<9} " + " ".join(f"{r:<8}" for r in runtimes) + "  max abs diff"
+    header = f"{'model':<22} {'estimator':<50} {'precision':<9} " + " ".join(f"{r:<8}" for r in runtimes) + "  max abs diff"
     lines = [header, "-" * len(header)]
     for model in result.models:
         source = model.export.bundle.manifest["source"]
         statuses = {r.runtime: r.status for r in model.report.runtimes}
         diffs = [d.max_abs_diff for r in model.report.runtimes for d in r.outputs if d.max_abs_diff is not None]
         lines.append(
-            f"{model.name:<22} {source.get('estimator', '')[:44]:<44} {source.get('precision', ''):<9} "
+            f"{model.name:<22} {source.get('estimator', '')[:50]:<50} {source.get('precision', ''):<9} "
             + " ".join(f"{_status(statuses.get(r, '-')):<8}" for r in runtimes)
             + f"  {_num(max(diffs) if diffs else None)}"
         )

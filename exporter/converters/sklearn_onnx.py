@@ -60,8 +60,8 @@ class SklearnToOnnx:
                 raise
             except Exception as exc:  # retry in float32; report both failures if both fail
                 failures.append(f"{precision}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
-                progress(f"{precision} graph failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-                         + ("; trying float32" if precision == "float64" else ""))
+                if precision == "float64":
+                    progress(f"no float64 graph for this model ({_short_reason(exc)}); using float32")
                 continue
             source = {
                 "framework": "scikit-learn",
@@ -241,6 +241,12 @@ def _rename_outputs(onx: Any, task: str, has_proba: bool) -> list[dict]:
         described.append({"name": out.name, "dtype": _onnx_dtype(out.type.tensor_type.elem_type),
                           "shape": _onnx_shape(out), "role": out.name})
     return described
+
+
+def _short_reason(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    kernel = text.split("Could not find an implementation for ")
+    return f"onnxruntime has no double kernel for {kernel[1].split(' node')[0]}" if len(kernel) > 1 else text[:120]
 
 
 def _smoke_test(onx: Any) -> None:

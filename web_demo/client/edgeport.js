@@ -329,22 +329,23 @@ async function createTfjsBackend(manifest, manifestUrl, modelJsonBytes, options,
   const artifacts = { ...modelJson, weightSpecs, weightData: weightData.buffer };
   delete artifacts.weightsManifest;
   const model = await tf.loadGraphModel({ load: async () => artifacts });
+  // execute() is synchronous and enough for models without control flow; executeAsync() for the rest
+  const needsAsync = JSON.stringify(modelJson.modelTopology).match(/"op":\s*"(Enter|Exit|Merge|Switch|NextIteration|LoopCond|If|StatelessIf|While|StatelessWhile|NonMaxSuppression\w*|Where)"/) !== null;
+  const execute = (feeds) => (needsAsync ? model.executeAsync(feeds) : model.execute(feeds));
   // one warm-up run on zeros: TF.js compiles kernels on first use, which would otherwise land on the user's first prediction
   if (options.warmup !== false) {
     const zeros = Object.fromEntries(manifest.inputs.map((i) => [i.name, tf.zeros([1, ...i.shape.slice(1).map((d) => d ?? 1)])]));
-    const out = await model.executeAsync(zeros);
+    const out = await execute(zeros);
     tf.dispose([out, ...Object.values(zeros)]);
   }
   const [output] = manifest.outputs;
-  const needsAsync = JSON.stringify(modelJson.modelTopology).match(/"op":\s*"(Enter|Exit|Merge|Switch|NextIteration|LoopCond|If|StatelessIf|While|StatelessWhile|NonMaxSuppression\w*|Where)"/) !== null;
   return {
     name: `tfjs-${tf.getBackend()}`,
     async run(inputs) {
       const feeds = {};
       for (const [name, t] of Object.entries(inputs)) feeds[name] = tf.tensor(t.data, t.dims, t.type === 'int64' ? 'int32' : 'float32');
       try {
-        // execute() is synchronous and enough for models without control flow; executeAsync() for the rest
-        const result = needsAsync ? await model.executeAsync(feeds) : model.execute(feeds);
+        const result = await execute(feeds);
         const tensor = Array.isArray(result) ? result[0] : result;
         const raw = { [output.role]: { data: await tensor.data(), dims: tensor.shape } };
         tf.dispose(result);

@@ -1,0 +1,19 @@
+"""`edgeport quickstart --no-serve`: the main job on the embedded default, stopping before it serves."""
+from typer.testing import CliRunner
+
+from cli import app
+from conftest import need
+from exporter.webassets import ORT_BROWSER_FILES, ORT_DIST
+
+
+def test_quickstart_trains_exports_checks_and_builds_the_site(tmp_path):
+    need((ORT_DIST / ORT_BROWSER_FILES[0]).is_file(), "web_demo/node_modules is missing (run make setup)")
+    result = CliRunner().invoke(app, ["quickstart", "--out", str(tmp_path), "--no-serve", "--runtime", "python"])
+    assert result.exit_code == 0, result.output
+    assert "all example models pass parity in every runtime" in result.output
+    for name in ("iris", "breast-cancer-forest", "churn"):
+        assert f"\n{name} " in result.output
+        assert (tmp_path / "bundles" / name / "manifest.json").is_file()
+        assert (tmp_path / "site" / "models" / name / "model.onnx").is_file()
+    assert (tmp_path / "site" / "index.html").is_file()
+    assert "serving" not in result.output
