@@ -294,3 +294,18 @@ def test_inference_past_the_timeout_is_a_503_not_a_hang(slow_bundle):
     assert response.status_code == 503
     assert "longer than 0.01s" in response.json()["error"]
     assert client.get("/v2/health/ready").status_code == 200
+
+
+def test_cors_lets_a_named_origin_call_the_api(bundles):
+    from exporter.server.app import create_app
+    from exporter.server.repository import Repository
+
+    client = TestClient(create_app(Repository(bundles), cors_origins=("https://app.example.com",)))
+    preflight = client.options("/v2/models/iris/infer", headers={
+        "origin": "https://app.example.com", "access-control-request-method": "POST",
+        "access-control-request-headers": "content-type"})
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example.com"
+    other = client.post("/v2/models/iris/infer", json=iris_request([[5.1, 3.5, 1.4, 0.2]]),
+                        headers={"origin": "https://evil.example.net"})
+    assert "access-control-allow-origin" not in other.headers
