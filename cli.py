@@ -168,7 +168,8 @@ def serve(
 
     try:
         serve_forever(path, host=host, port=port, site=site, cors_origins=tuple(cors_origin),
-                      max_body_bytes=max_body_bytes, max_batch=max_batch, timeout_s=timeout, progress=_progress)
+                      max_body_bytes=max_body_bytes, max_batch=max_batch, timeout_s=timeout, progress=_progress,
+                      on_listening=_announce)
     except Exception as exc:
         _fail(exc)
 
@@ -197,11 +198,16 @@ def quickstart(
         if serve:
             from exporter.serving import serve_forever
 
-            serve_forever(result.bundles_dir, host=host, port=port, site=site.path, progress=_progress)
+            serve_forever(result.bundles_dir, host=host, port=port, site=site.path, progress=_progress,
+                          on_listening=_announce)
     except typer.Exit:
         raise
     except Exception as exc:
         _fail(exc)
+
+
+def _announce(url: str) -> None:
+    typer.echo(f"edgeport is serving the demo at {url}/  (OIP v2 at {url}/v2; Ctrl-C stops)")
 
 
 def _write_report(path: Path, data: dict) -> None:
