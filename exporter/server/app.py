@@ -44,6 +44,7 @@ def create_app(
     metrics = Metrics()
     app = FastAPI(title="edgeport", version=__version__, docs_url="/docs", redoc_url=None)
     app.state.repository = repository
+    app.state.draining = False  # set by the server on SIGTERM (serving.DrainingServer)
     if max_body_bytes:
         app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     if cors_origins:
@@ -72,8 +73,6 @@ def create_app(
     @app.get("/v2/health/live")
     def live() -> dict:
         return {"live": True}
-
-    app.state.draining = False
 
     @app.get("/v2/health/ready")
     def ready() -> Response:
