@@ -189,6 +189,10 @@ def quickstart(
     from exporter.site import build_site
 
     try:
+        if serve:  # before minutes of training, not after
+            from exporter.serving import check_port
+
+            check_port(host, port)
         result = run_quickstart(out, [r.value for r in runtime], progress=_progress)
         typer.echo(format_quickstart(result))
         if not result.passed:

@@ -31,7 +31,7 @@ def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000
                   **limits) -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests finish before the process exits."""
     progress = progress or (lambda _msg: None)
-    _check_port(host, port)
+    check_port(host, port)
     progress(f"loading bundles from {path}")
     with tempfile.TemporaryDirectory(prefix="edgeport-site-") as cache:
         app = build_app(path, site=site, site_cache=Path(cache), **limits)
@@ -57,7 +57,8 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def _check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int) -> None:
+    """Fail early, with a clear message, when the port is taken."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

@@ -17,3 +17,15 @@ def test_quickstart_trains_exports_checks_and_builds_the_site(tmp_path):
         assert (tmp_path / "site" / "models" / name / "model.onnx").is_file()
     assert (tmp_path / "site" / "index.html").is_file()
     assert "serving" not in result.output
+
+
+def test_a_taken_port_is_reported_before_any_work(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["quickstart", "--out", str(tmp_path), "--port", str(port)])
+    assert result.exit_code == 1 and "Pass --port" in result.output, result.output
+    assert not (tmp_path / "bundles").exists()
