@@ -7,7 +7,9 @@ const params = new URLSearchParams(location.search);
 const REASONS = {
   'no-wasm': () => 'This browser can\'t run WebAssembly, so the server answered instead.',
   'load-error': (m) => `The model couldn't load in this browser (${m.localError?.message ?? 'unknown error'}), so the server answered instead.`,
-  integrity: (m) => `The model file failed its integrity check (${m.localError?.message ?? ''}), so the browser refused to run it and the server answered instead.`,
+  integrity: (m) => (m.localError?.code === 'no-webcrypto'
+    ? 'This page is not served over https (or localhost), so the browser cannot verify the model file and will not run it; the server answered instead.'
+    : `The model file failed its integrity check (${m.localError?.message ?? ''}), so the browser refused to run it and the server answered instead.`),
   'inference-error': () => 'Running the model in the browser failed, so the server answered instead.',
   timeout: (m) => `The browser took longer than ${m.policy.timeoutMs} ms, so the server answered instead.`,
   'low-confidence': (m, r) => `The browser's answer was only ${pct(r.browser_confidence)} confident (threshold ${pct(m.policy.confidenceThreshold)}), so the server was asked.`,
