@@ -143,6 +143,32 @@ def test_server_down_too_shows_the_designed_error_state(page, example_bundles):
     shot(page, "4-server-down-error-state")
 
 
+def test_an_insecure_page_never_skips_the_hash_check(server):
+    """Off https and localhost there is no WebCrypto: the client refuses to run the model unverified."""
+    from playwright.sync_api import sync_playwright
+
+    from exporter.runtimes.browser import PageLog, launch
+
+    port = server.url.rsplit(":", 1)[1]
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
+        # demo.test resolves to loopback, but for the browser it is a plain-http site: not a secure context
+        context = launch(pw, profile, extra_args=["--host-resolver-rules=MAP demo.test 127.0.0.1"])
+        try:
+            page = context.new_page()
+            page.log = PageLog()
+            page.log.attach(page)
+            page.set_default_timeout(30_000)
+            open_model(page, f"http://demo.test:{port}", "iris")
+            assert page.evaluate("() => window.isSecureContext") is False
+            predict(page)
+            assert page.text_content("#served-by") == "server"
+            assert page.get_attribute("#notice", "data-reason") == "integrity"
+            assert "not served over https" in page.text_content("#notice")
+            shot(page, "6-insecure-context-server")
+        finally:
+            context.close()
+
+
 @pytest.mark.tensorflow
 def test_the_keras_digits_model_predicts_from_the_canvas_in_the_browser(page, server, example_bundles):
     import numpy as np

@@ -40,11 +40,11 @@ class PageLog:
         page.on("response", lambda r: self.lines.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
 
 
-def launch(playwright, user_data_dir: str):
+def launch(playwright, user_data_dir: str, extra_args: Sequence[str] = ()):
     """A headless Chromium context with a fresh profile and the flags this closed network needs."""
     try:
         return playwright.chromium.launch_persistent_context(
-            user_data_dir, executable_path=require_chromium(), headless=True, args=list(CHROMIUM_ARGS),
+            user_data_dir, executable_path=require_chromium(), headless=True, args=[*CHROMIUM_ARGS, *extra_args],
         )
     except RuntimeUnavailableError:
         raise
