@@ -106,7 +106,8 @@ def export(
 @app.command()
 def check(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
-    runtime: List[RuntimeName] = typer.Option([RuntimeName.python], "--runtime", "-r", help="Runtime to check (repeatable)."),
+    runtime: List[RuntimeName] = typer.Option(
+        [], "--runtime", "-r", help="Runtime to check (repeatable). Default: python for ONNX bundles, server and node for tfjs."),
     model: Optional[Path] = typer.Option(None, "--model", help="Original model to compare against (with --data)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Rows to run the original and the bundle on."),
     atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance (default: the bundle's)."),
@@ -121,7 +122,7 @@ def check(
     from exporter.formatting import format_junit, format_report
 
     try:
-        result = check_bundle(bundle, [r.value for r in runtime], model=model, data=data, atol=atol, rtol=rtol,
+        result = check_bundle(bundle, [r.value for r in runtime] or None, model=model, data=data, atol=atol, rtol=rtol,
                               allow_pickle=allow_pickle, trust=trust, progress=_progress)
     except Exception as exc:
         _fail(exc)

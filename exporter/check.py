@@ -21,9 +21,12 @@ from .runtimes import get_runtime
 
 
 
+DEFAULT_RUNTIMES = {"onnx": ("python",), "tfjs-graph": ("server", "node")}
+
+
 def check_bundle(
     bundle_dir: str | Path,
-    runtimes: Sequence[str] = ("python",),
+    runtimes: Sequence[str] | None = None,
     *,
     model: str | Path | None = None,
     data: str | Path | None = None,
@@ -33,9 +36,13 @@ def check_bundle(
     trust: Sequence[str] = (),
     progress: Progress | None = None,
 ) -> ParityReport:
-    """Verify the bundle's hashes, then run it in each runtime against its reference."""
+    """Verify the bundle's hashes, then run it in each runtime against its reference.
+
+    Without `runtimes`, the ones that apply to the bundle's format: python for ONNX, server and node for tfjs.
+    """
     progress = progress or (lambda _msg: None)
     bundle = read_bundle(bundle_dir)
+    runtimes = runtimes or DEFAULT_RUNTIMES[bundle.manifest["format"]]
     tolerance = Tolerance(
         atol=bundle.manifest["tolerance"]["atol"] if atol is None else atol,
         rtol=bundle.manifest["tolerance"]["rtol"] if rtol is None else rtol,

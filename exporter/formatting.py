@@ -19,7 +19,12 @@ def format_report(report: ParityReport) -> str:
     ]
     for runtime in report.runtimes:
         lines.extend(_runtime_lines(runtime))
-    lines.append("PASSED" if report.passed else "FAILED: the exported model disagrees with the reference (see above)")
+    if report.passed:
+        lines.append("PASSED")
+    elif all(r.passed for r in report.runtimes):
+        lines.append("FAILED: no runtime that applies to this bundle was checked (see above)")
+    else:
+        lines.append("FAILED: the exported model disagrees with the reference (see above)")
     return "\n".join(lines)
 
 

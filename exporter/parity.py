@@ -64,7 +64,8 @@ class ParityReport:
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.runtimes)
+        """Every runtime passed or does not apply, and at least one actually compared outputs."""
+        return all(r.passed for r in self.runtimes) and any(r.status == "passed" for r in self.runtimes)
 
     def to_dict(self) -> dict:
         data = asdict(self)

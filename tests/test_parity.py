@@ -65,3 +65,12 @@ def test_nan_matches_nan_but_not_a_number():
     ref = {"value": [[np.nan], [1.0]]}
     assert compare_outputs(ref, {"value": [[np.nan], [1.0]]}, TOL)[0].passed
     assert not compare_outputs(ref, {"value": [[0.0], [1.0]]}, TOL)[0].passed
+
+
+def test_a_report_where_no_runtime_applies_does_not_pass():
+    from exporter.parity import ParityReport, RuntimeResult
+
+    not_applicable = RuntimeResult("python", "not_applicable", error="tfjs bundle")
+    assert not ParityReport("b", "golden", TOL, (not_applicable,)).passed
+    compared = RuntimeResult("node", "passed", outputs=compare_outputs({"value": [[1.0]]}, {"value": [[1.0]]}, TOL), rows=1)
+    assert ParityReport("b", "golden", TOL, (not_applicable, compared)).passed
