@@ -3,6 +3,8 @@
 For each example bundle: load (fetch + sha256 + session create), first inference, steady single-row
 latency (mean of 200), a batch of 256 (median of 20); in Chromium also a cold page's time from
 navigation to its first prediction and the bytes the page fetched (raw and gzipped), median of 3 cold runs.
+Memory: the RSS of a fresh Python process holding the session, Node's RSS, Chromium's JS heap
+(onnxruntime-web's WASM memory is not in it).
 """
 from __future__ import annotations
 
@@ -33,7 +35,21 @@ def python_timings(bundle) -> dict:
     session.run(None, one)
     first_ms = (time.perf_counter() - start) * 1000
     return {"load_ms": load_ms, "first_inference_ms": first_ms, "single_row_ms": median_ms(lambda: session.run(None, one)),  # median; JS reports a mean (coarse browser clock)
-            "batch_256_ms": median_ms(lambda: session.run(None, batch), repeats=20)}
+            "batch_256_ms": median_ms(lambda: session.run(None, batch), repeats=20), "memory_mb": _python_rss_mb(bundle)}
+
+
+def _python_rss_mb(bundle) -> float:
+    """RSS of a fresh Python process that loads the session and runs a batch: what a server pays per model."""
+    import sys
+
+    code = ("import sys, onnxruntime as ort; from exporter.bundle import read_bundle; "
+            "from exporter.samples import feeds_from_table, table_from_rows; b = read_bundle(sys.argv[1]); "
+            "s = ort.InferenceSession(str(b.model_path), providers=['CPUExecutionProvider']); "
+            "s.run(None, feeds_from_table(table_from_rows(b.golden()['rows'], b.inputs), b.inputs)); "
+            "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS:')) / 1024)")
+    out = subprocess.run([sys.executable, "-c", code, str(bundle.path)], capture_output=True, text=True, check=True,
+                         cwd=ROOT)
+    return float(out.stdout.strip())
 
 
 def node_timings(bundle) -> dict:
@@ -89,10 +105,11 @@ def main() -> str:
                 out.append([model.name, runtime, t["load_ms"], t["first_inference_ms"], t["single_row_ms"], t["batch_256_ms"],
                             t.get("first_prediction_since_navigation_ms", "-"),
                             f"{t['bytes_raw'] / 1e6:.2f}" if "bytes_raw" in t else "-",
-                            f"{t['bytes_gzip'] / 1e6:.2f}" if "bytes_gzip" in t else "-"])
+                            f"{t['bytes_gzip'] / 1e6:.2f}" if "bytes_gzip" in t else "-", f"{t['memory_mb']:.0f}"])
     save("runtimes", data)
     return table("runtimes side by side (ms; browser: cold page, fresh profile, median of 3)",
-                 ["model", "runtime", "load", "first infer", "1 row", "256 rows", "page→1st pred", "MB raw", "MB gzip"], out)
+                 ["model", "runtime", "load", "first infer", "1 row", "256 rows", "page→1st pred", "MB raw", "MB gzip",
+                  "mem MB"], out)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,30 @@ def wrk(url: str, body: dict) -> dict:
             "errors": int(non2xx.group(1)) if non2xx else 0}
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), children included where the server forks workers."""
+    import glob
+
+    total = 0.0
+    for status in [f"/proc/{pid}/status", *glob.glob(f"/proc/{pid}/task/*/children")]:
+        if status.endswith("children"):
+            for child in open(status).read().split():
+                total += _vm_hwm(f"/proc/{child}/status")
+        else:
+            total += _vm_hwm(status)
+    return total
+
+
+def _vm_hwm(path: str) -> float:
+    try:
+        for line in open(path):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def _ms(text: str) -> float:
     value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
     return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
@@ -110,7 +134,8 @@ def main() -> str:
         proc = run_server([str(Path(sys.executable).with_name("edgeport")), "serve", str(quick.bundles_dir), "--port", str(port)],
                           f"http://127.0.0.1:{port}/v2/health/ready")
         try:
-            results["edgeport serve (onnxruntime)"] = wrk(f"http://127.0.0.1:{port}/v2/models/iris/infer", body)
+            results["edgeport serve (onnxruntime)"] = {**wrk(f"http://127.0.0.1:{port}/v2/models/iris/infer", body),
+                                                       "peak_rss_mb": peak_rss_mb(proc.pid)}
         finally:
             proc.terminate()
             proc.wait()
@@ -120,7 +145,8 @@ def main() -> str:
                            "--app-dir", str(ROOT / "bench" / "baselines")],
                           f"http://127.0.0.1:{port}/docs", env={"NAIVE_MODEL": str(tmp / "iris.joblib")})
         try:
-            results["naive FastAPI + joblib (sklearn)"] = wrk(f"http://127.0.0.1:{port}/v2/models/iris/infer", body)
+            results["naive FastAPI + joblib (sklearn)"] = {**wrk(f"http://127.0.0.1:{port}/v2/models/iris/infer", body),
+                                                           "peak_rss_mb": peak_rss_mb(proc.pid)}
         finally:
             proc.terminate()
             proc.wait()
@@ -135,11 +161,12 @@ def main() -> str:
     rows = []
     for name, r in results.items():
         if "skipped" in r:
-            rows.append([name, "-", "-", "-", "-", r["skipped"]])
+            rows.append([name, "-", "-", "-", "-", "-", r["skipped"]])
         else:
-            rows.append([name, r["rps"], r["p50_ms"], r["p99_ms"], f"{r['rps'] / base:.2f}x", f"{r['errors']} non-2xx"])
+            rows.append([name, r["rps"], r["p50_ms"], r["p99_ms"], f"{r['rps'] / base:.2f}x", f"{r['peak_rss_mb']:.0f}",
+                         f"{r['errors']} non-2xx"])
     return table(f"server fallback: single-row infer, wrk 2 threads x {CONNECTIONS} connections x {DURATION_S}s, one worker each",
-                 ["server", "req/s", "p50 ms", "p99 ms", "vs edgeport", "notes"], rows)
+                 ["server", "req/s", "p50 ms", "p99 ms", "vs edgeport", "peak RSS MB", "notes"], rows)
 
 
 def _mlserver(python: str, tmp: Path, body: dict) -> dict:
@@ -162,7 +189,7 @@ def _mlserver(python: str, tmp: Path, body: dict) -> dict:
         probe = httpx.post(f"http://127.0.0.1:{http_port}/v2/models/iris/infer", json=body, timeout=10)
         if probe.status_code != 200:
             return {"skipped": f"MLServer answered {probe.status_code}: {probe.text[:120]}"}
-        return wrk(f"http://127.0.0.1:{http_port}/v2/models/iris/infer", body)
+        return {**wrk(f"http://127.0.0.1:{http_port}/v2/models/iris/infer", body), "peak_rss_mb": peak_rss_mb(proc.pid)}
     finally:
         proc.terminate()
         proc.wait()

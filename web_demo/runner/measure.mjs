@@ -17,6 +17,9 @@ export async function measure(loadModel, manifestUrl, rows, { repeats = 200, bat
     await model.predict(batch);
     batches.push(performance.now() - s);
   }
+  // memory: the Node process's resident set, or Chromium's JS heap (WASM memory is outside the JS heap)
+  const memoryMb = globalThis.process?.memoryUsage ? process.memoryUsage().rss / 2 ** 20
+    : (globalThis.performance?.memory?.usedJSHeapSize ?? NaN) / 2 ** 20;
   return { load_ms: t1 - t0, first_inference_ms: t2 - t1, single_row_ms: singleMean, batch_256_ms: median(batches),
-    first_prediction_since_navigation_ms: t2 };
+    first_prediction_since_navigation_ms: t2, memory_mb: memoryMb };
 }
