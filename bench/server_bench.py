@@ -93,6 +93,19 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 
 
+def load_test(cmd: list[str], ready_url: str, infer_url: str, body: dict, env: dict | None = None) -> dict:
+    """Start a server, check it answers the request, load it with wrk, read its peak memory, stop it."""
+    proc = run_server(cmd, ready_url, env=env)
+    try:
+        probe = httpx.post(infer_url, json=body, timeout=10)
+        if probe.status_code != 200:
+            return {"skipped": f"answered {probe.status_code}: {probe.text[:120]}"}
+        return {**wrk(infer_url, body), "peak_rss_mb": peak_rss_mb(proc.pid)}
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def run_server(cmd: list[str], ready_url: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}, cwd=cwd)
     wait_ready(ready_url, proc)
@@ -131,25 +144,15 @@ def main() -> str:
         body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": ROW}]}
 
         port = free_port()
-        proc = run_server([str(Path(sys.executable).with_name("edgeport")), "serve", str(quick.bundles_dir), "--port", str(port)],
-                          f"http://127.0.0.1:{port}/v2/health/ready")
-        try:
-            results["edgeport serve (onnxruntime)"] = {**wrk(f"http://127.0.0.1:{port}/v2/models/iris/infer", body),
-                                                       "peak_rss_mb": peak_rss_mb(proc.pid)}
-        finally:
-            proc.terminate()
-            proc.wait()
-
+        results["edgeport serve (onnxruntime)"] = load_test(
+            [str(Path(sys.executable).with_name("edgeport")), "serve", str(quick.bundles_dir), "--port", str(port)],
+            f"http://127.0.0.1:{port}/v2/health/ready", f"http://127.0.0.1:{port}/v2/models/iris/infer", body)
         port = free_port()
-        proc = run_server([sys.executable, "-m", "uvicorn", "naive_app:app", "--port", str(port), "--log-level", "warning",
-                           "--app-dir", str(ROOT / "bench" / "baselines")],
-                          f"http://127.0.0.1:{port}/docs", env={"NAIVE_MODEL": str(tmp / "iris.joblib")})
-        try:
-            results["naive FastAPI + joblib (sklearn)"] = {**wrk(f"http://127.0.0.1:{port}/v2/models/iris/infer", body),
-                                                           "peak_rss_mb": peak_rss_mb(proc.pid)}
-        finally:
-            proc.terminate()
-            proc.wait()
+        results["naive FastAPI + joblib (sklearn)"] = load_test(
+            [sys.executable, "-m", "uvicorn", "naive_app:app", "--port", str(port), "--log-level", "warning",
+             "--app-dir", str(ROOT / "bench" / "baselines")],
+            f"http://127.0.0.1:{port}/docs", f"http://127.0.0.1:{port}/v2/models/iris/infer", body,
+            env={"NAIVE_MODEL": str(tmp / "iris.joblib")})
 
         python, why = mlserver_python()
         if python:
@@ -157,7 +160,7 @@ def main() -> str:
         else:
             results["MLServer 1.7.1 (sklearn runtime)"] = {"skipped": why}
     save("server", results)
-    base = results["edgeport serve (onnxruntime)"]["rps"]
+    base = results["edgeport serve (onnxruntime)"].get("rps", float("nan"))
     rows = []
     for name, r in results.items():
         if "skipped" in r:
@@ -183,17 +186,9 @@ def _mlserver(python: str, tmp: Path, body: dict) -> dict:
         {"name": "iris", "implementation": "mlserver_sklearn.SKLearnModel",
          "parameters": {"uri": "./model.joblib", "extra": {"predict_fn": "predict_proba"}}}))
     mlserver = str(Path(python).with_name("mlserver"))
-    proc = run_server([mlserver, "start", str(tmp / "mlserver")], f"http://127.0.0.1:{http_port}/v2/models/iris/ready")
-    try:
-        # MLServer's sklearn runtime takes a plain numeric tensor; names don't matter to it
-        probe = httpx.post(f"http://127.0.0.1:{http_port}/v2/models/iris/infer", json=body, timeout=10)
-        if probe.status_code != 200:
-            return {"skipped": f"MLServer answered {probe.status_code}: {probe.text[:120]}"}
-        return {**wrk(f"http://127.0.0.1:{http_port}/v2/models/iris/infer", body), "peak_rss_mb": peak_rss_mb(proc.pid)}
-    finally:
-        proc.terminate()
-        proc.wait()
-
+    # MLServer's sklearn runtime takes a plain numeric tensor; names don't matter to it
+    return load_test([mlserver, "start", str(tmp / "mlserver")], f"http://127.0.0.1:{http_port}/v2/models/iris/ready",
+                     f"http://127.0.0.1:{http_port}/v2/models/iris/infer", body)
 
 if __name__ == "__main__":
     print(main())

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .bundle import GOLDEN, GOLDEN_ROWS, PARITY, Bundle, publish, read_bundle, staging_dir, write_json, write_manifest
+from .bundle import GOLDEN, GOLDEN_ROWS, PARITY, Bundle, publish, staging_dir, write_json, write_manifest
 from .check import run_parity
 from .errors import SampleError
 from .loading import load_model
@@ -102,19 +102,19 @@ def export_model(
                          "timeout_ms": 2000, "url": None},
             **converted.extra,
         }
-        write_manifest(staged, manifest)
+        staged_bundle = Bundle(path=staged, manifest=write_manifest(staged, manifest))
         runtimes = runtimes or getattr(converter, "verify_runtimes", ("python",))
-        report = run_parity(read_bundle(staged), rows, reference, runtimes, tolerance, "golden outputs", progress)
+        report = run_parity(staged_bundle, rows, reference, runtimes, tolerance, "golden outputs", progress)
         report = replace(report, bundle=str(out))  # where the bundle will live, not the staging directory
         if "quantization" in converted.extra:
             report = replace(report, meta={**report.meta,
                                            "quantization": quantization_cost(converted.extra["quantization"], report)})
         write_json(staged / PARITY, report.to_dict())
-        write_manifest(staged, {**manifest, "parity": report.summary()})
+        manifest = write_manifest(staged, {**manifest, "parity": report.summary()})
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
-    bundle = read_bundle(publish(staged, out))
+    bundle = Bundle(path=publish(staged, out), manifest=manifest)  # validated and hashed just now: no second read
     return ExportResult(bundle=bundle, report=report, seconds=time.perf_counter() - started)
 
 

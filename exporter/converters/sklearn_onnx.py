@@ -287,11 +287,10 @@ def _categories_by_column(model: Any) -> dict[str, list]:
 def _walk(est: Any):
     """The estimator and every estimator nested in it (pipelines, column transformers)."""
     yield est
-    for attr in ("steps",):
-        for _, child in getattr(est, attr, []) or []:
-            if hasattr(child, "fit"):
-                yield from _walk(child)
-    for _, child, _ in getattr(est, "transformers_", []) or []:
+    for _, child in getattr(est, "steps", None) or []:
+        if hasattr(child, "fit"):
+            yield from _walk(child)
+    for _, child, _ in getattr(est, "transformers_", None) or []:
         if hasattr(child, "fit"):
             yield from _walk(child)
 
