@@ -70,7 +70,7 @@ def export(
     version: str = typer.Option("1", "--version", help="Model version string."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .pkl/.joblib files. Pickles run code when loaded."),
     trust: List[str] = typer.Option([], "--trust", help="Trust this extra type in a .skops file (repeatable)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out (never a folder of other files)."),
     atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance (default: the converter's)."),
     rtol: Optional[float] = typer.Option(None, "--rtol", help="Relative tolerance (default: the converter's)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="Keras only. tfjs: float16|uint8; onnx: int8 (dynamic)."),
@@ -140,13 +140,15 @@ def demo(
     bundle: List[Path] = typer.Argument(..., help="One or more bundle directories."),
     out: Path = typer.Option(..., "--out", "-o", help="Site directory to write."),
     fallback_url: Optional[str] = typer.Option(None, "--fallback-url", help="OIP v2 server to fall back to (default: none)."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier site at --out (never a folder of other files)."),
+    allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Use bundles whose parity check failed or never finished."),
 ) -> None:
     """Write a static site that runs the model in the browser, with an optional server fallback."""
     from exporter.site import build_site
 
     try:
-        result = build_site(bundle, out, fallback_url=fallback_url, force=force, progress=_progress)
+        result = build_site(bundle, out, fallback_url=fallback_url, force=force, allow_unverified=allow_unverified,
+                            progress=_progress)
     except Exception as exc:
         _fail(exc)
     typer.echo(f"wrote {result.path} for {', '.join(result.models)}: {result.bytes_raw / 1e6:.1f} MB, "
@@ -163,13 +165,15 @@ def serve(
     max_body_bytes: int = typer.Option(4 * 1024 * 1024, "--max-body-bytes", help="Refuse larger request bodies (413)."),
     max_batch: int = typer.Option(1024, "--max-batch", help="Refuse requests with more rows (400)."),
     timeout: float = typer.Option(10.0, "--timeout", help="Per-request inference timeout, seconds."),
+    allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Serve bundles whose parity check failed or never finished."),
 ) -> None:
     """Serve the demo site, the bundle files and the Open Inference Protocol v2 fallback endpoint."""
     from exporter.serving import serve_forever
 
     try:
         serve_forever(path, host=host, port=port, site=site, cors_origins=tuple(cors_origin),
-                      max_body_bytes=max_body_bytes, max_batch=max_batch, timeout_s=timeout, progress=_progress,
+                      max_body_bytes=max_body_bytes, max_batch=max_batch, timeout_s=timeout,
+                      allow_unverified=allow_unverified, progress=_progress,
                       on_listening=_announce)
     except Exception as exc:
         _fail(exc)
@@ -220,9 +224,11 @@ def _write_report(path: Path, data: dict) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
+    """All or nothing: on a full disk the old file (if any) stays, and no empty report is left behind."""
+    from exporter.publish import write_text_atomic
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        write_text_atomic(path, text)
     except OSError as exc:
         typer.echo(f"error: cannot write {path}: {exc.strerror or exc}", err=True)
         raise typer.Exit(1)

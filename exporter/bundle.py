@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -48,6 +45,17 @@ class Bundle:
     @property
     def model_path(self) -> Path:
         return self.path / self.manifest["model_file"]
+
+    @property
+    def server_model_file(self) -> str:
+        """The ONNX file the fallback server runs: model_file itself unless the manifest names another."""
+        return self.manifest.get("server_model_file") or self.manifest["model_file"]
+
+    @property
+    def parity_verified(self) -> bool:
+        """The parity check at export ran and passed (not failed, not pending)."""
+        parity = self.manifest.get("parity") or {}
+        return parity.get("passed") is True and not parity.get("pending")
 
     @property
     def inputs(self) -> list[dict]:
@@ -103,35 +111,6 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
 
 
-def staging_dir(out: Path, force: bool) -> Path:
-    """A fresh directory beside `out`, so a failed export never leaves half a bundle at `out`."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise BundleError(f"--out {out} exists and is not a directory; choose another path.")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        kind = "an edgeport bundle" if (out / MANIFEST).exists() else "a non-empty directory"
-        raise BundleError(f"--out {out} is {kind}; pass --force to replace it, or choose another path.")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as exc:
-        raise BundleError(f"cannot write the bundle to {out}: {exc.strerror or exc}. Choose a writable --out.") from exc
-
-
-def publish(staged: Path, out: Path) -> Path:
-    """Move a finished staging directory to `out`, replacing an older bundle there."""
-    out = Path(out)
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(staged, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staged, out)
-    return out
-
-
 def read_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     """Read and validate a bundle; with verify, check every file's size and sha256."""
     path = Path(path)
@@ -141,21 +120,55 @@ def read_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     validate_manifest(manifest, str(path / MANIFEST))
     root = path.resolve()
     listed = {entry["path"] for entry in manifest["files"]}
-    if manifest.get("model_file") not in listed:
-        raise BundleError(f"{path / MANIFEST}: model_file {manifest.get('model_file')!r} is not listed in files")
+    for entry in manifest["files"]:
+        check_relative(entry["path"], f"{path / MANIFEST}: files")
+    for field in ("model_file", "server_model_file"):
+        if field in manifest:
+            check_relative(manifest[field], f"{path / MANIFEST}: {field}")
+            if manifest[field] not in listed:
+                raise BundleError(f"{path / MANIFEST}: {field} {manifest[field]!r} is not listed in files with its "
+                                  "sha256, so nothing vouches for it; re-export the bundle")
     if verify:
         for entry in manifest["files"]:
             verify_file(root, entry)
     return Bundle(path=path, manifest=manifest)
 
 
-def verify_file(root: Path, entry: dict) -> None:
+def require_verified(bundle: Bundle) -> None:
+    """Refuse a bundle whose parity check at export failed or never finished."""
+    if bundle.parity_verified:
+        return
+    parity = bundle.manifest.get("parity") or {}
+    why = "never finished (the export was interrupted)" if parity.get("pending") else "failed: the exported model does not give the original's outputs"
+    raise BundleError(f"bundle {bundle.path} ({bundle.name} version {bundle.version}) did not pass its parity check, "
+                      f"which {why}. Fix the model and re-export, or pass --allow-unverified to use it anyway.")
+
+
+def check_relative(relative: str, where: str) -> None:
+    """Refuse a manifest path that is absolute, climbs out with '..', or is otherwise not a plain relative path."""
+    parts = relative.split("/")
+    if (not relative or relative.startswith("/") or "\\" in relative or ":" in relative
+            or any(part in ("", ".", "..") for part in parts)):
+        raise BundleError(f"{where}: path {relative!r} is not a plain relative path inside the bundle; refusing it")
+
+
+def read_files(bundle: Bundle) -> dict[str, bytes]:
+    """Every file the manifest lists, read once and verified: a consistent snapshot of one bundle version."""
+    root = bundle.path.resolve()
+    return {entry["path"]: verify_file(root, entry) for entry in bundle.manifest["files"]}
+
+
+def verify_file(root: Path, entry: dict) -> bytes:
     """Raise IntegrityError unless root/entry.path exists, stays inside root, and matches."""
     target = (root / entry["path"]).resolve()
     if not target.is_relative_to(root):
         raise IntegrityError(f"bundle file {entry['path']} points outside the bundle; refusing it")
     if not target.is_file():
         raise IntegrityError(f"bundle file {entry['path']} is listed in manifest.json but missing from {root}")
+    if target.stat().st_size != entry["bytes"]:  # before reading: a swapped-in huge file is never read
+        raise IntegrityError(f"bundle file {entry['path']} does not match manifest.json ({target.stat().st_size} bytes, "
+                             f"expected {entry['bytes']}): it was changed after export. Re-export the bundle rather "
+                             "than trusting it.")
     data = target.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if len(data) != entry["bytes"] or digest != entry["sha256"]:
@@ -163,6 +176,7 @@ def verify_file(root: Path, entry: dict) -> None:
             f"bundle file {entry['path']} does not match manifest.json (sha256 {digest[:12]}…, expected "
             f"{entry['sha256'][:12]}…): it was changed after export. Re-export the bundle rather than trusting it."
         )
+    return data
 
 
 def _read_json(path: Path, what: str) -> Any:

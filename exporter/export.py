@@ -15,11 +15,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .bundle import GOLDEN, GOLDEN_ROWS, PARITY, Bundle, publish, staging_dir, write_json, write_manifest
+from .bundle import GOLDEN, GOLDEN_ROWS, PARITY, Bundle, write_json, write_manifest
 from .check import run_parity
 from .errors import SampleError
 from .loading import load_model
 from .parity import ParityReport, Tolerance
+from .publish import publish, staging_dir
 from .registry import Progress, get_converter
 from .samples import feature_stats, head, read_sample, rows_from_table, table_from_rows, table_len
 

@@ -16,13 +16,14 @@ from .server.repository import Repository
 from .site import build_site
 
 
-def build_app(path: str | Path, *, site: Optional[Path] = None, site_cache: Optional[Path] = None, **limits):
+def build_app(path: str | Path, *, site: Optional[Path] = None, site_cache: Optional[Path] = None,
+              allow_unverified: bool = False, **limits):
     """The app for a bundle or folder of bundles; builds a same-origin demo site when none is given."""
-    repository = Repository(path)
+    repository = Repository(path, allow_unverified=allow_unverified)
     if site is None:
         site_cache = Path(site_cache or tempfile.mkdtemp(prefix="edgeport-site-"))
         latest = [repository.get(name).bundle.path for name in sorted(repository.models)]
-        site = build_site(latest, site_cache / "site", fallback_url="").path
+        site = build_site(latest, site_cache / "site", fallback_url="", allow_unverified=allow_unverified).path
     return create_app(repository, site_dir=site, **limits)
 
 

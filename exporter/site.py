@@ -6,11 +6,15 @@
       client/edgeport.js    the one JS client
       vendor/ort/...        only the runtime files the bundles need (onnxruntime-web's WASM-only build)
       models/NAME/...       each bundle, verified against its manifest before it is copied
-      site.json             the models on the page and the fallback URL
+      site.json             the models on the page, the fallback URL, the response headers, and every
+                            file with its size and sha256 (and those of its .gz/.br variants)
+      _headers              the same response headers for static hosts that read this file (Netlify,
+                            Cloudflare Pages); other hosts should be configured to send them
       *.gz, *.br            precompressed copies of the big files
 
 No CDN: everything the page loads comes from the site itself (and the
-fallback server, if one is set).
+fallback server, if one is set). A server (edgeport serve, or any other)
+should serve a .gz/.br variant only when site.json lists it with its hash.
 """
 from __future__ import annotations
 
@@ -24,13 +28,15 @@ from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlsplit
 
-from .bundle import MANIFEST, Bundle, read_bundle, staging_dir, publish
+from .bundle import MANIFEST, Bundle, read_bundle, require_verified
+from .publish import publish, staging_dir
 from .errors import BundleError, RuntimeUnavailableError
 from .webassets import CLIENT_DIR, ORT_BROWSER_FILES, ORT_DIST, TFJS_BROWSER_FILES, TFJS_DIST, WEB_DEMO, require_js_packages
 from .registry import Progress
 
 DEMO_DIR = WEB_DEMO / "demo"
 SITE_JSON = "site.json"
+HEADERS_FILE = "_headers"
 COMPRESS_MIN_BYTES = 10_000
 COMPRESS_SUFFIXES = (".js", ".mjs", ".wasm", ".onnx", ".json", ".css", ".html", ".bin")
 
@@ -45,11 +51,12 @@ class SiteResult:
 
 
 def build_site(bundle_paths: Sequence[str | Path], out: str | Path, *, fallback_url: str | None = None,
-               force: bool = False, progress: Progress | None = None) -> SiteResult:
+               force: bool = False, allow_unverified: bool = False, progress: Progress | None = None) -> SiteResult:
     """Write the demo site for `bundle_paths` to `out`.
 
     fallback_url: None for no server fallback, "" for the server that serves the site (same origin),
-    or an absolute http(s) URL of an OIP v2 server.
+    or an absolute http(s) URL of an OIP v2 server. A bundle whose parity check failed or never finished
+    is refused unless allow_unverified.
     """
     progress = progress or (lambda _msg: None)
     require_js_packages()
@@ -60,6 +67,9 @@ def build_site(bundle_paths: Sequence[str | Path], out: str | Path, *, fallback_
     bundles = [read_bundle(p) for p in bundle_paths]
     if not bundles:
         raise BundleError("no bundles to put on the site")
+    if not allow_unverified:
+        for bundle in bundles:
+            require_verified(bundle)
     names = [b.name for b in bundles]
     if len(set(names)) != len(names):
         raise BundleError(f"two bundles share a name ({', '.join(sorted({n for n in names if names.count(n) > 1}))}); "
@@ -67,7 +77,7 @@ def build_site(bundle_paths: Sequence[str | Path], out: str | Path, *, fallback_
     out = Path(out)
     if out.is_dir() and (out / SITE_JSON).is_file():
         force = True  # rebuilding a site we made is safe
-    staged = staging_dir(out, force)
+    staged = staging_dir(out, force, what="site")
     try:
         progress(f"building the demo site for {', '.join(names)}")
         for item in DEMO_DIR.iterdir():
@@ -79,16 +89,22 @@ def build_site(bundle_paths: Sequence[str | Path], out: str | Path, *, fallback_
         _copy_vendor(staged, formats)
         for bundle in bundles:
             _copy_bundle(bundle, staged / "models" / bundle.name)
+        imports = import_map(formats)
+        csp = content_security_policy(fallback_url, [imports])
+        headers = response_headers(csp)
+        (staged / "index.html").write_text(_index_html(imports, csp))
+        (staged / HEADERS_FILE).write_text(_netlify_headers(headers))
+        progress("precompressing the big files (.gz, .br)")
+        raw, gz = _precompress(staged)
         site = {
             "fallback_url": fallback_url,
             "models": [{"name": b.name, "version": b.version, "task": b.manifest["task"], "format": b.manifest["format"],
                         "manifest": f"models/{b.name}/{MANIFEST}", "description": b.manifest.get("description", "")}
                        for b in bundles],
+            "headers": headers,
+            "files": _file_record(staged),
         }
-        (staged / SITE_JSON).write_text(json.dumps(site, indent=2) + "\n")
-        (staged / "index.html").write_text(_index_html(fallback_url, formats))
-        progress("precompressing the big files (.gz, .br)")
-        raw, gz = _precompress(staged)
+        (staged / SITE_JSON).write_text(json.dumps(site, indent=1) + "\n")
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
@@ -139,11 +155,40 @@ def content_security_policy(fallback_url: str | None, inline_scripts: Sequence[s
             "form-action 'none'")
 
 
-def _index_html(fallback_url: str | None, formats: set[str]) -> str:
+def response_headers(csp: str) -> dict[str, str]:
+    """The headers every response of the site should carry, whoever serves it.
+
+    A <meta> CSP can't say frame-ancestors (clickjacking), so the header adds it.
+    """
+    return {"Content-Security-Policy": f"{csp}; frame-ancestors 'none'", "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer", "Cross-Origin-Opener-Policy": "same-origin"}
+
+
+def _index_html(imports: str, csp: str) -> str:
     template = (DEMO_DIR / "index.html").read_text()
-    imports = import_map(formats)
-    html = template.replace("{{IMPORT_MAP}}", imports)
-    return html.replace("{{CSP}}", content_security_policy(fallback_url, [imports]))
+    return template.replace("{{IMPORT_MAP}}", imports).replace("{{CSP}}", csp)
+
+
+def _netlify_headers(headers: dict[str, str]) -> str:
+    return "/*\n" + "".join(f"  {key}: {value}\n" for key, value in headers.items())
+
+
+def _file_record(site: Path) -> dict[str, dict]:
+    """Every file of the site with its size and sha256, and its precompressed variants under "variants"."""
+    record: dict[str, dict] = {}
+    for path in sorted(p for p in site.rglob("*") if p.is_file() and not p.name.endswith((".gz", ".br"))):
+        entry = _hash_entry(path)
+        variants = {suffix: _hash_entry(path.with_name(f"{path.name}.{suffix}")) for suffix in ("br", "gz")
+                    if path.with_name(f"{path.name}.{suffix}").is_file()}
+        if variants:
+            entry["variants"] = variants
+        record[path.relative_to(site).as_posix()] = entry
+    return record
+
+
+def _hash_entry(path: Path) -> dict:
+    data = path.read_bytes()
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _precompress(site: Path) -> tuple[int, int]:

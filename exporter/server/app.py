@@ -18,10 +18,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from .http import BodyLimit, error, static_file
+from .http import BodyLimit, SecurityHeaders, error
 from .oip import (InferInputError, InferRequest, InferResponse, ModelMetadata, feeds_from_request, response_outputs,
                   tensor_metadata)
 from .repository import Repository, ServedModel
+from .static import Snapshot
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 DEFAULT_MAX_BATCH = 1024
@@ -47,6 +48,7 @@ def create_app(
     app.state.draining = False  # set by the server on SIGTERM (serving.DrainingServer)
     if max_body_bytes:
         app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(SecurityHeaders)
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["content-type"])
@@ -144,26 +146,24 @@ def create_app(
     @app.api_route("/bundles/{name}/{version}/{path:path}", methods=["GET", "HEAD"])
     def bundle_file(name: str, version: str, path: str, request: Request) -> Response:
         model = find(name, version)
-        listed = {f["path"]: f for f in model.bundle.manifest["files"]}
-        if path != "manifest.json" and path not in listed:
-            return error(404, f"{path!r} is not a file of bundle {name} version {version}")
-        # the version pins the content, and the manifest lists every file's hash: safe to cache hard
-        etag = f'"{listed[path]["sha256"]}"' if path in listed else None
-        if etag and request.headers.get("if-none-match") == etag:
-            return Response(status_code=304, headers={"ETag": etag})
-        response = static_file(model.bundle.path.resolve(), path, request, cache="public, max-age=3600")
-        if etag:
-            response.headers["ETag"] = etag
-        return response
+        # the snapshot read at start-up: the files the model was built from, with their manifest hashes as ETags
+        response = model.files.response(path, request, cache="public, max-age=3600")
+        return response or error(404, f"{path!r} is not a file of bundle {name} version {version}")
 
     if site_dir is not None:
-        site_root = Path(site_dir).resolve()
+        site = Snapshot.of_site(site_dir)
 
         @app.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
-        def site(path: str, request: Request) -> Response:
+        def site_file(path: str, request: Request) -> Response:
             if request.method not in ("GET", "HEAD") or path == "v2" or path.startswith("v2/"):
                 return error(404, f"no such endpoint: {request.method} /{path}")
-            return static_file(site_root, path, request)
+            relative = path.rstrip("/")
+            candidates = [relative or "index.html", f"{relative}/index.html".lstrip("/")]
+            for candidate in candidates:
+                response = site.response(candidate, request, cache="no-cache")
+                if response is not None:
+                    return response
+            return error(404, f"not found: /{path}")
 
     return app
 

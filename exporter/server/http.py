@@ -1,16 +1,10 @@
-"""ASGI pieces the routes rely on: a request body cap, and static files with precompressed variants."""
+"""ASGI pieces the routes rely on: a request body cap, security headers, and the JSON error shape."""
 from __future__ import annotations
 
-import hashlib
 import json
-import mimetypes
-from pathlib import Path
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
-
-from ..loopback import CONTENT_TYPES, resolve_inside
+from starlette.responses import JSONResponse, Response
 
 
 class BodyLimit:
@@ -52,25 +46,26 @@ class BodyTooLarge(Exception):
     pass
 
 
+class SecurityHeaders:
+    """`X-Content-Type-Options: nosniff` on every response: a browser never guesses a type we didn't send."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                if not any(key.lower() == b"x-content-type-options" for key, _ in headers):
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
-
-
-def static_file(root: Path, relative: str, request: Request, cache: str = "no-cache") -> Response:
-    """A file under root (never outside it), preferring a .br or .gz sibling the client accepts."""
-    target = resolve_inside(root, relative or "index.html")
-    if target is None and (root / relative).is_dir():
-        target = resolve_inside(root, f"{relative.rstrip('/')}/index.html")
-    if target is None or target.suffix in (".gz", ".br"):
-        return error(404, f"not found: /{relative}")
-    etag = '"' + hashlib.sha256(f"{target.stat().st_mtime_ns}:{target.stat().st_size}".encode()).hexdigest()[:32] + '"'
-    headers = {"Cache-Control": cache, "ETag": etag, "Vary": "Accept-Encoding"}
-    if request.headers.get("if-none-match") == etag:
-        return Response(status_code=304, headers=headers)
-    media_type = CONTENT_TYPES.get(target.suffix.lower()) or mimetypes.guess_type(target.name)[0]
-    accepted = request.headers.get("accept-encoding", "")
-    for encoding, suffix in (("br", ".br"), ("gzip", ".gz")):
-        variant = target.with_name(target.name + suffix)
-        if encoding in accepted and variant.is_file():
-            return FileResponse(variant, media_type=media_type, headers={**headers, "Content-Encoding": encoding})
-    return FileResponse(target, media_type=media_type, headers=headers)

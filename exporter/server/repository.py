@@ -1,4 +1,11 @@
-"""The model repository: bundles on disk, verified, each with an onnxruntime session."""
+"""The model repository: bundles read once at start-up, verified, each with an onnxruntime session.
+
+Each version is a snapshot: the session is built from the very bytes the
+bundle route hands out, so a re-export on disk while the server runs changes
+neither (restart to serve it). Hidden directories (publish's staging
+directories among them) are never bundles, and a bundle whose parity check
+failed or never finished is refused unless allow_unverified.
+"""
 from __future__ import annotations
 
 import re
@@ -6,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..bundle import MANIFEST, Bundle, read_bundle
+from ..bundle import MANIFEST, Bundle, read_bundle, read_files, require_verified
 from ..errors import BundleError, InputFileError
+from .static import Snapshot
 
 
 @dataclass(frozen=True)
@@ -15,6 +23,7 @@ class ServedModel:
     bundle: Bundle
     session: Any  # onnxruntime.InferenceSession
     onnx_file: str
+    files: Snapshot  # the bundle's files as read at start-up, what /bundles/NAME/VERSION/ serves
 
     @property
     def name(self) -> str:
@@ -33,11 +42,12 @@ def version_key(version: str) -> tuple:
 class Repository:
     """Every bundle under a path (a bundle itself, or a folder of bundles up to two levels deep)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, allow_unverified: bool = False):
         self.path = Path(path)
+        self.allow_unverified = allow_unverified
         self.models: dict[str, dict[str, ServedModel]] = {}
         for bundle_dir in discover(self.path):
-            self.add(read_bundle(bundle_dir))
+            self.add(read_bundle(bundle_dir, verify=False))  # add() reads and verifies each file once
         if not self.models:
             raise InputFileError(f"no bundles found in {self.path}: expected a directory with a manifest.json, or "
                                  "a folder of such directories (made by `edgeport export`)")
@@ -45,18 +55,25 @@ class Repository:
     def add(self, bundle: Bundle) -> None:
         import onnxruntime as ort
 
-        onnx_file = bundle.manifest.get("server_model_file", bundle.manifest["model_file"])
+        onnx_file = bundle.server_model_file
         if not onnx_file.endswith(".onnx"):
             raise BundleError(f"bundle {bundle.path} has no ONNX artifact for the server to run")
+        if not self.allow_unverified:
+            require_verified(bundle)
         versions = self.models.setdefault(bundle.name, {})
         if bundle.version in versions:
             raise BundleError(f"two bundles are both {bundle.name} version {bundle.version}: "
                               f"{versions[bundle.version].bundle.path} and {bundle.path}")
+        files = read_files(bundle)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1  # many small requests: parallelism comes from concurrent requests
-        session = ort.InferenceSession(str(bundle.path / onnx_file), options, providers=["CPUExecutionProvider"])
+        try:
+            session = ort.InferenceSession(files[onnx_file], options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own error types: a damaged or hostile model file
+            raise BundleError(f"onnxruntime cannot load {onnx_file} of bundle {bundle.path}: "
+                              f"{str(exc).splitlines()[0][:300]}") from exc
         _warm_up(bundle, session)
-        versions[bundle.version] = ServedModel(bundle, session, onnx_file)
+        versions[bundle.version] = ServedModel(bundle, session, onnx_file, Snapshot.of_bundle(files, bundle.manifest))
 
     def get(self, name: str, version: str | None = None) -> ServedModel | None:
         versions = self.models.get(name)
@@ -71,12 +88,14 @@ class Repository:
 
 
 def discover(path: Path) -> list[Path]:
+    """PATH itself if it is a bundle, else the bundles one or two levels below it, skipping hidden directories."""
     if not path.is_dir():
         raise InputFileError(f"bundle directory not found: {path}")
     if (path / MANIFEST).is_file():
         return [path]
     found = sorted(p.parent for p in path.glob(f"*/{MANIFEST}")) + sorted(p.parent for p in path.glob(f"*/*/{MANIFEST}"))
-    return found
+    # hidden: publish's staging directories (an unpublished or half-written version), .git and the like
+    return [p for p in found if not any(part.startswith(".") for part in p.relative_to(path).parts)]
 
 
 def _warm_up(bundle: Bundle, session: Any) -> None:
