@@ -70,6 +70,7 @@ def export(
     version: str = typer.Option("1", "--version", help="Model version string."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .pkl/.joblib files. Pickles run code when loaded."),
     trust: List[str] = typer.Option([], "--trust", help="Trust this extra type in a .skops file (repeatable)."),
+    allow_op: List[str] = typer.Option([], "--allow-op", help="Allow this file/Python/network op in a SavedModel (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out (never a folder of other files)."),
     atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance (default: the converter's)."),
     rtol: Optional[float] = typer.Option(None, "--rtol", help="Relative tolerance (default: the converter's)."),
@@ -89,7 +90,7 @@ def export(
     try:
         result = export_model(
             model, out, to=to.value, sample=sample, name=name, version=version, allow_pickle=allow_pickle,
-            trust=trust, force=force, atol=atol, rtol=rtol, confidence_threshold=confidence_threshold,
+            trust=trust, allow_ops=allow_op, force=force, atol=atol, rtol=rtol, confidence_threshold=confidence_threshold,
             on_low_confidence=on_low_confidence.value, progress=_progress, **options,
         )
     except Exception as exc:
@@ -116,6 +117,7 @@ def check(
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML here, for CI systems."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow a pickled --model."),
     trust: List[str] = typer.Option([], "--trust", help="Trust this extra type in a .skops --model (repeatable)."),
+    allow_op: List[str] = typer.Option([], "--allow-op", help="Allow this file/Python/network op in a SavedModel --model (repeatable)."),
 ) -> None:
     """Re-run a bundle in each runtime against its golden outputs (or the original model)."""
     from exporter.check import check_bundle
@@ -123,7 +125,7 @@ def check(
 
     try:
         result = check_bundle(bundle, [r.value for r in runtime] or None, model=model, data=data, atol=atol, rtol=rtol,
-                              allow_pickle=allow_pickle, trust=trust, progress=_progress)
+                              allow_pickle=allow_pickle, trust=trust, allow_ops=allow_op, progress=_progress)
     except Exception as exc:
         _fail(exc)
     if report:

@@ -34,6 +34,7 @@ def check_bundle(
     rtol: float | None = None,
     allow_pickle: bool = False,
     trust: Sequence[str] = (),
+    allow_ops: Sequence[str] = (),
     progress: Progress | None = None,
 ) -> ParityReport:
     """Verify the bundle's hashes, then run it in each runtime against its reference.
@@ -50,7 +51,7 @@ def check_bundle(
     if (model is None) != (data is None):
         raise SampleError("--model and --data go together: the original model is run on the data as the reference")
     if model is not None:
-        rows, reference, label = _reference_from_model(bundle, model, data, allow_pickle, trust)
+        rows, reference, label = _reference_from_model(bundle, model, data, allow_pickle, trust, allow_ops)
     else:
         golden = bundle.golden()
         rows, reference, label = golden["rows"], golden["outputs"], "golden outputs"
@@ -91,12 +92,12 @@ def run_parity(
 
 
 def _reference_from_model(bundle: Bundle, model_path: Any, data_path: Any, allow_pickle: bool,
-                          trust: Sequence[str]) -> tuple[list, dict, str]:
+                          trust: Sequence[str], allow_ops: Sequence[str]) -> tuple[list, dict, str]:
     from .loading import load_model
     from .registry import get_converter
     from .samples import read_sample, rows_from_table, table_from_rows
 
-    loaded = load_model(model_path, allow_pickle=allow_pickle, trust=trust)
+    loaded = load_model(model_path, allow_pickle=allow_pickle, trust=trust, allow_ops=allow_ops)
     converter = get_converter(loaded.framework, bundle.manifest["format"].split("-")[0])
     rows = rows_from_table(_align(read_sample(data_path), bundle.inputs), bundle.inputs)
     # the original sees exactly what the runtimes see: the rows after their JSON round trip

@@ -4,7 +4,8 @@
     ├── InputFileError            a model, sample or bundle path is missing or unreadable
     ├── ModelLoadError            a model file can't be loaded safely
     │   ├── PickleRefusedError    a pickle was given without --allow-pickle
-    │   └── UntrustedTypesError   a .skops file holds types nobody trusted
+    │   ├── UntrustedTypesError   a .skops file holds types nobody trusted
+    │   └── UnsafeGraphError      a SavedModel's graph has ops that touch files, Python or the network
     ├── SampleError               the sample doesn't fit the model (columns, shape, format)
     ├── UnsupportedModelError     no converter for this estimator / (framework, target)
     ├── ConversionError           the converter failed on a supported model
@@ -40,7 +41,11 @@ class PickleRefusedError(ModelLoadError):
 
 
 class UntrustedTypesError(ModelLoadError):
-    """Raised when a .skops file holds types outside sklearn.*/numpy.* and --trust."""
+    """Raised when a .skops file holds types that neither skops, edgeport's defaults nor --trust trust."""
+
+
+class UnsafeGraphError(ModelLoadError):
+    """Raised when a SavedModel's graph can run ops that reach outside the model, unless --allow-op names them."""
 
 
 class SampleError(EdgeportError):

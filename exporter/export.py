@@ -47,6 +47,7 @@ def export_model(
     version: str = "1",
     allow_pickle: bool = False,
     trust: Sequence[str] = (),
+    allow_ops: Sequence[str] = (),
     force: bool = False,
     atol: float | None = None,
     rtol: float | None = None,
@@ -61,7 +62,7 @@ def export_model(
     started = time.perf_counter()
     out = Path(out)
     progress(f"loading {Path(model_path).name}")
-    loaded = load_model(model_path, allow_pickle=allow_pickle, trust=trust)
+    loaded = load_model(model_path, allow_pickle=allow_pickle, trust=trust, allow_ops=allow_ops)
     converter = get_converter(loaded.framework, to)
     if sample is None:
         raise SampleError("--sample is required: a few rows of real input (CSV, Parquet or .npy) fix the input "
