@@ -161,12 +161,25 @@ def demo(
 def serve(
     path: Path = typer.Argument(..., help="A bundle, or a folder of bundles."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
-    port: int = typer.Option(8000, "--port", help="Port to listen on."),
-    site: Optional[Path] = typer.Option(None, "--site", help="Serve this demo site at / (default: build one for PATH)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
+    site: Optional[Path] = typer.Option(None, "--site", exists=True, file_okay=False,
+                                        help="Serve this demo site at / (default: build one for PATH)."),
     cors_origin: List[str] = typer.Option([], "--cors-origin", help="Allow this origin to call the API (repeatable)."),
-    max_body_bytes: int = typer.Option(4 * 1024 * 1024, "--max-body-bytes", help="Refuse larger request bodies (413)."),
-    max_batch: int = typer.Option(1024, "--max-batch", help="Refuse requests with more rows (400)."),
-    timeout: float = typer.Option(10.0, "--timeout", help="Per-request inference timeout, seconds."),
+    max_body_bytes: int = typer.Option(4 * 1024 * 1024, "--max-body-bytes", min=1,
+                                       help="Refuse larger request bodies (413); each model also refuses more than its largest request needs."),
+    max_batch: int = typer.Option(1024, "--max-batch", min=1, help="Refuse requests with more rows (400)."),
+    timeout: float = typer.Option(10.0, "--timeout", callback=lambda v: _above_zero("--timeout", v),
+                                  help="Per-request timeout, seconds, for receiving the body (408) and for inference (503)."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", callback=lambda v: _above_zero("--header-timeout", v),
+                                         help="Close a connection whose request head takes longer, seconds."),
+    keep_alive: float = typer.Option(5.0, "--keep-alive", callback=lambda v: _above_zero("--keep-alive", v),
+                                     help="Close a connection idle for longer, seconds."),
+    max_connections: Optional[int] = typer.Option(
+        None, "--max-connections", min=1, show_default=False,
+        help="Open connections at most (default 1000, fewer if ulimit -n is lower); past it the longest-idle "
+             "one is closed, or the newcomer gets a 503."),
+    drain_seconds: float = typer.Option(2.0, "--drain-seconds", min=0,
+                                        help="On SIGTERM: answer not-ready but keep serving this long, then stop accepting."),
     allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Serve bundles whose parity check failed or never finished."),
 ) -> None:
     """Serve the demo site, the bundle files and the Open Inference Protocol v2 fallback endpoint."""
@@ -175,10 +188,17 @@ def serve(
     try:
         serve_forever(path, host=host, port=port, site=site, cors_origins=tuple(cors_origin),
                       max_body_bytes=max_body_bytes, max_batch=max_batch, timeout_s=timeout,
-                      allow_unverified=allow_unverified, progress=_progress,
+                      header_timeout_s=header_timeout, keep_alive_s=keep_alive, max_connections=max_connections,
+                      drain_s=drain_seconds, allow_unverified=allow_unverified, progress=_progress,
                       on_listening=_announce)
     except Exception as exc:
         _fail(exc)
+
+
+def _above_zero(option: str, value: float) -> float:
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise typer.BadParameter(f"{value} is not a number of seconds above 0.", param_hint=f"'{option}'")
+    return value
 
 
 @app.command()

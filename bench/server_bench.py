@@ -8,6 +8,7 @@ Each server runs as its own process with one worker; wrk runs 2 threads and 16 c
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -26,6 +27,8 @@ DURATION_S = int(os.environ.get("BENCH_SECONDS", "10"))
 CONNECTIONS = 16
 MLSERVER_VENV = ROOT / "bench" / ".venv-mlserver"
 ROW = [5.1, 3.5, 1.4, 0.2]
+HOSTILE_CLIENTS = 2
+HOSTILE_DEPTH = 8
 
 
 def free_port() -> int:
@@ -50,18 +53,39 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
     raise RuntimeError(f"not ready: {url}")
 
 
-def wrk(url: str, body: dict) -> dict:
+def wrk(url: str, body: dict, threads: int = 2, connections: int = CONNECTIONS) -> dict:
+    """POST `body` to `url` from `connections` connections for DURATION_S; throughput, latency, errors."""
+    with wrk_running(url, json.dumps(body), threads, connections) as proc:
+        return wrk_result(proc.communicate()[0])
+
+
+@contextlib.contextmanager
+def wrk_running(url: str, body: str, threads: int, connections: int, seconds: int = DURATION_S):
+    """wrk in the background, POSTing `body` (ASCII JSON without backslashes: a valid Lua string as is)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(json.dumps(body))}\n'
+        script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
                      'wrk.headers["Content-Type"] = "application/json"\n')
-    out = subprocess.run(["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{DURATION_S}s", "--latency", "-s", script.name, url],
-                         capture_output=True, text=True, check=True).stdout
-    os.unlink(script.name)
+    proc = subprocess.Popen(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
+                             script.name, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        os.unlink(script.name)
+
+
+def wrk_result(out: str) -> dict:
+    if "Requests/sec" not in out:
+        raise RuntimeError(f"wrk failed: {out[-300:]}")
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "p50_ms": _ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),
             "p99_ms": _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1)),
-            "errors": int(non2xx.group(1)) if non2xx else 0}
+            "errors": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": sum(map(int, socket_errors.groups())) if socket_errors else 0}
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -154,12 +178,13 @@ def main() -> str:
             f"http://127.0.0.1:{port}/docs", f"http://127.0.0.1:{port}/v2/models/iris/infer", body,
             env={"NAIVE_MODEL": str(tmp / "iris.joblib")})
 
+        attack = under_attack(quick.bundles_dir, body)
         python, why = mlserver_python()
         if python:
             results["MLServer 1.7.1 (sklearn runtime)"] = _mlserver(python, tmp, body)
         else:
             results["MLServer 1.7.1 (sklearn runtime)"] = {"skipped": why}
-    save("server", results)
+    save("server", {**results, "under attack": attack})
     base = results["edgeport serve (onnxruntime)"].get("rps", float("nan"))
     rows = []
     for name, r in results.items():
@@ -169,7 +194,44 @@ def main() -> str:
             rows.append([name, r["rps"], r["p50_ms"], r["p99_ms"], f"{r['rps'] / base:.2f}x", f"{r['peak_rss_mb']:.0f}",
                          f"{r['errors']} non-2xx"])
     return table(f"server fallback: single-row infer, wrk 2 threads x {CONNECTIONS} connections x {DURATION_S}s, one worker each",
-                 ["server", "req/s", "p50 ms", "p99 ms", "vs edgeport", "peak RSS MB", "notes"], rows)
+                 ["server", "req/s", "p50 ms", "p99 ms", "vs edgeport", "peak RSS MB", "notes"], rows) + attack_table(attack)
+
+
+def hostile_body(megabytes: int = 2) -> str:
+    """Finding 10's attack: an iris request whose data is ~2 MB of deeply nested lists."""
+    block = "[" * HOSTILE_DEPTH + ",".join(["1.0"] * 4) + "]" * HOSTILE_DEPTH
+    data = ",".join([block] * (megabytes * 1_000_000 // (len(block) + 1)))
+    return '{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP64","data":[' + data + "]}]}"
+
+
+def under_attack(bundles_dir: Path, body: dict) -> dict:
+    """Good single-row traffic on edgeport alone, then while two clients send hostile bodies without pause."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v2/models/iris/infer"
+    proc = run_server([str(Path(sys.executable).with_name("edgeport")), "serve", str(bundles_dir), "--port", str(port)],
+                      f"http://127.0.0.1:{port}/v2/health/ready")
+    try:
+        alone = wrk(url, body)
+        # the attackers start first and stop last, so that every second of the good run is under attack
+        with wrk_running(url, hostile_body(), threads=1, connections=HOSTILE_CLIENTS, seconds=DURATION_S + 2) as attackers:
+            time.sleep(0.5)
+            attacked = wrk(url, body)
+            hostile = wrk_result(attackers.communicate()[0])
+        return {"alone": alone, "attacked": attacked, "hostile": hostile}
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def attack_table(attack: dict) -> str:
+    alone, attacked, hostile = attack["alone"], attack["attacked"], attack["hostile"]
+    rows = [["good traffic alone", alone["rps"], alone["p50_ms"], alone["p99_ms"], "1.00x", "-"],
+            [f"with {HOSTILE_CLIENTS} hostile senders", attacked["rps"], attacked["p50_ms"], attacked["p99_ms"],
+             f"{attacked['rps'] / alone['rps']:.2f}x",
+             f"{hostile['rps']:.0f} req/s, {hostile['errors']} non-2xx, {hostile['socket_errors']} socket errors"]]
+    return table(f"edgeport under hostile traffic: single-row infer (wrk 2 x {CONNECTIONS} x {DURATION_S}s) while "
+                 f"{HOSTILE_CLIENTS} clients POST ~2 MB bodies of lists nested {HOSTILE_DEPTH} deep",
+                 ["good traffic", "req/s", "p50 ms", "p99 ms", "vs alone", "hostile senders"], rows)
 
 
 def _mlserver(python: str, tmp: Path, body: dict) -> dict:

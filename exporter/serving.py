@@ -1,7 +1,9 @@
-"""Running the fallback server: the repository, the demo site, and uvicorn with a draining shutdown."""
+"""Running the fallback server: the repository, the demo site, and uvicorn with guarded connections and a draining shutdown."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import signal
 import socket
 import tempfile
 from pathlib import Path
@@ -12,8 +14,18 @@ import uvicorn
 from .errors import EdgeportError
 from .registry import Progress
 from .server.app import create_app
+from .server.connections import CloseWhileDraining, ConnectionGuard
 from .server.repository import Repository
 from .site import build_site
+
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_KEEP_ALIVE_S = 5.0
+DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_DRAIN_S = 2.0
+# open files the server needs besides its connections: the listener, logs, onnxruntime, the event loop
+RESERVED_FILES = 100
+
+logger = logging.getLogger("uvicorn.error")
 
 
 def build_app(path: str | Path, *, site: Optional[Path] = None, site_cache: Optional[Path] = None,
@@ -29,33 +41,89 @@ def build_app(path: str | Path, *, site: Optional[Path] = None, site_cache: Opti
 
 def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, site: Optional[Path] = None,
                   progress: Optional[Progress] = None, on_listening: Optional[Callable[[str], None]] = None,
-                  **limits) -> None:
-    """Serve until SIGINT/SIGTERM; in-flight requests finish before the process exits."""
+                  header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S, keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
+                  max_connections: Optional[int] = None, drain_s: float = DEFAULT_DRAIN_S, **limits) -> None:
+    """Serve until SIGINT/SIGTERM; in-flight requests finish before the process exits.
+
+    Each request head must arrive within header_timeout_s of its first byte; a connection idle for keep_alive_s is
+    closed; at most max_connections are open (default DEFAULT_MAX_CONNECTIONS, or fewer when the open-file limit
+    is lower). On SIGTERM the server drains for drain_s: it answers not-ready but still serves, then stops accepting.
+    """
     progress = progress or (lambda _msg: None)
     check_port(host, port)
+    max_connections = connection_cap(max_connections)
     progress(f"loading bundles from {path}")
     with tempfile.TemporaryDirectory(prefix="edgeport-site-") as cache:
         app = build_app(path, site=site, site_cache=Path(cache), **limits)
         progress("serving " + ", ".join(f"{m.name}@{m.version}" for m in app.state.repository.all()))
         if on_listening:
             on_listening(f"http://{host}:{port}")
+        from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+        guard = ConnectionGuard(header_timeout=header_timeout_s, max_connections=max_connections)
         # one worker: uvicorn's --workers path loses TCP_NODELAY (+44 ms a request, Kludex/uvicorn#3149)
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
-        DrainingServer(config).run()
+        config = uvicorn.Config(CloseWhileDraining(app), host=host, port=port, log_level="warning",
+                                timeout_graceful_shutdown=30, timeout_keep_alive=keep_alive_s,
+                                http=guard.protocol(AutoHTTPProtocol))
+        DrainingServer(config, app, drain_s=drain_s).run()
 
 
 class DrainingServer(uvicorn.Server):
-    """On SIGTERM: report not-ready, stop accepting, let just-accepted connections send their
-    request, then uvicorn's own graceful shutdown finishes every request in flight."""
+    """On SIGTERM: report not-ready (/v2/health/ready answers 503) but keep accepting and answering for drain_s,
+    so that a load balancer sees the 503 and moves its traffic while nothing queued is dropped; then stop
+    accepting, let just-accepted connections send their request, and let uvicorn's own graceful shutdown
+    finish every request in flight. Ctrl-C (SIGINT) skips the drain: a person is waiting, not a load balancer."""
 
     accept_grace_s = 0.3
 
+    def __init__(self, config: uvicorn.Config, app, drain_s: float = DEFAULT_DRAIN_S):
+        super().__init__(config)
+        self.app = app
+        self.drain_s = drain_s
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if sig != signal.SIGTERM:
+            self.drain_s = 0.0
+        super().handle_exit(sig, frame)
+
     async def shutdown(self, sockets=None) -> None:
-        self.config.app.state.draining = True
+        self.app.state.draining = True
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.drain_s
+        if self.drain_s > 0:
+            logger.warning("draining for %gs: /v2/health/ready answers 503, requests are still served", self.drain_s)
+        while loop.time() < end and self.drain_s > 0 and not self.force_exit:
+            await asyncio.sleep(min(0.1, end - loop.time()))
         for server in self.servers:
             server.close()
         await asyncio.sleep(self.accept_grace_s)
         await super().shutdown(sockets)
+
+
+def connection_cap(requested: Optional[int]) -> int:
+    """The connection cap, with enough open files for it: raise the soft limit up to the hard one when needed.
+
+    A requested cap the limit can't hold is an error; the default shrinks to fit, since past the open-file
+    limit accept() fails and every client waits, the well-behaved ones included."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = (requested or DEFAULT_MAX_CONNECTIONS) + RESERVED_FILES
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    available = wanted if soft == resource.RLIM_INFINITY else soft - RESERVED_FILES
+    if requested is None:
+        return max(1, min(DEFAULT_MAX_CONNECTIONS, available))
+    if requested > available:
+        raise EdgeportError(f"--max-connections {requested} needs {requested + RESERVED_FILES} open files, but this "
+                            f"process may open {soft} (ulimit -n). Pass --max-connections {max(1, available)} or less, "
+                            "or raise the limit.")
+    return requested
 
 
 def check_port(host: str, port: int) -> None:

@@ -1,11 +1,14 @@
 """create_app(): the OIP v2 fallback endpoint, the demo site, the bundle files, and /metrics.
 
 Bad input is always a 4xx with {"error": "..."} naming what is wrong; it never
-reaches onnxruntime and never gets a 5xx. Inference runs in a worker thread
-with a per-request timeout.
+reaches onnxruntime and never gets a 5xx. Each model's request budget (oip.py)
+refuses a body before reading it when it is larger than the model can need;
+big bodies are parsed, and inference runs, in a worker thread, each within the
+per-request timeout.
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Optional
@@ -16,11 +19,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from .http import BodyLimit, SecurityHeaders, error
-from .oip import (InferInputError, InferRequest, InferResponse, ModelMetadata, feeds_from_request, response_outputs,
-                  tensor_metadata)
+from .oip import (ErrorResponse, InferInputError, InferRequest, InferResponse, ModelMetadata, RequestBudget,
+                  feeds_from_request, parse_request, response_outputs, tensor_metadata)
 from .repository import Repository, ServedModel
 from .static import Snapshot
 
@@ -28,6 +32,10 @@ DEFAULT_MAX_BODY = 4 * 1024 * 1024
 DEFAULT_MAX_BATCH = 1024
 DEFAULT_TIMEOUT_S = 10.0
 INLINE_ROWS = 8
+# a single-row request is ~100 bytes and parses in microseconds: a thread hop would cost more than the parse
+INLINE_BODY_BYTES = 16 * 1024
+
+logger = logging.getLogger("uvicorn.error")
 
 
 def create_app(
@@ -39,23 +47,30 @@ def create_app(
     max_batch: int = DEFAULT_MAX_BATCH,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> FastAPI:
-    """The ASGI app serving `repository`'s models (and `site_dir` at /, if given)."""
+    """The ASGI app serving `repository`'s models (and `site_dir` at /, if given).
+
+    Refuses bodies over max_body_bytes (and over what each model can need), requests over max_batch rows, and
+    gives both the body's arrival and inference timeout_s each."""
     from .metrics import Metrics
 
+    if max_body_bytes < 1 or max_batch < 1 or not timeout_s > 0:
+        raise ValueError(f"max_body_bytes and max_batch must be at least 1 and timeout_s above 0; got "
+                         f"{max_body_bytes}, {max_batch}, {timeout_s}")
     metrics = Metrics()
+    budgets = {(m.name, m.version): RequestBudget.for_bundle(m.bundle, max_batch, max_body_bytes) for m in repository.all()}
     app = FastAPI(title="edgeport", version=__version__, docs_url="/docs", redoc_url=None)
     app.state.repository = repository
     app.state.draining = False  # set by the server on SIGTERM (serving.DrainingServer)
-    if max_body_bytes:
-        app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(SecurityHeaders)
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["content-type"])
+    app.add_middleware(LastResort)  # the outermost: whatever escapes the rest
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
+        first = next(iter(exc.errors()), {})
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
         if first.get("type") == "json_invalid":
             return error(400, f"request body is not valid JSON: {first.get('msg')}")
@@ -103,15 +118,25 @@ def create_app(
 
     async def infer(request: Request, name: str, version: Optional[str] = None) -> Response:
         model = find(name, version)
+        budget = budgets[model.name, model.version]
         started = time.perf_counter()
-        body = await request.body()
         try:
-            payload = InferRequest.model_validate_json(body)
-        except ValueError as exc:  # pydantic.ValidationError, with the field at fault
-            return metrics.refused(model, _validation_message(exc))
+            with anyio.fail_after(timeout_s):
+                body = await _read_body(request, budget.max_bytes)
+        except ClientDisconnect:
+            logger.warning("a client went away before sending the whole body of a request to %s", request.url.path)
+            return Response(status_code=400)  # nobody is left to read an answer
+        except TimeoutError:
+            return _closing(metrics.refused(model, f"the request body did not arrive within {timeout_s:g}s", 408))
+        if body is None:
+            return _closing(metrics.refused(
+                model, f"request body is larger than the {budget.max_bytes} bytes that the largest request for "
+                       f"{model.name} ({budget.rows} rows) can need; send fewer rows per request", 413))
         try:
-            feeds = feeds_from_request(model.bundle, payload, max_batch)
-            names = _requested_outputs(model, payload)
+            if len(body) <= INLINE_BODY_BYTES:
+                payload, feeds, names = _prepare(model, body, budget, max_batch)
+            else:  # a big body takes milliseconds to parse and check: not on the event loop, where others wait
+                payload, feeds, names = await anyio.to_thread.run_sync(_prepare, model, body, budget, max_batch)
         except InferInputError as exc:
             return metrics.refused(model, str(exc))
         try:
@@ -134,10 +159,27 @@ def create_app(
                                  outputs=response_outputs(model.bundle, names, values))
         return Response(response.model_dump_json(exclude_none=True), media_type="application/json")
 
+    # the schema of the body infer reads itself, for clients and schema-driven fuzzers; its $defs go in components
+    infer_schema = InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    infer_defs = {**infer_schema.pop("$defs", {}), "InferRequest": infer_schema}
+    infer_body = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}}}}
+    refusals = {status: {"model": ErrorResponse, "description": what} for status, what in (
+        (400, "the request doesn't fit the model"), (404, "no such model or version"),
+        (408, "the body did not arrive in time"), (413, "the body is larger than the model can need"))}
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         app.get(prefix, response_model=ModelMetadata)(metadata)
         app.get(prefix + "/ready")(model_ready)
-        app.post(prefix + "/infer")(infer)
+        app.post(prefix + "/infer", openapi_extra=infer_body, responses={200: {"model": InferResponse}, **refusals})(infer)
+
+    generate_openapi = app.openapi
+
+    def openapi() -> dict:
+        schema = generate_openapi()
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(infer_defs)
+        return schema
+
+    app.openapi = openapi
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -181,15 +223,61 @@ def _requested_outputs(model: ServedModel, payload: InferRequest) -> list[str]:
     unknown = [n for n in names if n not in available]
     if unknown:
         raise InferInputError(f"unknown output {unknown[0]!r}; the model has {', '.join(available)}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InferInputError(f"output {repeated[0]!r} is requested more than once")
     return names
 
 
-def _validation_message(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", lambda: [])()
-    if not errors:
-        return f"invalid request: {exc}"
-    first = errors[0]
-    if first.get("type") == "json_invalid":
-        return f"request body is not valid JSON: {first.get('msg')}"
-    where = ".".join(str(p) for p in first.get("loc", ())) or "body"
-    return f"invalid request: field {where}: {first.get('msg')}"
+def _prepare(model: ServedModel, body: bytes, budget: RequestBudget, max_batch: int):
+    """Parse and check a request body: (request, onnxruntime feeds, output names), or InferInputError."""
+    payload = parse_request(body, budget)
+    return payload, feeds_from_request(model.bundle, payload, max_batch), _requested_outputs(model, payload)
+
+
+async def _read_body(request: Request, limit: int) -> Optional[bytes]:
+    """The body, or None when it is larger than limit: by Content-Length before a byte is read, else as soon as
+    the stream passes it."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _closing(response: Response) -> Response:
+    """Close the connection after this answer rather than read (and throw away) the rest of a body."""
+    response.headers["connection"] = "close"
+    return response
+
+
+class LastResort:
+    """The outermost ASGI layer: an exception that no route turned into an answer becomes a JSON 500 and one log
+    line (not a plain-text 500 and a traceback). Bad input never gets here: it is a 4xx where it is found."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            detail = str(exc).splitlines()[0][:300] if str(exc) else ""
+            logger.error("%s %s failed: %s: %s", scope.get("method"), scope.get("path"), type(exc).__name__, detail)
+            if not started:
+                await error(500, f"internal error ({type(exc).__name__}); the server log has the details")(
+                    scope, receive, send)

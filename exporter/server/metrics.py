@@ -8,7 +8,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from .http import error
 
-FALLBACK_REASONS = {"no-wasm", "load-error", "integrity", "inference-error", "timeout", "low-confidence"}
+# the reasons the JS client gives (FallbackReason in web_demo/client/edgeport.d.ts); any other is refused with a 400
+FALLBACK_REASONS = ("no-wasm", "load-error", "integrity", "inference-error", "timeout", "low-confidence")
 
 
 class Metrics:
@@ -31,18 +32,19 @@ class Metrics:
         self.fallbacks = Counter("edgeport_fallback_requests", "Requests that browsers sent as a fallback, by reason",
                                  ["model", "reason"], registry=self.registry)
 
-    def refused(self, model: Any, message: str):
+    def refused(self, model: Any, message: str, status: int = 400):
         self.requests.labels(model.name, model.version, "bad_request").inc()
-        return error(400, message)
+        return error(status, message)
 
     def observe(self, model: Any, outcome: str, started: float, rows: int, payload: Any) -> None:
         self.requests.labels(model.name, model.version, outcome).inc()
         self.latency.labels(model.name, model.version).observe(time.perf_counter() - started)
         if rows:
             self.rows.labels(model.name, model.version).inc(rows)
-        reason = (payload.parameters or {}).get("fallback_reason")
+        # a validated request (oip.RequestParameters): the reason, if any, is one of FALLBACK_REASONS
+        reason = payload.parameters.fallback_reason if payload.parameters is not None else None
         if reason is not None:
-            self.fallbacks.labels(model.name, reason if reason in FALLBACK_REASONS else "other").inc()
+            self.fallbacks.labels(model.name, reason).inc()
 
     def predictions(self, model: Any, outputs: dict[str, Any]) -> None:
         """Record per-row confidence and predicted class from the outputs of a classifier."""
