@@ -37,7 +37,10 @@ _STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|old)-(?P<pid>\d+)-[A-Z
 def staging_dir(out: str | Path, force: bool, what: str = "bundle") -> Path:
     """A fresh hidden directory beside `out` to build the next version in; refuses to clobber user files."""
     out = Path(out)
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
+    if out.is_symlink():
+        raise BundleError(f"--out {out} is a symlink; edgeport publishes by renaming a finished directory into "
+                          "place, which would replace the link, not what it points to. Give the real directory.")
+    if out.exists() and not out.is_dir():
         raise BundleError(f"--out {out} exists and is not a directory; choose another path.")
     if out.is_dir() and any(out.iterdir()):
         owned = _owned_by_edgeport(out)
