@@ -166,6 +166,25 @@ BAD_INPUTS = [
     ("traversal in a bundle file", "/bundles/iris/1/..%2F..%2F..%2Fetc%2Fpasswd", None, 404, ["not a file of bundle"]),
     ("GET on infer", "/v2/models/iris/infer", None, (404, 405), []),
     ("oversized body", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [1.0] * 20000}]}, 413, ["larger than"]),
+    # issue 8: data that doesn't nest as its shape, parameters nobody checked, bodies that cost more than they may
+    ("ragged data", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [[1, 2], [3, 4]]}]}, 400, ["'input'", "shape [1, 4]"]),
+    ("rows of different lengths", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP64", "data": [[1, 2, 3], [4, 5, 6, 7, 8]]}]}, 400, ["'input'", "3 items at depth 1"]),
+    ("nested deeper than the shape", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [[[1, 2, 3, 4]]]}]}, 400, ["'input'", "shape [1, 4]"]),
+    ("flat and nested mixed", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP64", "data": [1, 2, 3, 4, [5, 6, 7, 8]]}]}, 400, ["'input'", "shape [2, 4]"]),
+    ("JSON nested 60 deep", "/v2/models/iris/infer", '{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": %s1%s}]}' % ("[" * 60, "]" * 60), 400, ["deeper than"]),
+    ("more values than any request needs", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [1] * 3000}]}, 400, ["values", "at most"]),
+    ("parameters as a list", "/v2/models/iris/infer", {**iris_request([[1, 2, 3, 4]]), "parameters": ["fallback_reason"]}, 400, ["parameters"]),
+    ("fallback_reason as a list", "/v2/models/iris/infer", {**iris_request([[1, 2, 3, 4]]), "parameters": {"fallback_reason": ["timeout"]}}, 400, ["fallback_reason"]),
+    ("fallback_reason as a dict", "/v2/models/iris/infer", {**iris_request([[1, 2, 3, 4]]), "parameters": {"fallback_reason": {"why": "timeout"}}}, 400, ["fallback_reason"]),
+    ("unknown fallback_reason", "/v2/models/iris/infer", {**iris_request([[1, 2, 3, 4]]), "parameters": {"fallback_reason": "bored"}}, 400, ["fallback_reason", "low-confidence"]),
+    ("unknown parameter", "/v2/models/iris/infer", {**iris_request([[1, 2, 3, 4]]), "parameters": {"temperature": 0.7}}, 400, ["unknown parameter", "temperature"]),
+    ("unknown input parameter", "/v2/models/iris/infer", {"inputs": [{**iris_request([[1, 2, 3, 4]])["inputs"][0], "parameters": {"scale": 2}}]}, 400, ["inputs.0.parameters.scale"]),
+    ("malformed input parameter", "/v2/models/iris/infer", {"inputs": [{**iris_request([[1, 2, 3, 4]])["inputs"][0], "parameters": {"content_type": ["np"]}}]}, 400, ["content_type"]),
+    ("unknown output parameter", "/v2/models/iris/infer", {**iris_request([[1, 2, 3, 4]]), "outputs": [{"name": "label", "parameters": {"classification": 2}}]}, 400, ["classification"]),
+    ("binary output asked for", "/v2/models/iris/infer", {**iris_request([[1, 2, 3, 4]]), "outputs": [{"name": "label", "parameters": {"binary_data": True}}]}, 400, ["binary_data", "not supported"]),
+    ("binary outputs asked for", "/v2/models/iris/infer", {**iris_request([[1, 2, 3, 4]]), "parameters": {"binary_data_output": True}}, 400, ["binary_data_output", "not supported"]),
+    ("binary input announced", "/v2/models/iris/infer", {"inputs": [{**iris_request([[1, 2, 3, 4]])["inputs"][0], "parameters": {"binary_data_size": 32}}]}, 400, ["binary_data_size", "not supported"]),
+    ("output asked for twice", "/v2/models/iris/infer", {**iris_request([[1, 2, 3, 4]]), "outputs": [{"name": "label"}, {"name": "label"}]}, 400, ["'label'", "more than once"]),
 ]
 
 
@@ -253,7 +272,7 @@ def slow_bundle(tmp_path_factory):
 
 
 def test_sigterm_finishes_every_request_in_flight(slow_bundle):
-    server = ServerProcess(slow_bundle.path.parent)
+    server = ServerProcess(slow_bundle.path.parent, "--drain-seconds", 2)
     dtype = "FP64" if slow_bundle.inputs[0]["dtype"] == "float64" else "FP32"
     rows = np.random.default_rng(1).normal(size=(1000, 16))
     body = {"inputs": [{"name": "input", "shape": [1000, 16], "datatype": dtype, "data": rows.ravel().tolist()}]}
@@ -272,15 +291,23 @@ def test_sigterm_finishes_every_request_in_flight(slow_bundle):
             sent.wait()
             time.sleep(0.3)  # the six requests are on the wire; the server needs seconds to answer them all
             server.proc.send_signal(signal.SIGTERM)
-            # uvicorn notices the signal within its 0.1 s tick; from then on new connections are refused
-            deadline, refused = time.monotonic() + 5, False
+            signalled = time.monotonic()
+            time.sleep(0.5)  # uvicorn notices the signal within its 0.1 s tick, then drains for 2 s
+            # during the drain new connections are still served, and ready tells load balancers to go elsewhere
+            with httpx.Client(timeout=5) as fresh:
+                assert fresh.get(f"{server.url}/v2/health/live").status_code == 200
+                assert fresh.get(f"{server.url}/v2/health/ready").status_code == 503
+            assert time.monotonic() - signalled < 2, "too slow to check inside the drain"
+            # after it, new connections are refused
+            deadline, refused = time.monotonic() + 10, False
             while not refused and time.monotonic() < deadline:
                 try:
                     httpx.get(f"{server.url}/v2/health/live", timeout=1)
                     time.sleep(0.05)
                 except httpx.ConnectError:
                     refused = True
-            assert refused, "the server kept accepting connections after SIGTERM"
+            assert refused, "the server kept accepting connections after the drain"
+            assert time.monotonic() - signalled > 1.5, "the server stopped accepting before the drain was over"
             outcomes = [f.result() for f in futures]
         # uvicorn re-raises the signal after its graceful shutdown, so -SIGTERM is the clean exit
         assert server.proc.wait(timeout=60) in (0, -signal.SIGTERM), server.output()

@@ -177,6 +177,13 @@ def create_app(
     def openapi() -> dict:
         schema = generate_openapi()
         schema.setdefault("components", {}).setdefault("schemas", {}).update(infer_defs)
+        # the models this server has, so that clients (and fuzzers) name one rather than guess
+        known = {"name": sorted(repository.models), "version": sorted({v for vs in repository.models.values() for v in vs})}
+        for path, operations in schema["paths"].items():
+            for operation in operations.values() if path.startswith("/v2/models/") else ():
+                for parameter in operation.get("parameters", ()):
+                    if parameter["in"] == "path" and parameter["name"] in known:
+                        parameter["schema"]["enum"] = known[parameter["name"]]
         return schema
 
     app.openapi = openapi

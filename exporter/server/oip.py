@@ -308,7 +308,7 @@ def _values(name: str, data: list, shape: list[int]) -> list:
         below: list = []
         for item in level:
             if not isinstance(item, list) or len(item) != size:
-                found = f"{len(item)} items" if isinstance(item, list) else f"a value ({type(item).__name__})"
+                found = f"{len(item)} item{'s' * (len(item) != 1)}" if isinstance(item, list) else f"a value ({type(item).__name__})"
                 raise InferInputError(f"input {name!r} has nested data that does not match shape {shape}: "
                                       f"{found} at depth {axis}, where the shape needs a list of {size}")
             below.extend(item)
