@@ -83,6 +83,9 @@ class KerasToOnnx(_KerasConverter):
             progress("quantizing weights to int8 (onnxruntime.quantization.quantize_dynamic)")
             files["model.onnx"] = quantize_onnx(onnx_bytes)
             extra["quantization"] = quantization_cost("int8", len(onnx_bytes), len(files["model.onnx"]))
+            if len(files["model.onnx"]) >= len(onnx_bytes):  # sizes are whole files: what ships
+                extra["quantization"]["note"] = ("the int8 model.onnx is larger than the float one: its weights are "
+                                                 "too small to pay for the quantize/dequantize nodes int8 adds")
         return self._converted(loaded, inputs, table, task, classes, files, "model.onnx", "onnx", "tf2onnx", extra)
 
 
@@ -233,6 +236,15 @@ def _translate_tf2onnx_error(stderr: str) -> str:
 
 
 def quantize_onnx(onnx_bytes: bytes) -> bytes:
+    """int8 weights, uint8 activations quantized at run time (DynamicQuantizeLinear → MatMulInteger).
+
+    reduce_range=True keeps the int8 weights within [-64, 64] (7 bits). On x86 CPUs without VNNI (AVX2, or
+    AVX-512 without VNNI) onnxruntime runs uint8×int8 MatMulInteger with VPMADDUBSW, which adds each pair of
+    products in int16 and saturates at 32767; full-range weights reach 2·255·127 = 64770 and the result is
+    silently wrong (iris MLP: max abs diff 0.21 instead of 0.02, on an AVX2 EPYC). With 7-bit weights a pair
+    stays within 2·255·64 = 32640, so the same bundle gives the same outputs on every CPU (VNNI or not, as
+    under any runtime's int32 arithmetic). This is onnxruntime's documented remedy for the saturation; the
+    lost bit costs nothing measurable here (0.024 max abs diff, as with exact 8-bit arithmetic)."""
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -241,7 +253,7 @@ def quantize_onnx(onnx_bytes: bytes) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         source.write_bytes(onnx_bytes)
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, reduce_range=True)
         return target.read_bytes()
 
 
