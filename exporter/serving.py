@@ -13,7 +13,7 @@ import uvicorn
 
 from .errors import EdgeportError
 from .registry import Progress
-from .server.app import create_app
+from .server.app import DEFAULT_TIMEOUT_S, create_app
 from .server.connections import CloseWhileDraining, ConnectionGuard
 from .server.repository import Repository
 from .site import build_site
@@ -45,8 +45,8 @@ def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000
                   max_connections: Optional[int] = None, drain_s: float = DEFAULT_DRAIN_S, **limits) -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests finish before the process exits.
 
-    Each request head must arrive within header_timeout_s of its first byte; a connection idle for keep_alive_s is
-    closed; at most max_connections are open (default DEFAULT_MAX_CONNECTIONS, or fewer when the open-file limit
+    Each request head must arrive within header_timeout_s of its first byte, and its body within timeout_s (one of
+    `limits`, which also bounds inference); a connection idle for keep_alive_s is closed; at most max_connections are open (default DEFAULT_MAX_CONNECTIONS, or fewer when the open-file limit
     is lower). On SIGTERM the server drains for drain_s: it answers not-ready but still serves, then stops accepting.
     """
     progress = progress or (lambda _msg: None)
@@ -60,7 +60,8 @@ def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000
             on_listening(f"http://{host}:{port}")
         from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-        guard = ConnectionGuard(header_timeout=header_timeout_s, max_connections=max_connections)
+        guard = ConnectionGuard(header_timeout=header_timeout_s, body_timeout=limits.get("timeout_s", DEFAULT_TIMEOUT_S),
+                                max_connections=max_connections)
         # one worker: uvicorn's --workers path loses TCP_NODELAY (+44 ms a request, Kludex/uvicorn#3149)
         config = uvicorn.Config(CloseWhileDraining(app), host=host, port=port, log_level="warning",
                                 timeout_graceful_shutdown=30, timeout_keep_alive=keep_alive_s,

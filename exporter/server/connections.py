@@ -10,6 +10,10 @@ runs once the head is parsed. So this wraps uvicorn's own HTTP protocol class
   keep-alive timeout, as it would be between two requests;
 - from the first byte of a request, its head must be complete within
   header_timeout, else the connection is closed (Go calls it ReadHeaderTimeout);
+- once the head is in, the body must be complete within body_timeout, else
+  the client gets a 408 and the connection is closed. Here rather than in the
+  routes, because a timer per connection costs far less than a cancel scope
+  per request, and because every route is covered;
 - at most max_connections are open. Past the cap, the connection that has
   waited longest for a request is closed to make room, as nginx reuses its
   keep-alive connections; when every connection has a request in flight, the
@@ -17,7 +21,7 @@ runs once the head is parsed. So this wraps uvicorn's own HTTP protocol class
   idle connections too and keeps them: a few thousand idle sockets would make
   every request a 503 for as long as their owner likes.
 
-The body of a request is bounded by the routes (see app.py: size, and a read timeout).
+The size of a body is bounded by the routes (app.py: by Content-Length before reading, and while streaming).
 """
 from __future__ import annotations
 
@@ -35,8 +39,10 @@ NOTICE_EVERY_S = 10.0
 class ConnectionGuard:
     """The policy and bookkeeping shared by every connection of one server."""
 
-    def __init__(self, header_timeout: float, max_connections: int):
+    def __init__(self, header_timeout: float, body_timeout: float, max_connections: int):
         self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.request_timeout = _answer(408, "Request Timeout", f"the request body did not arrive within {body_timeout:g}s")
         self.max_connections = max_connections
         self.waiting: dict[Any, None] = {}  # connections with no request in flight, the longest-waiting first
         self.closing: set[Any] = set()  # closed by us, not yet gone: they no longer count against the cap
@@ -75,14 +81,15 @@ class ConnectionGuard:
                            "and %d newcomers refused with 503 so far", self.max_connections, self.evicted, self.refused)
 
 
-def _service_unavailable() -> bytes:
-    body = json.dumps({"error": "this server has as many connections as it takes, each with a request in flight; "
-                                "retry shortly"}).encode()
-    return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
-            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+def _answer(status: int, reason: str, message: str, extra: bytes = b"") -> bytes:
+    """A whole HTTP response in the server's JSON error shape, written by the protocol itself, then closed."""
+    body = json.dumps({"error": message}).encode()
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\nconnection: close\r\n%scontent-length: %d\r\n\r\n%s"
+            % (status, reason.encode(), extra, len(body), body))
 
 
-SERVICE_UNAVAILABLE = _service_unavailable()
+SERVICE_UNAVAILABLE = _answer(503, "Service Unavailable", "this server has as many connections as it takes, each with "
+                              "a request in flight; retry shortly", extra=b"retry-after: 1\r\n")
 
 
 class GuardedProtocol:
@@ -93,6 +100,7 @@ class GuardedProtocol:
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.head_deadline: asyncio.TimerHandle | None = None
+        self.body_deadline: asyncio.TimerHandle | None = None
         super().connection_made(transport)
         guard = self.guard
         if guard.full(self.connections) and not guard.make_room():
@@ -109,6 +117,9 @@ class GuardedProtocol:
         if self.head_deadline is None and self.waiting_for_request():
             self.head_deadline = self.loop.call_later(self.guard.header_timeout, self._head_overdue)
         super().data_received(data)
+        cycle = self.cycle
+        if self.body_deadline is None and cycle is not None and cycle.more_body and not cycle.response_complete:
+            self.body_deadline = self.loop.call_later(self.guard.body_timeout, self._body_overdue)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -132,10 +143,19 @@ class GuardedProtocol:
             logger.debug("closed a connection whose request head took longer than %gs", self.guard.header_timeout)
             self.guard.close(self)
 
+    def _body_overdue(self) -> None:
+        self.body_deadline = None
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_started and not self.transport.is_closing():
+            logger.debug("closed a connection whose request body took longer than %gs", self.guard.body_timeout)
+            self.transport.write(self.guard.request_timeout)
+            self.guard.close(self)  # the route waiting for the body sees a disconnect
+
     def _disarm(self) -> None:
-        if self.head_deadline is not None:
-            self.head_deadline.cancel()
-            self.head_deadline = None
+        for deadline in (self.head_deadline, self.body_deadline):
+            if deadline is not None:
+                deadline.cancel()
+        self.head_deadline = self.body_deadline = None
 
 
 class CloseWhileDraining:

@@ -168,7 +168,8 @@ def parse_request(body: bytes, budget: RequestBudget) -> InferRequest:
     if budget.max_separators is not None and separators > budget.max_separators:
         raise InferInputError(f"request body holds about {separators} values; the largest request this model takes "
                               f"({budget.rows} rows) needs at most {budget.max_separators}")
-    if _nests_deeper(structure.translate(AS_LIST_BRACKETS, NOT_BRACKETS), budget.max_depth):
+    brackets = structure.translate(AS_LIST_BRACKETS, NOT_BRACKETS)
+    if len(brackets) > 2 * budget.max_depth and _nests_deeper(brackets, budget.max_depth):  # fewer can't nest deeper
         raise InferInputError(f"request body nests JSON deeper than {budget.max_depth} levels; "
                               "the data of each input nests at most as deep as its shape")
     try:
