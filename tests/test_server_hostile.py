@@ -308,6 +308,18 @@ def test_tritonclient_style_parameters_are_accepted_and_counted(client):
     assert 'edgeport_fallback_requests_total{model="iris",reason="timeout"} 1.0' in client.get("/metrics").text
 
 
+@pytest.mark.parametrize("value", [1e300, 9.3e18, -9.3e18, 2**63, -(2**63) - 1])
+def test_a_number_beyond_int64_is_a_400_even_as_a_float(value):
+    from types import SimpleNamespace
+
+    from exporter.server.oip import InferInputError, InferRequest, feeds_from_request
+
+    bundle = SimpleNamespace(inputs=[{"name": "visits", "dtype": "int64", "shape": [None, 1]}])
+    request = InferRequest.model_validate({"inputs": [{"name": "visits", "shape": [1, 1], "datatype": "INT64", "data": [value]}]})
+    with pytest.raises(InferInputError, match="does not fit INT64"):
+        feeds_from_request(bundle, request, max_batch=10)
+
+
 # finding 14: bad options, a client that goes away mid-body
 
 @pytest.mark.parametrize("option", [
@@ -367,3 +379,4 @@ schema = schemathesis.pytest.from_fixture("api")
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 def test_schema_driven_fuzzing_finds_no_server_error(case):
     case.call_and_validate(checks=[not_a_server_error])
+

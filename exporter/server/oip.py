@@ -289,8 +289,8 @@ def _tensor(item: RequestInput, spec: dict, max_batch: int) -> np.ndarray:
 
 def _fits(value: int | float, dtype: str) -> bool:
     """A JSON number the model's dtype can hold (Python ints are unbounded; float32 tops out at 3.4e38)."""
-    if dtype == "int64":
-        return not isinstance(value, int) or -(2**63) <= value < 2**63
+    if dtype == "int64":  # ints and floats alike: 1e19 is integral, and numpy raises OverflowError on it
+        return -(2**63) <= value < 2**63
     try:
         magnitude = abs(float(value))
     except OverflowError:
