@@ -60,8 +60,10 @@ def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000
             on_listening(f"http://{host}:{port}")
         from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-        guard = ConnectionGuard(header_timeout=header_timeout_s, body_timeout=limits.get("timeout_s", DEFAULT_TIMEOUT_S),
-                                max_connections=max_connections)
+        body_timeout_s = limits.get("timeout_s", DEFAULT_TIMEOUT_S)
+        guard = ConnectionGuard(header_timeout=header_timeout_s, body_timeout=body_timeout_s, max_connections=max_connections)
+        progress(f"connections: at most {max_connections}; request head within {header_timeout_s:g}s, body within "
+                 f"{body_timeout_s:g}s, idle for {keep_alive_s:g}s; SIGTERM drains for {drain_s:g}s")
         # one worker: uvicorn's --workers path loses TCP_NODELAY (+44 ms a request, Kludex/uvicorn#3149)
         config = uvicorn.Config(CloseWhileDraining(app), host=host, port=port, log_level="warning",
                                 timeout_graceful_shutdown=30, timeout_keep_alive=keep_alive_s,

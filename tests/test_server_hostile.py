@@ -99,6 +99,13 @@ def read_all(sock: socket.socket, seconds: float = 10) -> bytes:
     return b"".join(chunks)
 
 
+def server_output(server) -> str:
+    try:
+        return server.output()
+    except ValueError:  # stop() closed the log: read it again by name
+        return open(server.log.name).read()
+
+
 def infer_head(length: int) -> bytes:
     return (f"POST /v2/models/iris/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             f"Content-Length: {length}\r\n\r\n").encode()
@@ -233,11 +240,19 @@ def test_past_the_cap_with_every_connection_busy_a_newcomer_gets_a_503_and_a_slo
         server.stop()
 
 
-def server_output(server) -> str:
-    try:
-        return server.output()
-    except ValueError:  # stop() closed the log: read it again by name
-        return open(server.log.name).read()
+
+def test_the_connection_cap_fits_the_open_file_limit(monkeypatch):
+    import resource
+
+    from exporter.errors import EdgeportError
+    from exporter.serving import DEFAULT_MAX_CONNECTIONS, RESERVED_FILES, connection_cap
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: (512, 512))
+    monkeypatch.setattr(resource, "setrlimit", mock.Mock(side_effect=ValueError("not above the hard limit")))
+    assert connection_cap(None) == 512 - RESERVED_FILES < DEFAULT_MAX_CONNECTIONS  # the default shrinks to fit
+    assert connection_cap(300) == 300
+    with pytest.raises(EdgeportError, match="--max-connections 412 or less"):
+        connection_cap(1000)  # asked for: an error, not a server that stops accepting at 412
 
 
 # finding 12: SIGTERM drains before it stops accepting
