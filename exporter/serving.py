@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import uvicorn
+from uvicorn.protocols.http.auto import AutoHTTPProtocol  # h11, or httptools when it is installed
 
 from .errors import EdgeportError
 from .registry import Progress
@@ -45,9 +46,10 @@ def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000
                   max_connections: Optional[int] = None, drain_s: float = DEFAULT_DRAIN_S, **limits) -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests finish before the process exits.
 
-    Each request head must arrive within header_timeout_s of its first byte, and its body within timeout_s (one of
-    `limits`, which also bounds inference); a connection idle for keep_alive_s is closed; at most max_connections are open (default DEFAULT_MAX_CONNECTIONS, or fewer when the open-file limit
-    is lower). On SIGTERM the server drains for drain_s: it answers not-ready but still serves, then stops accepting.
+    Each request head must arrive within header_timeout_s of its first byte, and its body within timeout_s (one
+    of `limits`, which also bounds inference); a connection idle for keep_alive_s is closed; at most
+    max_connections are open (default DEFAULT_MAX_CONNECTIONS, fewer when the open-file limit is lower). On
+    SIGTERM the server drains for drain_s: it answers not-ready but still serves, then stops accepting.
     """
     progress = progress or (lambda _msg: None)
     check_port(host, port)
@@ -58,8 +60,6 @@ def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000
         progress("serving " + ", ".join(f"{m.name}@{m.version}" for m in app.state.repository.all()))
         if on_listening:
             on_listening(f"http://{host}:{port}")
-        from uvicorn.protocols.http.auto import AutoHTTPProtocol
-
         body_timeout_s = limits.get("timeout_s", DEFAULT_TIMEOUT_S)
         guard = ConnectionGuard(header_timeout=header_timeout_s, body_timeout=body_timeout_s, max_connections=max_connections)
         progress(f"connections: at most {max_connections}; request head within {header_timeout_s:g}s, body within "

@@ -17,9 +17,11 @@ runs once the head is parsed. So this wraps uvicorn's own HTTP protocol class
 - at most max_connections are open. Past the cap, the connection that has
   waited longest for a request is closed to make room, as nginx reuses its
   keep-alive connections; when every connection has a request in flight, the
-  newcomer gets a 503 and is closed. uvicorn's own limit_concurrency counts
-  idle connections too and keeps them: a few thousand idle sockets would make
-  every request a 503 for as long as their owner likes.
+  newcomer gets a 503 and is closed. uvicorn's own limit_concurrency is no
+  cap: it still accepts every connection (so the open-file limit is reached
+  anyway, and then accept() fails for everyone), and it counts idle
+  connections without closing them, so a few thousand idle sockets make every
+  request a 503 for as long as their owner likes.
 
 The size of a body is bounded by the routes (app.py: by Content-Length before reading, and while streaming).
 """
