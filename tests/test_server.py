@@ -275,7 +275,8 @@ DRAIN_S = 4  # long enough to check inside it on a loaded 2-core machine
 
 
 def test_sigterm_finishes_every_request_in_flight(slow_bundle):
-    server = ServerProcess(slow_bundle.path.parent, "--drain-seconds", DRAIN_S)
+    # a generous inference timeout: six 1,000-row requests share two loaded cores, and this test is about the drain
+    server = ServerProcess(slow_bundle.path.parent, "--drain-seconds", DRAIN_S, "--timeout", 120)
     dtype = "FP64" if slow_bundle.inputs[0]["dtype"] == "float64" else "FP32"
     rows = np.random.default_rng(1).normal(size=(1000, 16))
     body = {"inputs": [{"name": "input", "shape": [1000, 16], "datatype": dtype, "data": rows.ravel().tolist()}]}
