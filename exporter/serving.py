@@ -1,4 +1,5 @@
-"""Running the fallback server: the repository, the demo site, and uvicorn with guarded connections and a draining shutdown."""
+"""Running the fallback server: the repository, the demo site, and uvicorn with guarded connections and a
+draining shutdown."""
 from __future__ import annotations
 
 import asyncio
@@ -61,7 +62,8 @@ def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000
         if on_listening:
             on_listening(f"http://{host}:{port}")
         body_timeout_s = limits.get("timeout_s", DEFAULT_TIMEOUT_S)
-        guard = ConnectionGuard(header_timeout=header_timeout_s, body_timeout=body_timeout_s, max_connections=max_connections)
+        guard = ConnectionGuard(header_timeout=header_timeout_s, body_timeout=body_timeout_s,
+                                max_connections=max_connections)
         progress(f"connections: at most {max_connections}; request head within {header_timeout_s:g}s, body within "
                  f"{body_timeout_s:g}s, idle for {keep_alive_s:g}s; SIGTERM drains for {drain_s:g}s")
         # one worker: uvicorn's --workers path loses TCP_NODELAY (+44 ms a request, Kludex/uvicorn#3149)

@@ -57,7 +57,8 @@ def create_app(
         raise ValueError(f"max_body_bytes and max_batch must be at least 1 and timeout_s above 0; got "
                          f"{max_body_bytes}, {max_batch}, {timeout_s}")
     metrics = Metrics()
-    budgets = {(m.name, m.version): RequestBudget.for_bundle(m.bundle, max_batch, max_body_bytes) for m in repository.all()}
+    budgets = {(m.name, m.version): RequestBudget.for_bundle(m.bundle, max_batch, max_body_bytes)
+               for m in repository.all()}
 
     def oversized(scope: dict) -> Optional[Response]:
         """413 for an infer request whose Content-Length is over its model's budget, before routing: refusing a
@@ -146,7 +147,8 @@ def create_app(
         model = find(name, version)
         budget = budgets[model.name, model.version]
         started = time.perf_counter()
-        try:  # a body that doesn't arrive within timeout_s is the server's to cut (connections.py): a timer, not a scope
+        # a body that doesn't arrive within timeout_s is the server's to cut (connections.py): a timer, not a scope
+        try:
             body = await _read_body(request, budget.max_bytes)
         except ClientDisconnect:
             logger.warning("the body of a request to %s never arrived in full: the client went away, or was too slow",
@@ -192,7 +194,8 @@ def create_app(
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         app.get(prefix, response_model=ModelMetadata)(metadata)
         app.get(prefix + "/ready")(model_ready)
-        app.post(prefix + "/infer", openapi_extra=infer_body, responses={200: {"model": InferResponse}, **refusals})(infer)
+        app.post(prefix + "/infer", openapi_extra=infer_body,
+                 responses={200: {"model": InferResponse}, **refusals})(infer)
 
     generate_openapi = app.openapi
 
@@ -200,7 +203,8 @@ def create_app(
         schema = generate_openapi()
         schema.setdefault("components", {}).setdefault("schemas", {}).update(infer_defs)
         # the models this server has, so that clients (and fuzzers) name one rather than guess
-        known = {"name": sorted(repository.models), "version": sorted({v for vs in repository.models.values() for v in vs})}
+        known = {"name": sorted(repository.models),
+                 "version": sorted({v for versions in repository.models.values() for v in versions})}
         for path, operations in schema["paths"].items():
             for operation in operations.values() if path.startswith("/v2/models/") else ():
                 for parameter in operation.get("parameters", ()):

@@ -44,7 +44,8 @@ class ConnectionGuard:
     def __init__(self, header_timeout: float, body_timeout: float, max_connections: int):
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
-        self.request_timeout = _answer(408, "Request Timeout", f"the request body did not arrive within {body_timeout:g}s")
+        self.request_timeout = _answer(408, "Request Timeout",
+                                       f"the request body did not arrive within {body_timeout:g}s")
         self.max_connections = max_connections
         self.waiting: dict[Any, None] = {}  # connections with no request in flight, the longest-waiting first
         self.closing: set[Any] = set()  # closed by us, not yet gone: they no longer count against the cap
@@ -112,7 +113,8 @@ class GuardedProtocol:
             guard.close(self)
             return
         guard.waiting[self] = None
-        # uvicorn arms no timer before a first response: a new connection that sends nothing is idle like a kept-alive one
+        # uvicorn arms no timer before a first response: a new connection that sends nothing is as idle as a
+        # kept-alive one
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     def data_received(self, data: bytes) -> None:

@@ -51,7 +51,8 @@ def _refuse_binary(value: Any) -> Any:
 class Parameters(BaseModel):
     """OIP parameters this server knows; any other name is refused (400 naming it), never silently ignored."""
     model_config = ConfigDict(extra="forbid")
-    content_type: Optional[StrictStr] = Field(None, max_length=64)  # tritonclient and KServe send it; JSON tensors either way
+    # tritonclient and KServe send it; the tensors are JSON whatever it says
+    content_type: Optional[StrictStr] = Field(None, max_length=64)
 
 
 class RequestParameters(Parameters):
@@ -156,7 +157,8 @@ class RequestBudget:
         if any(d in (None, -1) for dims in inner for d in dims):  # a row's size isn't known: only the server-wide caps
             return cls(max_body_bytes, None, depth, max_batch)
         per_row = [(math.prod(dims), s["dtype"]) for dims, s in zip(inner, bundle.inputs)]
-        text = max_batch * sum(n * (BYTES_PER_STRING if dtype == "string" else BYTES_PER_NUMBER) for n, dtype in per_row)
+        per_value = {"string": BYTES_PER_STRING}
+        text = max_batch * sum(n * per_value.get(dtype, BYTES_PER_NUMBER) for n, dtype in per_row)
         values = max_batch * sum(n for n, _ in per_row)
         return cls(min(max_body_bytes, text + SLACK_BYTES), 2 * values + SLACK_SEPARATORS, depth, max_batch)
 
@@ -309,7 +311,8 @@ def _values(name: str, data: list, shape: list[int]) -> list:
         below: list = []
         for item in level:
             if not isinstance(item, list) or len(item) != size:
-                found = f"{len(item)} item{'s' * (len(item) != 1)}" if isinstance(item, list) else f"a value ({type(item).__name__})"
+                found = (f"{len(item)} item{'s' * (len(item) != 1)}" if isinstance(item, list)
+                         else f"a value ({type(item).__name__})")
                 raise InferInputError(f"input {name!r} has nested data that does not match shape {shape}: "
                                       f"{found} at depth {axis}, where the shape needs a list of {size}")
             below.extend(item)
