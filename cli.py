@@ -208,7 +208,7 @@ def quickstart(
         [RuntimeName.python, RuntimeName.node, RuntimeName.browser], "--runtime", "-r", help="Runtimes to check."),
     serve: bool = typer.Option(True, "--serve/--no-serve", help="Serve the demo when done (--no-serve stops after building)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to serve on."),
-    port: int = typer.Option(8000, "--port", help="Port to serve on."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to serve on."),
 ) -> None:
     """Train the example models, export them, check parity everywhere, build the demo and serve it."""
     from exporter.formatting import format_quickstart

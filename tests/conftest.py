@@ -125,7 +125,10 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         script = Path(sys.executable).with_name("edgeport")
         self.log = open(Path(path).parent / f"serve-{self.port}.log", "w+")
-        self.proc = subprocess.Popen([str(script), "serve", str(path), "--port", str(self.port), *map(str, args)],
+        args = tuple(map(str, args))
+        if "--drain-seconds" not in args:  # stopping a test server needn't wait for a load balancer
+            args += ("--drain-seconds", "0")
+        self.proc = subprocess.Popen([str(script), "serve", str(path), "--port", str(self.port), *args],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         self.wait_ready()
 
