@@ -43,7 +43,7 @@ def serve(mounts: dict[str, Mount], files: dict[str, bytes] | None = None, heade
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             path = unquote(urlsplit(self.path).path)
             if path in files:
-                return self._send(200, files[path], _content_type(path))
+                return self._send(200, files[path], content_type(path))
             for prefix, mount in mounts.items():
                 if path.startswith(prefix):
                     relative = path[len(prefix):]
@@ -51,7 +51,7 @@ def serve(mounts: dict[str, Mount], files: dict[str, bytes] | None = None, heade
                         break
                     target = resolve_inside(mount.directory, relative)
                     if target:
-                        return self._send(200, target.read_bytes(), _content_type(target.name))
+                        return self._send(200, target.read_bytes(), content_type(target.name))
                     break
             self._send(404, b"not found", "text/plain")
 
@@ -79,6 +79,7 @@ def serve(mounts: dict[str, Mount], files: dict[str, bytes] | None = None, heade
         server.server_close()
 
 
-def _content_type(name: str) -> str:
+def content_type(name: str) -> str:
+    """The Content-Type for a file name: ours for the web/model types, else the platform's guess."""
     suffix = Path(name).suffix.lower()
     return CONTENT_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mimetypes
 import os
 import stat
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import BundleError
-from ..loopback import CONTENT_TYPES
+from ..loopback import content_type as media_type
 
 ENCODINGS = (("br", "br"), ("gzip", "gz"))  # (Content-Encoding, file suffix), in order of preference
 DEFAULT_MAX_SITE_BYTES = 512 * 1024 * 1024
@@ -104,11 +103,6 @@ class Snapshot:
 
 def etag_of(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest() + '"'
-
-
-def media_type(name: str) -> str:
-    suffix = Path(name).suffix.lower()
-    return CONTENT_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
 def _site_record(root: Path) -> dict | None:
