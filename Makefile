@@ -15,7 +15,7 @@ setup: $(VENV)/.installed $(NODE_MODULES)/.installed chromium
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,tensorflow]'
+	$(PY) -m pip install --quiet -e '.[all,dev]'
 	@touch $@
 
 $(NODE_MODULES)/.installed: web_demo/package.json web_demo/package-lock.json

@@ -26,11 +26,11 @@ def model_bytes(bundle) -> tuple[int, int]:
 
 
 def main() -> str:
-    from exporter.bundle import read_bundle
-    from exporter.export import export_model
-    from exporter.keras_loading import import_tensorflow
-    from models import write_example
-    from models.digits_cnn import train
+    from edgeport.bundle import read_bundle
+    from edgeport.export import export_model
+    from edgeport.keras_loading import import_tensorflow
+    from edgeport.examples import write_example
+    from edgeport.examples.digits_cnn import train
 
     import_tensorflow()
     example = train()

@@ -22,7 +22,7 @@ from common import ROOT, median_ms, save, table
 def python_timings(bundle) -> dict:
     import onnxruntime as ort
 
-    from exporter.samples import feeds_from_table, table_from_rows
+    from edgeport.samples import feeds_from_table, table_from_rows
 
     rows = bundle.golden()["rows"]
     start = time.perf_counter()
@@ -42,8 +42,8 @@ def _python_rss_mb(bundle) -> float:
     """RSS of a fresh Python process that loads the session and runs a batch: what a server pays per model."""
     import sys
 
-    code = ("import sys, onnxruntime as ort; from exporter.bundle import read_bundle; "
-            "from exporter.samples import feeds_from_table, table_from_rows; b = read_bundle(sys.argv[1]); "
+    code = ("import sys, onnxruntime as ort; from edgeport.bundle import read_bundle; "
+            "from edgeport.samples import feeds_from_table, table_from_rows; b = read_bundle(sys.argv[1]); "
             "s = ort.InferenceSession(str(b.model_path), providers=['CPUExecutionProvider']); "
             "s.run(None, feeds_from_table(table_from_rows(b.golden()['rows'], b.inputs), b.inputs)); "
             "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS:')) / 1024)")
@@ -63,8 +63,8 @@ def node_timings(bundle) -> dict:
 def browser_timings(bundle, cold_runs: int = 3) -> dict:
     from playwright.sync_api import sync_playwright
 
-    from exporter.loopback import serve
-    from exporter.runtimes.browser import launch, mounts_for
+    from edgeport.loopback import serve
+    from edgeport.runtimes.browser import launch, mounts_for
 
     runs = []
     with serve(mounts_for(bundle.path)) as base, sync_playwright() as pw:
@@ -89,8 +89,8 @@ def browser_timings(bundle, cold_runs: int = 3) -> dict:
 
 
 def main() -> str:
-    from exporter.bundle import read_bundle
-    from exporter.quickstart import run_quickstart
+    from edgeport.bundle import read_bundle
+    from edgeport.quickstart import run_quickstart
 
     with tempfile.TemporaryDirectory() as tmp:
         result = run_quickstart(tmp, runtimes=("python",))

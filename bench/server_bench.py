@@ -155,8 +155,8 @@ def mlserver_python() -> tuple[str | None, str]:
 def main() -> str:
     import joblib
 
-    from exporter.quickstart import run_quickstart
-    from models.iris import train
+    from edgeport.quickstart import run_quickstart
+    from edgeport.examples.iris import train
 
     if not shutil.which("wrk"):
         return "\n## server fallback\nskipped: wrk is not installed (apt-get install -y wrk; make bench does this as root)"

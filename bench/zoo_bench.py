@@ -16,9 +16,9 @@ def main() -> str:
     import onnxruntime as ort
 
     from conftest import save_model
-    from exporter.check import check_bundle
-    from exporter.export import export_model
-    from exporter.samples import feeds_from_table
+    from edgeport.check import check_bundle
+    from edgeport.export import export_model
+    from edgeport.samples import feeds_from_table
     from zoo import zoo
 
     rows, data = [], []

@@ -1,7 +1,7 @@
 """edgeport: export trained models to browser formats, prove parity, serve a fallback.
 
 The library API, one function per CLI command:
-    exporter.export.export_model   (edgeport export)
-    exporter.check.check_bundle    (edgeport check)
+    edgeport.export.export_model   (edgeport export)
+    edgeport.check.check_bundle    (edgeport check)
 """
 __version__ = "0.1.0"

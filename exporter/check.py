@@ -16,7 +16,7 @@ import numpy as np
 from .bundle import Bundle, read_bundle
 from .errors import RuntimeFailedError, SampleError
 from .parity import ParityReport, RuntimeResult, Tolerance, compare_outputs
-from .registry import Progress
+from .progress import Progress
 from .runtimes import get_runtime
 
 

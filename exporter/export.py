@@ -21,7 +21,8 @@ from .errors import SampleError
 from .loading import load_model
 from .parity import ParityReport, Tolerance
 from .publish import publish, staging_dir
-from .registry import Progress, get_converter
+from .progress import Progress
+from .registry import get_converter
 from .samples import feature_stats, head, read_sample, rows_from_table, table_from_rows, table_len
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from .errors import ModelLoadError, RuntimeUnavailableError, UnsafeGraphError
-from .loading import LoadedModel, sha256_of
+from .model_file import LoadedModel, sha256_of
 
 INSTALL_HINT = "install the tensorflow extra: pip install -e '.[tensorflow]' (make setup does this)"
 

@@ -26,18 +26,17 @@ What edgeport trusts when it loads a model:
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
 import pickle
 import warnings
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import InputFileError, ModelLoadError, PickleRefusedError, UntrustedTypesError
+from .model_file import LoadedModel, sha256_of
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 KERAS_SUFFIXES = (".keras", ".h5")
@@ -59,30 +58,6 @@ MAX_MODEL_MEMBERS_ENV = "EDGEPORT_MAX_MODEL_MEMBERS"
 # before skops reads it, so a small zip of zeros can't take the machine's memory.
 DEFAULT_MAX_MODEL_BYTES = 1 << 30
 DEFAULT_MAX_MODEL_MEMBERS = 100_000
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model in memory with where it came from."""
-
-    framework: str  # "sklearn" or "keras"
-    model: Any
-    path: Path
-    sha256: str
-    file_format: str  # "skops", "pickle", "keras", "savedmodel"
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file (or, for a directory, of its files in sorted order)."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode())
-        with file.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_model(

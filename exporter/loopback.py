@@ -6,7 +6,6 @@ directory, so `..` and symlinks can't escape.
 """
 from __future__ import annotations
 
-import mimetypes
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,9 +14,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote, urlsplit
 
-CONTENT_TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm",
-                 ".json": "application/json", ".html": "text/html; charset=utf-8", ".onnx": "application/octet-stream",
-                 ".bin": "application/octet-stream", ".css": "text/css", ".png": "image/png", ".svg": "image/svg+xml"}
+from .media_types import content_type
 
 
 @dataclass(frozen=True)
@@ -77,9 +74,3 @@ def serve(mounts: dict[str, Mount], files: dict[str, bytes] | None = None, heade
     finally:
         server.shutdown()
         server.server_close()
-
-
-def content_type(name: str) -> str:
-    """The Content-Type for a file name: ours for the web/model types, else the platform's guess."""
-    suffix = Path(name).suffix.lower()
-    return CONTENT_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"

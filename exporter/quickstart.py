@@ -11,7 +11,7 @@ from typing import Sequence
 
 from .export import ExportResult, export_model
 from .parity import ParityReport
-from .registry import Progress
+from .progress import Progress
 
 
 
@@ -43,7 +43,7 @@ def run_quickstart(root: str | Path = "out", runtimes: Sequence[str] = ("python"
 
     The export's own parity check runs every runtime asked for, so its report is the whole verdict.
     """
-    from models import recipes, write_example
+    from edgeport.examples import recipes, write_example
 
     progress = progress or (lambda _msg: None)
     root = Path(root)

@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from .errors import UnsupportedModelError
-from .loading import LoadedModel
+from .model_file import LoadedModel
 from .parity import Tolerance
+from .progress import Progress
 
 # modules whose import registers the built-in converters
-BUILTIN_CONVERTERS = ("exporter.converters.sklearn_onnx", "exporter.converters.keras")
-
-Progress = Callable[[str], None]
+BUILTIN_CONVERTERS = ("edgeport.converters.sklearn_onnx", "edgeport.converters.keras")
 
 
 @dataclass(frozen=True)

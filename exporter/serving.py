@@ -14,7 +14,7 @@ import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol  # h11, or httptools when it is installed
 
 from .errors import EdgeportError
-from .registry import Progress
+from .progress import Progress
 from .server.app import DEFAULT_TIMEOUT_S, create_app
 from .server.connections import CloseWhileDraining, ConnectionGuard
 from .server.repository import Repository

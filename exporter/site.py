@@ -32,7 +32,7 @@ from .bundle import MANIFEST, Bundle, read_bundle, require_verified
 from .publish import publish, staging_dir
 from .errors import BundleError, RuntimeUnavailableError
 from .webassets import CLIENT_DIR, ORT_BROWSER_FILES, ORT_DIST, TFJS_BROWSER_FILES, TFJS_DIST, WEB_DEMO, require_js_packages
-from .registry import Progress
+from .progress import Progress
 
 DEMO_DIR = WEB_DEMO / "demo"
 SITE_JSON = "site.json"

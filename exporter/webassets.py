@@ -1,7 +1,7 @@
 """Where the JS side lives (web_demo/) and what a fresh machine must install for it.
 
-edgeport runs from a checkout (`pip install -e .`), so web_demo/ sits beside
-exporter/. EDGEPORT_WEB_DEMO points elsewhere if needed.
+From a checkout, web_demo/ sits beside exporter/; from a wheel, it is package data inside the `edgeport`
+package (node_modules is not: `edgeport install-js` runs `npm ci` there). EDGEPORT_WEB_DEMO points elsewhere.
 """
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from pathlib import Path
 
 from .errors import RuntimeUnavailableError
 
-WEB_DEMO = Path(os.environ.get("EDGEPORT_WEB_DEMO", Path(__file__).resolve().parent.parent / "web_demo"))
+_PACKAGE = Path(__file__).resolve().parent
+WEB_DEMO = Path(os.environ.get("EDGEPORT_WEB_DEMO") or next(
+    (p for p in (_PACKAGE / "web_demo", _PACKAGE.parent / "web_demo") if (p / "package.json").is_file()),
+    _PACKAGE / "web_demo"))
 CLIENT_DIR = WEB_DEMO / "client"
 NODE_MODULES = WEB_DEMO / "node_modules"
 ORT_DIST = NODE_MODULES / "onnxruntime-web" / "dist"

@@ -8,7 +8,7 @@ from . import Example
 
 
 def train(epochs: int = 12, seed: int = 0) -> Example:
-    from exporter.keras_loading import import_tensorflow
+    from edgeport.keras_loading import import_tensorflow
 
     import_tensorflow()  # quietly: TensorFlow's C++ start-up chatter is not for users
     import keras

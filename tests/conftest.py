@@ -37,7 +37,7 @@ def save_model(model, directory: Path, name: str, sample) -> tuple[Path, Path]:
 
 def assert_parity(report, runtimes=("python",)) -> None:
     """The one parity assertion: every runtime named ran, compared rows, and passed."""
-    from exporter.formatting import format_report
+    from edgeport.formatting import format_report
 
     by_name = {r.runtime: r for r in report.runtimes}
     for name in runtimes:
@@ -70,21 +70,21 @@ def iris_model(tmp_path):
 
 @pytest.fixture
 def iris_bundle(iris_model, tmp_path):
-    from exporter.export import export_model
+    from edgeport.export import export_model
 
     _, model_path, sample_path = iris_model
     return export_model(model_path, tmp_path / "bundle", sample=sample_path).bundle
 
 
 def churn_data(n=400, seed=0):
-    from models.churn import make_frame
+    from edgeport.examples.churn import make_frame
 
     return make_frame(n=n, seed=seed)
 
 
 @pytest.fixture
 def churn_model(tmp_path):
-    from models.churn import build_pipeline
+    from edgeport.examples.churn import build_pipeline
 
     frame, target = churn_data()
     model = build_pipeline().fit(frame, target)
@@ -94,7 +94,7 @@ def churn_model(tmp_path):
 
 def rehash_bundle(bundle_dir: Path) -> None:
     """Rewrite manifest hashes after a deliberate change, as an attacker or a sloppy script would."""
-    from exporter.bundle import MANIFEST, write_manifest
+    from edgeport.bundle import MANIFEST, write_manifest
 
     manifest = json.loads((bundle_dir / MANIFEST).read_text())
     write_manifest(bundle_dir, manifest)
@@ -167,7 +167,7 @@ class ServerProcess:
 @pytest.fixture(scope="session")
 def example_bundles(tmp_path_factory):
     """The quickstart's example models, exported once per test session (python parity only)."""
-    from exporter.quickstart import run_quickstart
+    from edgeport.quickstart import run_quickstart
 
     root = tmp_path_factory.mktemp("examples")
     return run_quickstart(root, runtimes=("python",))

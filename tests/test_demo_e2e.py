@@ -28,7 +28,7 @@ def server(example_bundles):
 def page():
     from playwright.sync_api import sync_playwright
 
-    from exporter.runtimes.browser import PageLog, launch
+    from edgeport.runtimes.browser import PageLog, launch
 
     with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
         context = launch(pw, profile)
@@ -75,7 +75,7 @@ def test_the_demo_predicts_in_the_browser(page, server, example_bundles):
     predict(page)
     assert page.text_content("#served-by") == "browser"
     assert page.is_hidden("#notice")
-    from models.iris import train
+    from edgeport.examples.iris import train
 
     expected = train().model.predict(pd.DataFrame([values]))[0]
     assert page.text_content("#label") == expected
@@ -147,7 +147,7 @@ def test_an_insecure_page_never_skips_the_hash_check(server):
     """Off https and localhost there is no WebCrypto: the client refuses to run the model unverified."""
     from playwright.sync_api import sync_playwright
 
-    from exporter.runtimes.browser import PageLog, launch
+    from edgeport.runtimes.browser import PageLog, launch
 
     port = server.url.rsplit(":", 1)[1]
     with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:

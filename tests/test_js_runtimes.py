@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from conftest import assert_parity, churn_data, iris_frame, need, rehash_bundle, save_model
-from exporter.webassets import ORT_DIST, ORT_BROWSER_FILES
+from edgeport.webassets import ORT_DIST, ORT_BROWSER_FILES
 
 pytestmark = [pytest.mark.browser]
 runner = CliRunner()
@@ -23,7 +23,7 @@ def js_available():
 
 @pytest.fixture(scope="module")
 def zoo_bundles(tmp_path_factory):
-    from exporter.export import export_model
+    from edgeport.export import export_model
     from zoo import zoo
 
     root = tmp_path_factory.mktemp("zoo")
@@ -35,7 +35,7 @@ def zoo_bundles(tmp_path_factory):
 
 
 def test_every_zoo_bundle_passes_in_node_and_chromium(zoo_bundles):
-    from exporter.check import check_bundle
+    from edgeport.check import check_bundle
 
     failures = {}
     for name, bundle in zoo_bundles.items():
@@ -70,7 +70,7 @@ def test_swapped_model_is_caught(runtime, iris_bundle, tmp_path):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from exporter.export import export_model
+    from edgeport.export import export_model
 
     X, y = iris_frame()
     other = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=500)).fit(X, y)
@@ -102,8 +102,8 @@ def test_other_model_on_new_data_is_caught(runtime, iris_bundle, tmp_path):
 def test_different_preprocessing_is_caught(runtime, churn_model, tmp_path):
     from sklearn.preprocessing import MinMaxScaler
 
-    from exporter.export import export_model
-    from models.churn import build_pipeline
+    from edgeport.export import export_model
+    from edgeport.examples.churn import build_pipeline
 
     _, model_path, sample = churn_model
     bundle = export_model(model_path, tmp_path / "b", sample=sample).bundle
@@ -119,9 +119,9 @@ def test_different_preprocessing_is_caught(runtime, churn_model, tmp_path):
 # ------------------------------------------------------------ broken browser inputs: a report, never a hang
 
 def _run_browser(bundle_dir, **kwargs):
-    from exporter.bundle import read_bundle
-    from exporter.errors import RuntimeFailedError
-    from exporter.runtimes import browser
+    from edgeport.bundle import read_bundle
+    from edgeport.errors import RuntimeFailedError
+    from edgeport.runtimes import browser
 
     bundle = read_bundle(bundle_dir, verify=False)  # the page must catch what the Python side would
     with pytest.raises(RuntimeFailedError) as info:
@@ -149,7 +149,7 @@ def test_model_that_fails_its_hash_is_refused_by_the_client(iris_bundle):
 
 
 def test_a_page_that_throws_fails_within_the_timeout(iris_bundle, tmp_path, monkeypatch):
-    from exporter.runtimes import browser
+    from edgeport.runtimes import browser
 
     harness = tmp_path / "harness"
     harness.mkdir()
@@ -162,7 +162,7 @@ def test_a_page_that_throws_fails_within_the_timeout(iris_bundle, tmp_path, monk
 
 
 def test_browser_failure_through_check_is_exit_3_with_the_reason(iris_bundle, tmp_path, monkeypatch):
-    from exporter.runtimes import browser
+    from edgeport.runtimes import browser
 
     original = browser.run
     monkeypatch.setattr(browser, "run", lambda b, rows: original(b, rows, block=("**/*.wasm",), timeout_s=30))
@@ -176,19 +176,19 @@ def test_browser_failure_through_check_is_exit_3_with_the_reason(iris_bundle, tm
 # ------------------------------------------------------------ missing runtimes: exit 1 with the install hint
 
 def test_missing_node_is_a_clear_error(iris_bundle, monkeypatch):
-    monkeypatch.setattr("exporter.webassets.shutil.which", lambda name: None)
+    monkeypatch.setattr("edgeport.webassets.shutil.which", lambda name: None)
     result = runner.invoke(app, ["check", str(iris_bundle.path), "-r", "node"])
     assert result.exit_code == 1 and "Node.js" in result.output and "make setup" in result.output
 
 
 def test_missing_chromium_is_a_clear_error(iris_bundle, monkeypatch):
-    monkeypatch.setattr("exporter.webassets.shutil.which", lambda name: None)
+    monkeypatch.setattr("edgeport.webassets.shutil.which", lambda name: None)
     monkeypatch.delenv("EDGEPORT_CHROMIUM", raising=False)
     result = runner.invoke(app, ["check", str(iris_bundle.path), "-r", "browser"])
     assert result.exit_code == 1 and "apt-get install -y chromium" in result.output
 
 
 def test_missing_npm_ci_is_a_clear_error(iris_bundle, monkeypatch, tmp_path):
-    monkeypatch.setattr("exporter.webassets.ORT_DIST", tmp_path / "nothing")
+    monkeypatch.setattr("edgeport.webassets.ORT_DIST", tmp_path / "nothing")
     result = runner.invoke(app, ["check", str(iris_bundle.path), "-r", "node"])
     assert result.exit_code == 1 and "npm ci" in result.output

@@ -40,7 +40,7 @@ def mlp_classifier():
 
 
 def cnn_classifier():
-    from models.digits_cnn import train
+    from edgeport.examples.digits_cnn import train
 
     example = train(epochs=2)
     return example.model, example.sample[:120]
@@ -93,7 +93,7 @@ def saved(tmp_path_factory):
 
 
 def js_ready():
-    from exporter.webassets import ORT_BROWSER_FILES, ORT_DIST
+    from edgeport.webassets import ORT_BROWSER_FILES, ORT_DIST
 
     need(shutil.which("node") is not None, "node is not on PATH")
     need((ORT_DIST / ORT_BROWSER_FILES[0]).is_file(), "web_demo/node_modules is missing (make setup)")
@@ -104,8 +104,8 @@ def js_ready():
 @pytest.mark.parametrize("target", ["onnx", "tfjs"])
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_keras_model_exports_and_passes_everywhere(name, target, saved, tmp_path):
-    from exporter.check import check_bundle
-    from exporter.export import export_model
+    from edgeport.check import check_bundle
+    from edgeport.export import export_model
 
     js_ready()
     model_path, sample_path = saved[name]
@@ -123,7 +123,7 @@ def test_keras_model_exports_and_passes_everywhere(name, target, saved, tmp_path
         assert python.status == "not_applicable" and "tfjs bundle" in python.error
     # golden outputs come from Keras itself
     golden = result.bundle.golden()
-    from exporter.samples import table_from_rows
+    from edgeport.samples import table_from_rows
 
     table = table_from_rows(golden["rows"][:5], manifest["inputs"])
     x = [table[i["name"]] for i in manifest["inputs"]] if isinstance(table, dict) else table
@@ -258,9 +258,9 @@ def test_two_input_model_needs_an_npz(saved, tmp_path):
 def test_unsupported_op_is_translated(tmp_path):
     import tensorflow as tf
 
-    from exporter.errors import ConversionError
-    from exporter.loading import LoadedModel
-    from exporter.registry import get_converter
+    from edgeport.errors import ConversionError
+    from edgeport.loading import LoadedModel
+    from edgeport.registry import get_converter
 
     class LogGamma(keras.layers.Layer):
         def call(self, x):  # Lgamma: TF.js has no kernel for it

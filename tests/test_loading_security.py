@@ -74,7 +74,7 @@ def sample(tmp_path):
 
 @pytest.mark.parametrize("builtin", ["builtins.exec", "builtins.eval"])
 def test_a_skops_file_that_calls_a_builtin_runs_nothing_in_export_or_check(builtin, iris_model, sample, tmp_path):
-    from exporter.export import export_model
+    from edgeport.export import export_model
 
     marker = tmp_path / "ran.txt"
     hostile = skops_file(tmp_path / "hostile.skops", call_node(builtin, write_marker_code(marker)))
@@ -112,8 +112,8 @@ def test_trusting_the_builtin_by_name_is_the_only_way_through(sample, tmp_path):
     call_node("os.system", "touch MARKER"),
 ], ids=lambda node: f"{node['__module__']}.{node['__class__']}")
 def test_functions_and_file_touching_classes_need_trust(node, tmp_path):
-    from exporter.errors import UntrustedTypesError
-    from exporter.loading import load_model
+    from edgeport.errors import UntrustedTypesError
+    from edgeport.loading import load_model
 
     marker = tmp_path / "ran"
     hostile = skops_file(tmp_path / "hostile.skops", json.loads(json.dumps(node).replace("MARKER", str(marker))))
@@ -133,7 +133,7 @@ def _real_models() -> dict:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
-    from models import recipes
+    from edgeport.examples import recipes
 
     X, y = iris_frame()
     frame = pd.DataFrame({"city": ["a", "b", None, "a"] * 5, "age": [1.0, np.nan, 3.0, 4.0] * 5})
@@ -159,7 +159,7 @@ def _real_models() -> dict:
 def test_real_pipelines_and_the_example_models_load_without_trust(tmp_path):
     import skops.io as sio
 
-    from exporter.loading import load_model
+    from edgeport.loading import load_model
 
     for name, model in _real_models().items():
         path = tmp_path / f"{name}.skops"
@@ -168,7 +168,7 @@ def test_real_pipelines_and_the_example_models_load_without_trust(tmp_path):
 
 
 def test_what_is_trusted_by_default():
-    from exporter.loading import trusted_by_default
+    from edgeport.loading import trusted_by_default
 
     for name in ["sklearn.tree._tree.Tree", "sklearn.neighbors._kd_tree.KDTree", "numpy.dtype", "numpy.log1p",
                  "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor", "scipy.sparse._csr.csr_matrix"]:
@@ -208,8 +208,8 @@ def test_a_zip_bomb_is_refused_before_skops_reads_it(sample, tmp_path, monkeypat
 
 
 def test_one_member_read_many_times_counts_each_time(tmp_path, monkeypatch):
-    from exporter.errors import ModelLoadError
-    from exporter.loading import load_model
+    from edgeport.errors import ModelLoadError
+    from edgeport.loading import load_model
 
     monkeypatch.setenv("EDGEPORT_MAX_MODEL_BYTES", str(10 << 20))
     schema = {"__class__": "list", "__module__": "builtins", "__loader__": "ListNode",
@@ -222,8 +222,8 @@ def test_one_member_read_many_times_counts_each_time(tmp_path, monkeypatch):
 
 
 def test_too_many_members_are_refused(tmp_path, monkeypatch):
-    from exporter.errors import ModelLoadError
-    from exporter.loading import load_model
+    from edgeport.errors import ModelLoadError
+    from edgeport.loading import load_model
 
     monkeypatch.setenv("EDGEPORT_MAX_MODEL_MEMBERS", "5")
     path = skops_file(tmp_path / "many.skops", json_node(1), {f"{i}.bin": b"" for i in range(10)})
@@ -319,8 +319,8 @@ def test_check_with_a_savedmodel_model_is_audited_too(tf, iris_bundle, sample, t
 @pytest.mark.tensorflow
 def test_an_initializer_that_reads_a_file_is_refused(tf, tmp_path):
     """Table initializers run while the model loads, before any signature is called."""
-    from exporter.errors import UnsafeGraphError
-    from exporter.keras_loading import audit_saved_model
+    from edgeport.errors import UnsafeGraphError
+    from edgeport.keras_loading import audit_saved_model
 
     vocabulary = tmp_path / "vocabulary.txt"
     vocabulary.write_text("a\nb\n")
@@ -348,7 +348,7 @@ def test_ordinary_keras_savedmodels_pass_the_audit(tf, tmp_path):
     """The saver's SaveV2/RestoreV2 functions are in every SavedModel; they must not count against it."""
     import keras
 
-    from exporter.keras_loading import audit_saved_model
+    from edgeport.keras_loading import audit_saved_model
 
     inputs = keras.Input((6, 4))
     hidden = keras.layers.LSTM(3)(keras.layers.Normalization()(inputs))  # a While loop with body functions

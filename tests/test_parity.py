@@ -1,7 +1,7 @@
 """The pure comparison: tolerances, every output, ties, shapes, NaN."""
 import numpy as np
 
-from exporter.parity import Tolerance, compare_outputs
+from edgeport.parity import Tolerance, compare_outputs
 
 TOL = Tolerance(atol=1e-5, rtol=1e-4)
 
@@ -68,7 +68,7 @@ def test_nan_matches_nan_but_not_a_number():
 
 
 def test_a_report_where_no_runtime_applies_does_not_pass():
-    from exporter.parity import ParityReport, RuntimeResult
+    from edgeport.parity import ParityReport, RuntimeResult
 
     not_applicable = RuntimeResult("python", "not_applicable", error="tfjs bundle")
     assert not ParityReport("b", "golden", TOL, (not_applicable,)).passed

@@ -40,9 +40,9 @@ KILL_WHEN_GONE = textwrap.dedent("""
 
     os.replace = replace
     if {no_exchange!r}:
-        import exporter.publish as publish
+        import edgeport.publish as publish
         publish._exchange = lambda a, b: False  # a platform without renameat2(RENAME_EXCHANGE)
-    from exporter.export import export_model
+    from edgeport.export import export_model
     export_model({model!r}, out, sample={sample!r}, name="iris", version="2", force=True)
 """)
 
@@ -55,7 +55,7 @@ def _reexport_and_die(iris_model, out, no_exchange: bool) -> int:
 
 
 def test_a_reexport_never_leaves_the_bundle_missing(iris_bundle, iris_model):
-    from exporter.bundle import read_bundle
+    from edgeport.bundle import read_bundle
 
     assert _reexport_and_die(iris_model, iris_bundle.path, no_exchange=False) == 0, "the bundle went missing mid-publish"
     assert read_bundle(iris_bundle.path).version == "2"
@@ -63,8 +63,8 @@ def test_a_reexport_never_leaves_the_bundle_missing(iris_bundle, iris_model):
 
 
 def test_without_an_atomic_exchange_a_kill_mid_publish_is_undone_by_the_next_run(iris_bundle, iris_model):
-    from exporter.bundle import read_bundle
-    from exporter.publish import clean_stale
+    from edgeport.bundle import read_bundle
+    from edgeport.publish import clean_stale
 
     assert _reexport_and_die(iris_model, iris_bundle.path, no_exchange=True) == 137  # died between the two renames
     assert not iris_bundle.path.exists()
@@ -75,7 +75,7 @@ def test_without_an_atomic_exchange_a_kill_mid_publish_is_undone_by_the_next_run
 def test_staging_directories_are_never_served_and_stale_ones_are_cleaned(iris_bundle, iris_model):
     import shutil
 
-    from exporter.server.repository import Repository
+    from edgeport.server.repository import Repository
 
     stale = iris_bundle.path.with_name(f".bundle.staging-{DEAD_PID}-abc123")
     shutil.copytree(iris_bundle.path, stale)  # a killed export's leftovers: the same name and version
@@ -118,8 +118,8 @@ def test_demo_force_does_not_delete_a_folder_of_other_files(iris_bundle, tmp_pat
 
 
 def test_bundles_and_sites_respect_the_umask(iris_model, tmp_path):
-    from exporter.export import export_model
-    from exporter.site import build_site
+    from edgeport.export import export_model
+    from edgeport.site import build_site
 
     _, model_path, sample_path = iris_model
     previous = os.umask(0o022)
@@ -141,9 +141,9 @@ def test_bundles_and_sites_respect_the_umask(iris_model, tmp_path):
     ("server_model_file", "unlisted.onnx"),
 ])
 def test_manifest_paths_stay_inside_the_bundle_and_are_hashed(iris_bundle, field, value):
-    from exporter.bundle import read_bundle
-    from exporter.errors import BundleError
-    from exporter.server.repository import Repository
+    from edgeport.bundle import read_bundle
+    from edgeport.errors import BundleError
+    from edgeport.server.repository import Repository
 
     weak = iris_bundle.path.parent / "weak.onnx"
     weak.write_bytes((iris_bundle.path / "model.onnx").read_bytes())
@@ -165,9 +165,9 @@ def test_manifest_paths_stay_inside_the_bundle_and_are_hashed(iris_bundle, field
 
 @pytest.mark.parametrize("parity", [{"passed": False}, {"passed": False, "pending": True}])
 def test_bundles_that_did_not_pass_parity_are_refused_unless_allowed(iris_bundle, tmp_path, parity):
-    from exporter.errors import BundleError
-    from exporter.server.repository import Repository
-    from exporter.site import build_site
+    from edgeport.errors import BundleError
+    from edgeport.server.repository import Repository
+    from edgeport.site import build_site
 
     manifest = json.loads((iris_bundle.path / "manifest.json").read_text())
     (iris_bundle.path / "manifest.json").write_text(json.dumps({**manifest, "parity": parity}))

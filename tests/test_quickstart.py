@@ -3,7 +3,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from conftest import need
-from exporter.webassets import ORT_BROWSER_FILES, ORT_DIST
+from edgeport.webassets import ORT_BROWSER_FILES, ORT_DIST
 
 
 def test_quickstart_trains_exports_checks_and_builds_the_site(tmp_path):

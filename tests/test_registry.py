@@ -1,8 +1,8 @@
 """The converter registry: keyed by (framework, target), no silent overwrite, helpful misses."""
 import pytest
 
-from exporter.errors import UnsupportedModelError
-from exporter.registry import get_converter, register, registered
+from edgeport.errors import UnsupportedModelError
+from edgeport.registry import get_converter, register, registered
 
 
 def test_builtin_converters_are_registered():

@@ -22,8 +22,8 @@ def bundles(example_bundles):
 
 @pytest.fixture(scope="module")
 def client(bundles):
-    from exporter.server.app import create_app
-    from exporter.server.repository import Repository
+    from edgeport.server.app import create_app
+    from edgeport.server.repository import Repository
 
     return TestClient(create_app(Repository(bundles), max_body_bytes=64_000, max_batch=100))
 
@@ -62,7 +62,7 @@ def test_metadata_is_the_manifest_in_oip_terms(client):
 
 
 def test_infer_matches_the_original_model(client, example_bundles):
-    from models.iris import train
+    from edgeport.examples.iris import train
 
     model = train().model
     X = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])
@@ -262,7 +262,7 @@ def slow_bundle(tmp_path_factory):
     from sklearn.neighbors import KNeighborsRegressor
 
     from conftest import save_model
-    from exporter.export import export_model
+    from edgeport.export import export_model
 
     root = tmp_path_factory.mktemp("slow")
     rng = np.random.default_rng(0)
@@ -321,8 +321,8 @@ def test_sigterm_finishes_every_request_in_flight(slow_bundle):
 
 
 def test_inference_past_the_timeout_is_a_503_not_a_hang(slow_bundle):
-    from exporter.server.app import create_app
-    from exporter.server.repository import Repository
+    from edgeport.server.app import create_app
+    from edgeport.server.repository import Repository
 
     client = TestClient(create_app(Repository(slow_bundle.path), timeout_s=0.01))
     dtype = "FP64" if slow_bundle.inputs[0]["dtype"] == "float64" else "FP32"
@@ -334,8 +334,8 @@ def test_inference_past_the_timeout_is_a_503_not_a_hang(slow_bundle):
 
 
 def test_cors_lets_a_named_origin_call_the_api(bundles):
-    from exporter.server.app import create_app
-    from exporter.server.repository import Repository
+    from edgeport.server.app import create_app
+    from edgeport.server.repository import Repository
 
     client = TestClient(create_app(Repository(bundles), cors_origins=("https://app.example.com",)))
     preflight = client.options("/v2/models/iris/infer", headers={

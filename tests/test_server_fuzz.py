@@ -31,8 +31,8 @@ body = st.one_of(
 
 @pytest.fixture(scope="module")
 def client(example_bundles):
-    from exporter.server.app import create_app
-    from exporter.server.repository import Repository
+    from edgeport.server.app import create_app
+    from edgeport.server.repository import Repository
 
     return TestClient(create_app(Repository(example_bundles.bundles_dir)), raise_server_exceptions=False)
 
@@ -49,7 +49,7 @@ def test_generated_requests_never_get_a_5xx(client, model, payload):
 @st.composite
 def nearly_valid(draw, manifest):
     """Requests that pass every structural check, so the element values are what gets tested."""
-    from exporter.server.oip import DATATYPE_OF
+    from edgeport.server.oip import DATATYPE_OF
 
     rows = draw(st.integers(min_value=1, max_value=3))
     inputs = []

@@ -36,8 +36,8 @@ def bundles(example_bundles):
 @pytest.fixture(scope="module")
 def client(bundles):
     """Ten rows at most: iris's budget is then 10 x 4 values, about 68 KB, far below the 4 MB server-wide cap."""
-    from exporter.server.app import create_app
-    from exporter.server.repository import Repository
+    from edgeport.server.app import create_app
+    from edgeport.server.repository import Repository
 
     return TestClient(create_app(Repository(bundles), max_batch=10), raise_server_exceptions=False)
 
@@ -135,7 +135,7 @@ def test_a_body_larger_than_the_model_can_need_is_refused_before_it_is_sent(serv
     (json.dumps({"inputs": [{**GOOD["inputs"][0], "data": [1.0] * 5000}]}), ["5", "values", "at most 1104"]),
 ], ids=["nested 100 deep", "5,000 values for 40"])
 def test_costly_bodies_are_refused_before_they_are_parsed(client, body, words, monkeypatch):
-    from exporter.server.oip import InferRequest
+    from edgeport.server.oip import InferRequest
 
     monkeypatch.setattr(InferRequest, "model_validate_json", mock.Mock(side_effect=AssertionError("parsed")))
     response = client.post("/v2/models/iris/infer", content=body, headers={"content-type": "application/json"})
@@ -147,7 +147,7 @@ def test_costly_bodies_are_refused_before_they_are_parsed(client, body, words, m
 def test_big_bodies_are_parsed_off_the_event_loop_and_small_ones_inline(client, monkeypatch):
     import asyncio
 
-    import exporter.server.app as app_module
+    import edgeport.server.app as app_module
 
     on_loop = []
 
@@ -248,8 +248,8 @@ def test_past_the_cap_with_every_connection_busy_a_newcomer_gets_a_503_and_a_slo
 def test_the_connection_cap_fits_the_open_file_limit(monkeypatch):
     import resource
 
-    from exporter.errors import EdgeportError
-    from exporter.serving import DEFAULT_MAX_CONNECTIONS, RESERVED_FILES, connection_cap
+    from edgeport.errors import EdgeportError
+    from edgeport.serving import DEFAULT_MAX_CONNECTIONS, RESERVED_FILES, connection_cap
 
     monkeypatch.setattr(resource, "getrlimit", lambda _which: (512, 512))
     monkeypatch.setattr(resource, "setrlimit", mock.Mock(side_effect=ValueError("not above the hard limit")))
@@ -308,7 +308,7 @@ def test_sigterm_drains_while_traffic_keeps_coming_and_then_stops_accepting(bund
 # finding 13: no bad input turns into a 5xx; a last resort answers JSON
 
 def test_an_unexpected_error_is_a_json_500_and_one_log_line(client, monkeypatch, caplog):
-    import exporter.server.app as app_module
+    import edgeport.server.app as app_module
 
     monkeypatch.setattr(app_module, "response_outputs", mock.Mock(side_effect=RuntimeError("boom\nsecond line")))
     with caplog.at_level(logging.ERROR, logger="uvicorn.error"):
@@ -331,7 +331,7 @@ def test_tritonclient_style_parameters_are_accepted_and_counted(client):
 def test_a_number_beyond_int64_is_a_400_even_as_a_float(value):
     from types import SimpleNamespace
 
-    from exporter.server.oip import InferInputError, InferRequest, feeds_from_request
+    from edgeport.server.oip import InferInputError, InferRequest, feeds_from_request
 
     bundle = SimpleNamespace(inputs=[{"name": "visits", "dtype": "int64", "shape": [None, 1]}])
     request = InferRequest.model_validate(
@@ -388,8 +388,8 @@ def test_openapi_describes_the_infer_request_body(client):
 def api(bundles, tmp_path_factory):
     """The whole app as schemathesis sees it, with a one-page site at / (the demo site's build is tested elsewhere);
     in process, so that no connection is closed under it by the short timeouts of the real-process tests."""
-    from exporter.server.app import create_app
-    from exporter.server.repository import Repository
+    from edgeport.server.app import create_app
+    from edgeport.server.repository import Repository
 
     site = tmp_path_factory.mktemp("site")
     (site / "index.html").write_text("<h1>edgeport</h1>")

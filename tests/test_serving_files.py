@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest import ServerProcess, need
-from exporter.webassets import ORT_BROWSER_FILES, ORT_DIST
+from edgeport.webassets import ORT_BROWSER_FILES, ORT_DIST
 
 SECRET = b"root:x:0:0:the secret outside the bundle\n"
 
@@ -25,8 +25,8 @@ def secret(tmp_path):
 
 
 def app_for(bundles, site=None):
-    from exporter.server.app import create_app
-    from exporter.server.repository import Repository
+    from edgeport.server.app import create_app
+    from edgeport.server.repository import Repository
 
     return TestClient(create_app(Repository(bundles), site_dir=site))
 
@@ -44,8 +44,8 @@ def test_a_symlinked_variant_beside_a_bundle_file_is_never_served(iris_bundle, s
 
 def test_a_site_serves_only_the_variants_its_builder_recorded(iris_bundle, secret, tmp_path):
     need((ORT_DIST / ORT_BROWSER_FILES[0]).is_file(), "web_demo/node_modules is missing (run make setup)")
-    from exporter.errors import BundleError
-    from exporter.site import build_site
+    from edgeport.errors import BundleError
+    from edgeport.site import build_site
 
     site = build_site([iris_bundle.path], tmp_path / "site").path
     record = json.loads((site / "site.json").read_text())["files"]
@@ -91,7 +91,7 @@ def test_after_a_reexport_the_server_keeps_one_consistent_version(iris_bundle, t
     from sklearn.tree import DecisionTreeClassifier
 
     from conftest import iris_frame, save_model
-    from exporter.export import export_model
+    from edgeport.export import export_model
 
     X, y = iris_frame()
     rows = X.head(5).to_numpy().tolist()
@@ -121,7 +121,7 @@ def test_after_a_reexport_the_server_keeps_one_consistent_version(iris_bundle, t
 
 def test_files_that_vanish_or_change_on_disk_are_served_whole_from_the_snapshot(iris_bundle, tmp_path):
     need((ORT_DIST / ORT_BROWSER_FILES[0]).is_file(), "web_demo/node_modules is missing (run make setup)")
-    from exporter.site import build_site
+    from edgeport.site import build_site
 
     site = build_site([iris_bundle.path], tmp_path / "site").path
     model = (iris_bundle.path / "model.onnx").read_bytes()
@@ -138,7 +138,7 @@ def test_files_that_vanish_or_change_on_disk_are_served_whole_from_the_snapshot(
 
 def test_security_headers(iris_bundle, tmp_path):
     need((ORT_DIST / ORT_BROWSER_FILES[0]).is_file(), "web_demo/node_modules is missing (run make setup)")
-    from exporter.site import build_site
+    from edgeport.site import build_site
 
     site = build_site([iris_bundle.path], tmp_path / "site").path
     client = app_for(iris_bundle.path, site)

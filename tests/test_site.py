@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from conftest import need
-from exporter.webassets import ORT_BROWSER_FILES, ORT_DIST
+from edgeport.webassets import ORT_BROWSER_FILES, ORT_DIST
 
 runner = CliRunner()
 

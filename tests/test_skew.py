@@ -21,7 +21,7 @@ def test_bundle_model_swapped_for_a_differently_trained_one(iris_bundle, tmp_pat
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from exporter.export import export_model
+    from edgeport.export import export_model
 
     X, y = iris_frame()
     other = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=500)).fit(X, y)
@@ -58,7 +58,7 @@ def test_original_on_new_data_against_a_bundle_of_another_model(iris_bundle, tmp
 
 
 def test_original_on_new_data_passes_when_it_is_the_same_model(iris_model, tmp_path):
-    from exporter.export import export_model
+    from edgeport.export import export_model
 
     _, model_path, sample = iris_model
     bundle = export_model(model_path, tmp_path / "b", sample=sample).bundle
@@ -72,8 +72,8 @@ def test_original_on_new_data_passes_when_it_is_the_same_model(iris_model, tmp_p
 def test_preprocessing_that_differs_minmax_instead_of_standard(churn_model, tmp_path):
     from sklearn.preprocessing import MinMaxScaler
 
-    from exporter.export import export_model
-    from models.churn import build_pipeline
+    from edgeport.export import export_model
+    from edgeport.examples.churn import build_pipeline
 
     _, model_path, sample = churn_model
     bundle = export_model(model_path, tmp_path / "b", sample=sample).bundle

@@ -10,7 +10,7 @@ ZOO = zoo()
 
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_zoo_exports_and_passes_parity(name, tmp_path):
-    from exporter.export import export_model
+    from edgeport.export import export_model
 
     model, sample = ZOO[name]
     model_path, sample_path = save_model(model, tmp_path, name, sample)
@@ -30,7 +30,7 @@ def test_zoo_exports_and_passes_parity(name, tmp_path):
 
 
 def test_mixed_pipeline_has_one_input_per_column_with_categories(tmp_path):
-    from exporter.export import export_model
+    from edgeport.export import export_model
 
     model, sample = ZOO["mixed-churn-pipeline"]
     assert sample.isna().any().any(), "the churn sample must have missing numbers"
@@ -46,7 +46,7 @@ def test_mixed_pipeline_has_one_input_per_column_with_categories(tmp_path):
 
 
 def test_matrix_sample_from_npy_and_parquet(tmp_path):
-    from exporter.export import export_model
+    from edgeport.export import export_model
 
     model, sample = ZOO["random-forest"]
     model_path, _ = save_model(model, tmp_path, "rf", sample)

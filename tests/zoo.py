@@ -16,7 +16,7 @@ def zoo() -> dict:
     from sklearn.svm import SVC
     from sklearn.tree import DecisionTreeClassifier
 
-    from models.churn import build_pipeline, make_frame
+    from edgeport.examples.churn import build_pipeline, make_frame
 
     def frame(loader):
         data = loader(as_frame=True)

@@ -29,7 +29,8 @@ from ..errors import ConversionError, SampleError, UnsupportedModelError
 from ..keras_loading import import_tensorflow, quiet_native_stderr
 from ..loading import LoadedModel
 from ..parity import Tolerance
-from ..registry import Converted, Progress, register
+from ..progress import Progress
+from ..registry import Converted, register
 
 # float32 in Keras, onnxruntime and TF.js alike; kernels differ in summation order (~1e-7 relative),
 # a few conv/dense layers compound it to ~1e-6. Real skew (other weights, other preprocessing) is >1e-3.

@@ -20,7 +20,8 @@ import numpy as np
 from ..errors import ConversionError, SampleError, UnsupportedModelError
 from ..loading import LoadedModel
 from ..parity import Tolerance
-from ..registry import Converted, Progress, register
+from ..progress import Progress
+from ..registry import Converted, register
 from ..samples import is_string_dtype
 
 # float32 graphs carry ~1e-7 relative error per op, and a 100-tree sum or a

@@ -29,10 +29,10 @@ class RuntimeOutput:
 
 
 RUNTIMES = {
-    "python": "exporter.runtimes.python_ort",
-    "server": "exporter.runtimes.server",
-    "node": "exporter.runtimes.node",
-    "browser": "exporter.runtimes.browser",
+    "python": "edgeport.runtimes.python_ort",
+    "server": "edgeport.runtimes.server",
+    "node": "edgeport.runtimes.node",
+    "browser": "edgeport.runtimes.browser",
 }
 
 

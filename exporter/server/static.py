@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import BundleError
-from ..loopback import content_type as media_type
+from ..media_types import content_type as media_type
 
 ENCODINGS = (("br", "br"), ("gzip", "gz"))  # (Content-Encoding, file suffix), in order of preference
 DEFAULT_MAX_SITE_BYTES = 512 * 1024 * 1024

@@ -1,0 +1,260 @@
+"""edgeport's command line: parse options, call one library function, format what comes back.
+
+Exit codes are decided here, in `main`: 0 success, 1 a domain error (one
+paragraph, no traceback unless --debug), 2 usage, 3 parity failed.
+"""
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Export trained models to the browser, prove parity in the real runtimes, and serve a fallback.",
+    pretty_exceptions_enable=False,
+)
+_state = {"debug": False}
+
+
+class Target(str, Enum):
+    onnx = "onnx"
+    tfjs = "tfjs"
+
+
+class RuntimeName(str, Enum):
+    python = "python"
+    node = "node"
+    browser = "browser"
+    server = "server"
+
+
+class LowConfidence(str, Enum):
+    server = "server"
+    abstain = "abstain"
+
+
+def _progress(message: str) -> None:
+    typer.echo(f"· {message}", err=True)
+
+
+def _fail(exc: BaseException) -> None:
+    """The one place an error becomes an exit code and a message."""
+    from edgeport.errors import EdgeportError
+
+    if _state["debug"]:
+        raise exc
+    code = exc.exit_code if isinstance(exc, EdgeportError) else 1
+    message = str(exc) if isinstance(exc, EdgeportError) else f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-paragraph errors.")) -> None:
+    """edgeport: trained model → browser bundle, with a parity gate and a server fallback."""
+    _state["debug"] = debug
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="Trained model: .skops (recommended), .joblib/.pkl, .keras or a SavedModel dir."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
+    to: Target = typer.Option(Target.onnx, "--to", help="Export format."),
+    sample: Optional[Path] = typer.Option(None, "--sample", help="Sample input rows: CSV with header, Parquet or .npy."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name (default: the file name)."),
+    version: str = typer.Option("1", "--version", help="Model version string."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .pkl/.joblib files. Pickles run code when loaded."),
+    trust: List[str] = typer.Option([], "--trust", help="Trust this extra type in a .skops file (repeatable)."),
+    allow_op: List[str] = typer.Option([], "--allow-op", help="Allow this file/Python/network op in a SavedModel (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out (never a folder of other files)."),
+    atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance (default: the converter's)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", help="Relative tolerance (default: the converter's)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="Keras only. tfjs: float16|uint8; onnx: int8 (dynamic)."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Keras classifiers: class names, comma-separated (default 0..k-1)."),
+    confidence_threshold: float = typer.Option(0.6, "--confidence-threshold", min=0.0, max=1.0, help="Below this the client falls back."),
+    on_low_confidence: LowConfidence = typer.Option(LowConfidence.server, "--on-low-confidence", help="Ask the server, or abstain."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write the parity report (JSON) here."),
+) -> None:
+    """Convert a trained model into a bundle and check parity in Python."""
+    from edgeport.export import export_model
+    from edgeport.formatting import format_export, format_report
+
+    options = {"quantize": quantize} if quantize else {}
+    if classes:
+        options["classes"] = [c.strip() for c in classes.split(",")]
+    try:
+        result = export_model(
+            model, out, to=to.value, sample=sample, name=name, version=version, allow_pickle=allow_pickle,
+            trust=trust, allow_ops=allow_op, force=force, atol=atol, rtol=rtol, confidence_threshold=confidence_threshold,
+            on_low_confidence=on_low_confidence.value, progress=_progress, **options,
+        )
+    except Exception as exc:
+        _fail(exc)
+    if report:
+        _write_report(report, result.report.to_dict())
+    typer.echo(format_report(result.report))
+    typer.echo(format_export(result))
+    if not result.passed:
+        typer.echo(f"error: parity failed; the bundle is kept at {result.bundle.path} for inspection", err=True)
+        raise typer.Exit(3)
+
+
+@app.command()
+def check(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    runtime: List[RuntimeName] = typer.Option(
+        [], "--runtime", "-r", help="Runtime to check (repeatable). Default: python for ONNX bundles, server and node for tfjs."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Original model to compare against (with --data)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Rows to run the original and the bundle on."),
+    atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance (default: the bundle's)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", help="Relative tolerance (default: the bundle's)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML here, for CI systems."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow a pickled --model."),
+    trust: List[str] = typer.Option([], "--trust", help="Trust this extra type in a .skops --model (repeatable)."),
+    allow_op: List[str] = typer.Option([], "--allow-op", help="Allow this file/Python/network op in a SavedModel --model (repeatable)."),
+) -> None:
+    """Re-run a bundle in each runtime against its golden outputs (or the original model)."""
+    from edgeport.check import check_bundle
+    from edgeport.formatting import format_junit, format_report
+
+    try:
+        result = check_bundle(bundle, [r.value for r in runtime] or None, model=model, data=data, atol=atol, rtol=rtol,
+                              allow_pickle=allow_pickle, trust=trust, allow_ops=allow_op, progress=_progress)
+    except Exception as exc:
+        _fail(exc)
+    if report:
+        _write_report(report, result.to_dict())
+    if junit:
+        _write_text(junit, format_junit(result))
+    typer.echo(format_report(result))
+    if not result.passed:
+        raise typer.Exit(3)
+
+
+@app.command()
+def demo(
+    bundle: List[Path] = typer.Argument(..., help="One or more bundle directories."),
+    out: Path = typer.Option(..., "--out", "-o", help="Site directory to write."),
+    fallback_url: Optional[str] = typer.Option(None, "--fallback-url", help="OIP v2 server to fall back to (default: none)."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier site at --out (never a folder of other files)."),
+    allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Use bundles whose parity check failed or never finished."),
+) -> None:
+    """Write a static site that runs the model in the browser, with an optional server fallback."""
+    from edgeport.site import build_site
+
+    try:
+        result = build_site(bundle, out, fallback_url=fallback_url, force=force, allow_unverified=allow_unverified,
+                            progress=_progress)
+    except Exception as exc:
+        _fail(exc)
+    typer.echo(f"wrote {result.path} for {', '.join(result.models)}: {result.bytes_raw / 1e6:.1f} MB, "
+               f"{result.bytes_gzip / 1e6:.1f} MB gzipped. Serve it over http(s) (file:// can't load WebAssembly).")
+
+
+@app.command()
+def serve(
+    path: Path = typer.Argument(..., help="A bundle, or a folder of bundles."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
+    site: Optional[Path] = typer.Option(None, "--site", exists=True, file_okay=False,
+                                        help="Serve this demo site at / (default: build one for PATH)."),
+    cors_origin: List[str] = typer.Option([], "--cors-origin", help="Allow this origin to call the API (repeatable)."),
+    max_body_bytes: int = typer.Option(4 * 1024 * 1024, "--max-body-bytes", min=1,
+                                       help="Refuse larger request bodies (413); each model also refuses more than its largest request needs."),
+    max_batch: int = typer.Option(1024, "--max-batch", min=1, help="Refuse requests with more rows (400)."),
+    timeout: float = typer.Option(10.0, "--timeout", callback=lambda v: _above_zero("--timeout", v),
+                                  help="Per-request timeout, seconds, for receiving the body (408) and for inference (503)."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", callback=lambda v: _above_zero("--header-timeout", v),
+                                         help="Close a connection whose request head takes longer, seconds."),
+    keep_alive: float = typer.Option(5.0, "--keep-alive", callback=lambda v: _above_zero("--keep-alive", v),
+                                     help="Close a connection idle for longer, seconds."),
+    max_connections: Optional[int] = typer.Option(
+        None, "--max-connections", min=1, show_default=False,
+        help="Open connections at most (default 1000, fewer if ulimit -n is lower); past it the longest-idle "
+             "one is closed, or the newcomer gets a 503."),
+    drain_seconds: float = typer.Option(2.0, "--drain-seconds", min=0,
+                                        help="On SIGTERM: answer not-ready but keep serving this long, then stop accepting."),
+    allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Serve bundles whose parity check failed or never finished."),
+) -> None:
+    """Serve the demo site, the bundle files and the Open Inference Protocol v2 fallback endpoint."""
+    from edgeport.serving import serve_forever
+
+    try:
+        serve_forever(path, host=host, port=port, site=site, cors_origins=tuple(cors_origin),
+                      max_body_bytes=max_body_bytes, max_batch=max_batch, timeout_s=timeout,
+                      header_timeout_s=header_timeout, keep_alive_s=keep_alive, max_connections=max_connections,
+                      drain_s=drain_seconds, allow_unverified=allow_unverified, progress=_progress,
+                      on_listening=_announce)
+    except Exception as exc:
+        _fail(exc)
+
+
+def _above_zero(option: str, value: float) -> float:
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise typer.BadParameter(f"{value} is not a number of seconds above 0.", param_hint=f"'{option}'")
+    return value
+
+
+@app.command()
+def quickstart(
+    out: Path = typer.Option(Path("out"), "--out", help="Where the example models, bundles and site go."),
+    runtime: List[RuntimeName] = typer.Option(
+        [RuntimeName.python, RuntimeName.node, RuntimeName.browser], "--runtime", "-r", help="Runtimes to check."),
+    serve: bool = typer.Option(True, "--serve/--no-serve", help="Serve the demo when done (--no-serve stops after building)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to serve on."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to serve on."),
+) -> None:
+    """Train the example models, export them, check parity everywhere, build the demo and serve it."""
+    from edgeport.formatting import format_quickstart
+    from edgeport.quickstart import run_quickstart
+    from edgeport.site import build_site
+
+    try:
+        if serve:  # before minutes of training, not after
+            from edgeport.serving import check_port
+
+            check_port(host, port)
+        result = run_quickstart(out, [r.value for r in runtime], progress=_progress)
+        typer.echo(format_quickstart(result))
+        if not result.passed:
+            raise typer.Exit(3)
+        site = build_site([m.export.bundle.path for m in result.models], out / "site", fallback_url="", progress=_progress)
+        typer.echo(f"demo site: {site.path} ({site.bytes_raw / 1e6:.1f} MB, {site.bytes_gzip / 1e6:.1f} MB gzipped)")
+        if serve:
+            from edgeport.serving import serve_forever
+
+            serve_forever(result.bundles_dir, host=host, port=port, site=site.path, progress=_progress,
+                          on_listening=_announce)
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        _fail(exc)
+
+
+def _announce(url: str) -> None:
+    typer.echo(f"edgeport is serving the demo at {url}/  (OIP v2 at {url}/v2; Ctrl-C stops)")
+
+
+def _write_report(path: Path, data: dict) -> None:
+    _write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """All or nothing: on a full disk the old file (if any) stays, and no empty report is left behind."""
+    from edgeport.publish import write_text_atomic
+
+    try:
+        write_text_atomic(path, text)
+    except OSError as exc:
+        typer.echo(f"error: cannot write {path}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()
