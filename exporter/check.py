@@ -13,15 +13,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .bundle import Bundle, read_bundle
+from .bundle import Bundle, InputSpec, read_bundle
 from .errors import RuntimeFailedError, SampleError
 from .parity import ParityReport, RuntimeResult, Tolerance, compare_outputs
 from .progress import Progress
 from .runtimes import get_runtime
 
-
-
-DEFAULT_RUNTIMES = {"onnx": ("python",), "tfjs-graph": ("server", "node")}
 
 
 def check_bundle(
@@ -43,10 +40,10 @@ def check_bundle(
     """
     progress = progress or (lambda _msg: None)
     bundle = read_bundle(bundle_dir)
-    runtimes = runtimes or DEFAULT_RUNTIMES[bundle.manifest["format"]]
+    runtimes = runtimes or bundle.manifest.default_runtimes
     tolerance = Tolerance(
-        atol=bundle.manifest["tolerance"]["atol"] if atol is None else atol,
-        rtol=bundle.manifest["tolerance"]["rtol"] if rtol is None else rtol,
+        atol=bundle.manifest.tolerance["atol"] if atol is None else atol,
+        rtol=bundle.manifest.tolerance["rtol"] if rtol is None else rtol,
     )
     if (model is None) != (data is None):
         raise SampleError("--model and --data go together: the original model is run on the data as the reference")
@@ -98,10 +95,11 @@ def _reference_from_model(bundle: Bundle, model_path: Any, data_path: Any, allow
     from .samples import read_sample, rows_from_table, table_from_rows
 
     loaded = load_model(model_path, allow_pickle=allow_pickle, trust=trust, allow_ops=allow_ops)
-    converter = get_converter(loaded.framework, bundle.manifest["format"].split("-")[0])
-    rows = rows_from_table(_align(read_sample(data_path), bundle.inputs), bundle.inputs)
+    converter = get_converter(loaded.framework, bundle.manifest.format.split("-")[0])
+    layout = bundle.manifest.layout
+    rows = rows_from_table(_align(read_sample(data_path), bundle.inputs), bundle.inputs, layout)
     # the original sees exactly what the runtimes see: the rows after their JSON round trip
-    table = table_from_rows(rows, bundle.inputs)
+    table = table_from_rows(rows, bundle.inputs, layout)
     try:
         reference = converter.reference(loaded, table, classes=bundle.classes)
     except Exception as exc:
@@ -109,11 +107,11 @@ def _reference_from_model(bundle: Bundle, model_path: Any, data_path: Any, allow
     return rows, {k: np.asarray(v).tolist() for k, v in reference.items()}, f"{Path(model_path).name} on {Path(data_path).name}"
 
 
-def _align(table: Any, inputs: list[dict]) -> Any:
+def _align(table: Any, inputs: Sequence[InputSpec]) -> Any:
     """Refuse data whose columns don't match the bundle's inputs, naming them."""
     if not hasattr(table, "columns"):
         return table
-    wanted = [s["column"] for s in inputs if "column" in s] or inputs[0].get("columns") or []
+    wanted = [s.column for s in inputs if s.column is not None] or list(inputs[0].columns or ())
     missing = [c for c in wanted if c not in table.columns]
     if missing:
         raise SampleError(f"--data is missing column(s) {', '.join(map(repr, missing))} that the bundle's inputs need")

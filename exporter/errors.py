@@ -7,7 +7,9 @@
     │   ├── UntrustedTypesError   a .skops file holds types nobody trusted
     │   └── UnsafeGraphError      a SavedModel's graph has ops that touch files, Python or the network
     ├── SampleError               the sample doesn't fit the model (columns, shape, format)
+    │   └── RowValidationError    a row or tensor value doesn't fit the manifest's inputs (decoding.py)
     ├── UnsupportedModelError     no converter for this estimator / (framework, target)
+    ├── UnusedOptionError         exit 2: an option the chosen converter doesn't take (never silently ignored)
     ├── ConversionError           the converter failed on a supported model
     ├── BundleError               a bundle can't be written, read or trusted
     │   └── IntegrityError        a bundle file doesn't match its manifest hash
@@ -52,8 +54,27 @@ class SampleError(EdgeportError):
     """Raised when the sample data can't be read or doesn't match the model's inputs."""
 
 
+class RowValidationError(SampleError):
+    """Raised when a row, or an OIP tensor's values, doesn't fit the manifest's inputs.
+
+    `code` says how, with the JS client's codes (rows, row-type, extra-column, missing-column, row-length,
+    type, missing-value, range); the message names the row and the column or input at fault.
+    """
+
+    def __init__(self, message: str, *, code: str, row: int | None = None, field: str | None = None):
+        super().__init__(message)
+        self.code, self.row, self.field = code, row, field
+
+
 class UnsupportedModelError(EdgeportError):
     """Raised when no registered converter handles the model or the target."""
+
+
+class UnusedOptionError(EdgeportError):
+    """Raised when an option is given that the converter for this model doesn't use (e.g. --classes on a
+    scikit-learn model, which knows its classes): refused like a usage error, never swallowed."""
+
+    exit_code = 2
 
 
 class ConversionError(EdgeportError):

@@ -15,14 +15,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .bundle import GOLDEN, GOLDEN_ROWS, PARITY, Bundle, write_json, write_manifest
+from .bundle import GOLDEN, GOLDEN_ROWS, PARITY, Bundle, InputSpec, Manifest, OutputSpec, write_json, write_manifest
 from .check import run_parity
 from .errors import SampleError
 from .loading import load_model
 from .parity import ParityReport, Tolerance
 from .publish import publish, staging_dir
 from .progress import Progress
-from .registry import get_converter
+from .registry import check_options, get_converter
 from .samples import feature_stats, head, read_sample, rows_from_table, table_from_rows, table_len
 
 
@@ -65,6 +65,8 @@ def export_model(
     progress(f"loading {Path(model_path).name}")
     loaded = load_model(model_path, allow_pickle=allow_pickle, trust=trust, allow_ops=allow_ops)
     converter = get_converter(loaded.framework, to)
+    check_options(converter, converter_options)
+    converter_options = {k: v for k, v in converter_options.items() if v is not None}
     if sample is None:
         raise SampleError("--sample is required: a few rows of real input (CSV, Parquet or .npy) fix the input "
                           "signature and give the golden rows that parity is checked on")
@@ -77,34 +79,40 @@ def export_model(
             target = staged / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
+        inputs = tuple(InputSpec.from_dict(i) for i in converted.inputs)
+        layout = converted.layout
         progress(f"computing golden outputs of the original model on {min(table_len(converted.table), GOLDEN_ROWS)} rows")
-        rows = rows_from_table(head(converted.table, GOLDEN_ROWS), converted.inputs)
-        reference = converter.reference(loaded, table_from_rows(rows, converted.inputs), classes=converted.classes)
+        rows = rows_from_table(head(converted.table, GOLDEN_ROWS), inputs, layout)
+        reference = converter.reference(loaded, table_from_rows(rows, inputs, layout), classes=converted.classes)
         reference = {role: np.asarray(values).tolist() for role, values in reference.items()}
         write_json(staged / GOLDEN, {"rows": rows, "outputs": reference})
         tolerance = Tolerance(
             atol=converted.tolerance.atol if atol is None else atol,
             rtol=converted.tolerance.rtol if rtol is None else rtol,
         )
-        manifest = {
-            "manifest_version": 1,
-            "name": name or _default_name(Path(model_path)),
-            "version": str(version),
-            "format": converted.format,
-            "task": converted.task,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "source": {**converted.source, "model_file": Path(model_path).name, "model_sha256": loaded.sha256},
-            "model_file": converted.model_file,
-            "inputs": converted.inputs,
-            "outputs": converted.outputs,
-            **({"classes": converted.classes} if converted.classes is not None else {}),
-            "feature_stats": feature_stats(converted.table, converted.inputs),
-            "tolerance": {"atol": tolerance.atol, "rtol": tolerance.rtol},
-            "parity": {"passed": False, "pending": True},
-            "fallback": {"confidence_threshold": confidence_threshold, "on_low_confidence": on_low_confidence,
-                         "timeout_ms": 2000, "url": None},
-            **converted.extra,
-        }
+        unknown = set(converted.extra) - {"server_model_file", "quantization"}
+        if unknown:
+            raise TypeError(f"{type(converter).__name__} returned unknown manifest fields {sorted(unknown)}")
+        manifest = Manifest(
+            name=name or _default_name(Path(model_path)),
+            version=str(version),
+            format=converted.format,
+            task=converted.task,
+            layout=layout,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            source={**converted.source, "model_file": Path(model_path).name, "model_sha256": loaded.sha256},
+            model_file=converted.model_file,
+            server_model_file=converted.extra.get("server_model_file", converted.model_file),
+            inputs=inputs,
+            outputs=tuple(OutputSpec.from_dict(o) for o in converted.outputs),
+            classes=tuple(converted.classes) if converted.classes is not None else None,
+            quantization=converted.extra.get("quantization"),
+            feature_stats=feature_stats(converted.table, inputs, layout),
+            tolerance={"atol": tolerance.atol, "rtol": tolerance.rtol},
+            parity={"passed": False, "pending": True},
+            fallback={"confidence_threshold": confidence_threshold, "on_low_confidence": on_low_confidence,
+                      "timeout_ms": 2000, "url": None},
+        )
         staged_bundle = Bundle(path=staged, manifest=write_manifest(staged, manifest))
         runtimes = runtimes or getattr(converter, "verify_runtimes", ("python",))
         report = run_parity(staged_bundle, rows, reference, runtimes, tolerance, "golden outputs", progress)
@@ -113,7 +121,7 @@ def export_model(
             report = replace(report, meta={**report.meta,
                                            "quantization": quantization_cost(converted.extra["quantization"], report)})
         write_json(staged / PARITY, report.to_dict())
-        manifest = write_manifest(staged, {**manifest, "parity": report.summary()})
+        manifest = write_manifest(staged, replace(manifest, parity=report.summary()))
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise

@@ -80,8 +80,8 @@ def format_export(result) -> str:
     """What `edgeport export` prints after the parity table."""
     manifest = result.bundle.manifest
     lines = [
-        f"wrote {result.bundle.path} ({manifest['format']}, {manifest['source'].get('estimator', manifest['source']['framework'])}, "
-        f"{manifest['source'].get('precision', '')}) in {result.seconds:.1f}s"
+        f"wrote {result.bundle.path} ({manifest.format}, {manifest.source.get('estimator', manifest.source['framework'])}, "
+        f"{manifest.source.get('precision', '')}) in {result.seconds:.1f}s"
     ]
     cost = result.report.meta.get("quantization")
     if cost:
@@ -106,7 +106,7 @@ def format_quickstart(result) -> str:
     header = f"{'model':<22} {'estimator':<50} {'precision':<9} " + " ".join(f"{r:<8}" for r in runtimes) + "  max abs diff"
     lines = [header, "-" * len(header)]
     for model in result.models:
-        source = model.export.bundle.manifest["source"]
+        source = model.export.bundle.manifest.source
         statuses = {r.runtime: r.status for r in model.report.runtimes}
         diffs = [d.max_abs_diff for r in model.report.runtimes for d in r.outputs if d.max_abs_diff is not None]
         lines.append(

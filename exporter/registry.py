@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from .errors import UnsupportedModelError
+from .errors import UnsupportedModelError, UnusedOptionError
 from .model_file import LoadedModel
 from .parity import Tolerance
 from .progress import Progress
@@ -29,8 +29,9 @@ class Converted:
     model_file: str
     format: str
     task: str
-    inputs: list[dict]
+    inputs: list[dict]  # manifest entries (bundle.InputSpec.from_dict reads them)
     outputs: list[dict]
+    layout: str  # matrix, columns or tensors: how a row maps to the inputs
     source: dict
     tolerance: Tolerance
     table: Any  # the sample, as the original model takes it
@@ -42,6 +43,7 @@ class Converter(Protocol):
     framework: str
     target: str
     verify_runtimes: tuple[str, ...]  # where export checks parity; default ("python",)
+    options: frozenset[str]  # the converter options convert() takes (e.g. quantize, classes); others are refused
 
     def convert(self, loaded: LoadedModel, sample: Any, progress: Progress, **options: Any) -> Converted: ...
 
@@ -62,6 +64,7 @@ def register(framework: str, target: str) -> Callable[[type], type]:
             raise ValueError(f"a converter for {key} is already registered: {type(_REGISTRY[key]).__name__}")
         instance = cls()
         instance.framework, instance.target = framework, target
+        instance.options = frozenset(getattr(cls, "options", ()))
         _REGISTRY[key] = instance
         return cls
 
@@ -83,6 +86,18 @@ def get_converter(framework: str, target: str) -> Converter:
         raise UnsupportedModelError(
             f"no converter exports {framework} models to {target}. Supported: {supported}."
         ) from None
+
+
+def check_options(converter: Converter, given: dict[str, Any]) -> None:
+    """Refuse options this converter doesn't take, naming the flag and the converters that do take it."""
+    unused = [name for name, value in given.items() if value is not None and name not in converter.options]
+    if not unused:
+        return
+    name = unused[0]
+    takers = sorted({f"{c.framework} → {c.target}" for c in _REGISTRY.values() if name in c.options})
+    where = f"; it applies to {', '.join(takers)}" if takers else ""
+    raise UnusedOptionError(f"--{name.replace('_', '-')} does not apply to {converter.framework} models exported to "
+                            f"{converter.target}{where}. Leave it out.")
 
 
 def _load_builtins() -> None:

@@ -11,7 +11,9 @@ objects keyed by input name (each a nested array) for several tensor inputs.
 JSON has no NaN, so a missing number is `null`.
 
 Tables are what the original model takes: a DataFrame, an ndarray, or (for
-several tensor inputs) a dict of ndarrays keyed by input name.
+several tensor inputs) a dict of ndarrays keyed by input name. Which form a
+bundle uses is its manifest's `layout`; rows become onnxruntime feeds in
+decoding.py, never here.
 """
 from __future__ import annotations
 
@@ -21,9 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .bundle import InputSpec
 from .errors import InputFileError, SampleError
-
-NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "string": object}
 
 
 def read_sample(path: str | Path) -> Any:
@@ -76,13 +77,13 @@ def _json_number(value: Any) -> float | int | None:
     return None if math.isnan(value) else value
 
 
-def rows_from_table(table: Any, inputs: Sequence[dict]) -> list:
-    """JSON rows from a table, shaped for `inputs` (manifest entries)."""
-    if _is_tensor_dict(inputs):
-        arrays = {spec["name"]: np.asarray(table[spec["name"]], dtype=np.float64) for spec in inputs}
+def rows_from_table(table: Any, inputs: Sequence[InputSpec], layout: str) -> list:
+    """JSON rows from a table, shaped for `inputs` in `layout`."""
+    if layout == "tensors":
+        arrays = {spec.name: np.asarray(table[spec.name], dtype=np.float64) for spec in inputs}
         return [{name: _nested_json(array[i]) for name, array in arrays.items()} for i in range(table_len(table))]
-    if _is_matrix(inputs):
-        columns = inputs[0].get("columns")
+    if layout == "matrix":
+        columns = list(inputs[0].columns or ())
         if hasattr(table, "iloc"):
             table = table[columns].to_numpy() if columns else table.to_numpy()
         array = np.asarray(table, dtype=np.float64)
@@ -93,80 +94,59 @@ def rows_from_table(table: Any, inputs: Sequence[dict]) -> list:
     for record in table.to_dict(orient="records"):
         row = {}
         for spec in inputs:
-            value = record[spec["column"]]
-            if spec["dtype"] == "string":
-                row[spec["column"]] = None if _is_missing(value) else str(value)
+            value = record[spec.key]
+            if spec.dtype == "string":
+                row[spec.key] = None if _is_missing(value) else str(value)
             else:
-                row[spec["column"]] = _json_number(value)
+                row[spec.key] = _json_number(value)
         rows.append(row)
     return rows
 
 
-def table_from_rows(rows: Sequence, inputs: Sequence[dict]) -> Any:
+def table_from_rows(rows: Sequence, inputs: Sequence[InputSpec], layout: str) -> Any:
     """The inverse of rows_from_table: what the original Python model is called with."""
     import pandas as pd
 
-    if _is_tensor_dict(inputs):
-        return {spec["name"]: np.array([row[spec["name"]] for row in rows], dtype=np.float64) for spec in inputs}
-    if _is_matrix(inputs):
+    if layout == "tensors":
+        return {spec.name: np.array([row[spec.name] for row in rows], dtype=np.float64) for spec in inputs}
+    if layout == "matrix":
         return np.array(rows, dtype=np.float64)  # numpy reads None as NaN, at any nesting
     data = {}
     for spec in inputs:
-        values = [row.get(spec["column"]) for row in rows]
-        if spec["dtype"] == "string":
-            data[spec["column"]] = pd.Series(values, dtype=object)
+        values = [row.get(spec.key) for row in rows]
+        if spec.dtype == "string":
+            data[spec.key] = pd.Series(values, dtype=object)
         else:
-            data[spec["column"]] = pd.Series([np.nan if v is None else v for v in values], dtype=np.float64)
+            data[spec.key] = pd.Series([np.nan if v is None else v for v in values], dtype=np.float64)
     return pd.DataFrame(data)
 
 
-def feeds_from_table(table: Any, inputs: Sequence[dict]) -> dict[str, np.ndarray]:
-    """Input tensors for onnxruntime (Python) from a table."""
-    if _is_tensor_dict(inputs):
-        return {spec["name"]: np.asarray(table[spec["name"]], dtype=NUMPY_DTYPES[spec["dtype"]]) for spec in inputs}
-    if _is_matrix(inputs):
-        spec = inputs[0]
-        columns = spec.get("columns")
-        if hasattr(table, "iloc"):
-            table = table[columns].to_numpy() if columns else table.to_numpy()
-        return {spec["name"]: np.asarray(table, dtype=NUMPY_DTYPES[spec["dtype"]])}
-    feeds = {}
-    for spec in inputs:
-        column = table[spec["column"]]
-        if spec["dtype"] == "string":
-            values = np.array([("" if _is_missing(v) else str(v)) for v in column], dtype=object)
-        else:
-            values = column.to_numpy(dtype=NUMPY_DTYPES[spec["dtype"]], na_value=np.nan)
-        feeds[spec["name"]] = values.reshape(-1, 1)
-    return feeds
-
-
-def feature_stats(table: Any, inputs: Sequence[dict]) -> dict:
+def feature_stats(table: Any, inputs: Sequence[InputSpec], layout: str) -> dict:
     """Per-column statistics of the sample, for the demo form and later drift checks."""
     import pandas as pd
 
-    if _is_tensor_dict(inputs):
-        return {spec["name"]: _numeric_stats(pd.Series(np.asarray(table[spec["name"]], dtype=np.float64).ravel()))
+    if layout == "tensors":
+        return {spec.name: _numeric_stats(pd.Series(np.asarray(table[spec.name], dtype=np.float64).ravel()))
                 for spec in inputs}
-    if _is_matrix(inputs):
+    if layout == "matrix":
         array = np.asarray(table.to_numpy() if hasattr(table, "iloc") else table, dtype=np.float64)
         if array.ndim != 2:
             flat = array.reshape(len(array), -1)
-            return {inputs[0]["name"]: _numeric_stats(pd.Series(flat.ravel()))}
-        names = inputs[0].get("columns") or [f"x{i}" for i in range(array.shape[1])]
+            return {inputs[0].name: _numeric_stats(pd.Series(flat.ravel()))}
+        names = list(inputs[0].columns or ()) or [f"x{i}" for i in range(array.shape[1])]
         return {name: _numeric_stats(pd.Series(array[:, i])) for i, name in enumerate(names)}
     stats = {}
     for spec in inputs:
-        column = table[spec["column"]]
-        if spec["dtype"] == "string":
+        column = table[spec.key]
+        if spec.dtype == "string":
             counts = column.astype(object).where(column.notna(), None).value_counts(dropna=True)
-            stats[spec["column"]] = {
+            stats[spec.key] = {
                 "count": int(column.notna().sum()),
                 "missing": int(column.isna().sum()),
                 "frequencies": {str(k): int(v) for k, v in counts.head(50).items()},
             }
         else:
-            stats[spec["column"]] = _numeric_stats(column.astype(np.float64))
+            stats[spec.key] = _numeric_stats(column.astype(np.float64))
     return stats
 
 
@@ -197,14 +177,6 @@ def head(table: Any, n: int) -> Any:
 
 def _nested_json(array: np.ndarray) -> Any:
     return np.where(np.isnan(array), None, array).tolist()
-
-
-def _is_matrix(inputs: Sequence[dict]) -> bool:
-    return len(inputs) == 1 and "column" not in inputs[0]
-
-
-def _is_tensor_dict(inputs: Sequence[dict]) -> bool:
-    return len(inputs) > 1 and all("column" not in spec for spec in inputs)
 
 
 def _is_missing(value: Any) -> bool:

@@ -85,7 +85,7 @@ def build_site(bundle_paths: Sequence[str | Path], out: str | Path, *, fallback_
                 shutil.copy2(item, staged / item.name)
         (staged / "client").mkdir()
         shutil.copy2(CLIENT_DIR / "edgeport.js", staged / "client" / "edgeport.js")
-        formats = {b.manifest["format"] for b in bundles}
+        formats = {b.manifest.format for b in bundles}
         _copy_vendor(staged, formats)
         for bundle in bundles:
             _copy_bundle(bundle, staged / "models" / bundle.name)
@@ -98,8 +98,8 @@ def build_site(bundle_paths: Sequence[str | Path], out: str | Path, *, fallback_
         raw, gz = _precompress(staged)
         site = {
             "fallback_url": fallback_url,
-            "models": [{"name": b.name, "version": b.version, "task": b.manifest["task"], "format": b.manifest["format"],
-                        "manifest": f"models/{b.name}/{MANIFEST}", "description": b.manifest.get("description", "")}
+            "models": [{"name": b.name, "version": b.version, "task": b.manifest.task, "format": b.manifest.format,
+                        "manifest": f"models/{b.name}/{MANIFEST}", "description": ""}
                        for b in bundles],
             "headers": headers,
             "files": _file_record(staged),
@@ -128,10 +128,10 @@ def _copy_vendor(site: Path, formats: set[str]) -> None:
 def _copy_bundle(bundle: Bundle, target: Path) -> None:
     target.mkdir(parents=True)
     shutil.copy2(bundle.path / MANIFEST, target / MANIFEST)
-    for entry in bundle.manifest["files"]:
-        destination = target / entry["path"]
+    for entry in bundle.manifest.files:
+        destination = target / entry.path
         destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(bundle.path / entry["path"], destination)
+        shutil.copy2(bundle.path / entry.path, destination)
 
 
 def import_map(formats: set[str]) -> str:

@@ -94,10 +94,10 @@ def churn_model(tmp_path):
 
 def rehash_bundle(bundle_dir: Path) -> None:
     """Rewrite manifest hashes after a deliberate change, as an attacker or a sloppy script would."""
-    from edgeport.bundle import MANIFEST, write_manifest
+    from edgeport.bundle import MANIFEST, Manifest, write_manifest
 
     manifest = json.loads((bundle_dir / MANIFEST).read_text())
-    write_manifest(bundle_dir, manifest)
+    write_manifest(bundle_dir, Manifest.from_dict(manifest))
 
 
 def artifact_dir(name: str) -> Path:

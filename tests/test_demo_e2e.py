@@ -109,8 +109,8 @@ def test_blocked_wasm_falls_back_to_the_server_and_says_why(page, server):
 
 def test_low_confidence_goes_to_the_server(page, server, example_bundles):
     bundle = next(m for m in example_bundles.models if m.name == "churn").export.bundle
-    threshold = bundle.manifest["fallback"]["confidence_threshold"]
-    assert bundle.manifest["fallback"]["on_low_confidence"] == "server"
+    threshold = bundle.manifest.fallback["confidence_threshold"]
+    assert bundle.manifest.fallback["on_low_confidence"] == "server"
     golden = bundle.golden()
     unsure = [row for row, p in zip(golden["rows"], golden["outputs"]["probabilities"])
               if max(p) < threshold - 0.02 and all(v is not None for v in row.values())]

@@ -111,7 +111,7 @@ def test_keras_model_exports_and_passes_everywhere(name, target, saved, tmp_path
     model_path, sample_path = saved[name]
     result = export_model(model_path, tmp_path / "b", to=target, sample=sample_path)
     assert_parity(result.report, ("server", "node") if target == "tfjs" else ("python",))
-    manifest = result.bundle.manifest
+    manifest = result.bundle.manifest.to_dict()
     assert manifest["format"] == ("tfjs-graph" if target == "tfjs" else "onnx")
     if target == "tfjs":
         assert manifest["model_file"] == "tfjs/model.json" and manifest["server_model_file"] == "model.onnx"
@@ -125,7 +125,7 @@ def test_keras_model_exports_and_passes_everywhere(name, target, saved, tmp_path
     golden = result.bundle.golden()
     from edgeport.samples import table_from_rows
 
-    table = table_from_rows(golden["rows"][:5], manifest["inputs"])
+    table = table_from_rows(golden["rows"][:5], result.bundle.inputs, result.bundle.manifest.layout)
     x = [table[i["name"]] for i in manifest["inputs"]] if isinstance(table, dict) else table
     expected = keras.models.load_model(model_path).predict(x, verbose=0)
     role = "probabilities" if manifest["task"] == "classification" else "value"

@@ -81,7 +81,7 @@ def test_infer_matches_the_original_model(client, example_bundles):
 
 def test_bundle_files_are_served_with_their_hash_as_etag(client, example_bundles):
     bundle = next(m for m in example_bundles.models if m.name == "iris").export.bundle
-    entry = next(f for f in bundle.manifest["files"] if f["path"] == "model.onnx")
+    entry = next(f for f in bundle.manifest.to_dict()["files"] if f["path"] == "model.onnx")
     response = client.get("/bundles/iris/1/model.onnx")
     assert response.status_code == 200 and response.content == (bundle.path / "model.onnx").read_bytes()
     assert response.headers["etag"] == f'"{entry["sha256"]}"' and "max-age" in response.headers["cache-control"]
@@ -277,7 +277,7 @@ DRAIN_S = 4  # long enough to check inside it on a loaded 2-core machine
 def test_sigterm_finishes_every_request_in_flight(slow_bundle):
     # a generous inference timeout: six 1,000-row requests share two loaded cores, and this test is about the drain
     server = ServerProcess(slow_bundle.path.parent, "--drain-seconds", DRAIN_S, "--timeout", 120)
-    dtype = "FP64" if slow_bundle.inputs[0]["dtype"] == "float64" else "FP32"
+    dtype = "FP64" if slow_bundle.inputs[0].dtype == "float64" else "FP32"
     rows = np.random.default_rng(1).normal(size=(1000, 16))
     body = {"inputs": [{"name": "input", "shape": [1000, 16], "datatype": dtype, "data": rows.ravel().tolist()}]}
     sent = threading.Barrier(7)
@@ -325,7 +325,7 @@ def test_inference_past_the_timeout_is_a_503_not_a_hang(slow_bundle):
     from edgeport.server.repository import Repository
 
     client = TestClient(create_app(Repository(slow_bundle.path), timeout_s=0.01))
-    dtype = "FP64" if slow_bundle.inputs[0]["dtype"] == "float64" else "FP32"
+    dtype = "FP64" if slow_bundle.inputs[0].dtype == "float64" else "FP32"
     rows = np.zeros((1000, 16)).ravel().tolist()
     response = client.post("/v2/models/slow/infer", json={"inputs": [{"name": "input", "shape": [1000, 16], "datatype": dtype, "data": rows}]})
     assert response.status_code == 503

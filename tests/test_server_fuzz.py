@@ -70,7 +70,7 @@ def nearly_valid(draw, manifest):
 @given(data=st.data())
 def test_nearly_valid_requests_never_get_a_5xx(client, example_bundles, data):
     model = data.draw(st.sampled_from([m for m in example_bundles.models if m.name != "digits-cnn"]))
-    payload = data.draw(nearly_valid(model.export.bundle.manifest))
+    payload = data.draw(nearly_valid(model.export.bundle.manifest.to_dict()))
     response = client.post(f"/v2/models/{model.name}/infer", content=json.dumps(payload, allow_nan=True),
                            headers={"content-type": "application/json"})
     assert response.status_code < 500, (payload, response.text)

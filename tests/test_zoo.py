@@ -16,7 +16,7 @@ def test_zoo_exports_and_passes_parity(name, tmp_path):
     model_path, sample_path = save_model(model, tmp_path, name, sample)
     result = export_model(model_path, tmp_path / "bundle", sample=sample_path)
     assert_parity(result.report)
-    manifest = result.bundle.manifest
+    manifest = result.bundle.manifest.to_dict()
     assert manifest["tolerance"] == {"atol": 1e-5, "rtol": 1e-4}  # never loosened per model
     golden = result.bundle.golden()
     assert len(golden["rows"]) == min(len(sample), 256)
@@ -35,7 +35,7 @@ def test_mixed_pipeline_has_one_input_per_column_with_categories(tmp_path):
     model, sample = ZOO["mixed-churn-pipeline"]
     assert sample.isna().any().any(), "the churn sample must have missing numbers"
     model_path, sample_path = save_model(model, tmp_path, "churn", sample)
-    manifest = export_model(model_path, tmp_path / "b", sample=sample_path).bundle.manifest
+    manifest = export_model(model_path, tmp_path / "b", sample=sample_path).bundle.manifest.to_dict()
     by_name = {i["name"]: i for i in manifest["inputs"]}
     assert set(by_name) == set(sample.columns)
     assert by_name["plan"]["dtype"] == "string"
@@ -54,7 +54,7 @@ def test_matrix_sample_from_npy_and_parquet(tmp_path):
     sample.to_parquet(parquet)
     result = export_model(model_path, tmp_path / "pq", sample=parquet)
     assert_parity(result.report)
-    assert result.bundle.inputs[0]["columns"] == list(sample.columns)
+    assert list(result.bundle.inputs[0].columns) == list(sample.columns)
     npy = tmp_path / "sample.npy"
     np.save(npy, sample.to_numpy())
     assert_parity(export_model(model_path, tmp_path / "npy", sample=npy).report)

@@ -45,6 +45,7 @@ class _KerasConverter:
 
     target = ""
     quantize_modes: tuple[str, ...] = ()
+    options = ("quantize", "classes")
 
     def _prepare(self, loaded: LoadedModel, sample: Any, quantize: str | None,
                  classes: Sequence[Any] | None) -> tuple[list[dict], Any, str, list | None]:
@@ -58,6 +59,7 @@ class _KerasConverter:
     def _converted(self, loaded: LoadedModel, inputs: list[dict], table: Any, task: str, classes: list | None,
                    files: dict[str, bytes], model_file: str, fmt: str, converter: str, extra: dict) -> Converted:
         return Converted(files=files, model_file=model_file, format=fmt, task=task, inputs=inputs,
+                         layout="matrix" if len(inputs) == 1 else "tensors",
                          outputs=outputs_for(task, len(classes or []), loaded.model),
                          source=source_info(loaded.model, converter, precision="float32"),
                          tolerance=DEFAULT_TOLERANCE, table=table, classes=classes, extra=extra)
@@ -73,7 +75,7 @@ class KerasToOnnx(_KerasConverter):
     quantize_modes = ("int8",)
 
     def convert(self, loaded: LoadedModel, sample: Any, progress: Progress, quantize: str | None = None,
-                classes: Sequence[Any] | None = None, **_: Any) -> Converted:
+                classes: Sequence[Any] | None = None) -> Converted:
         inputs, table, task, classes = self._prepare(loaded, sample, quantize, classes)
         with tempfile.TemporaryDirectory(prefix="edgeport-onnx-") as tmp:
             saved = export_saved_model(loaded.model, Path(tmp) / "saved_model", progress)
@@ -98,7 +100,7 @@ class KerasToTfjs(_KerasConverter):
     verify_runtimes = ("server", "node")
 
     def convert(self, loaded: LoadedModel, sample: Any, progress: Progress, quantize: str | None = None,
-                classes: Sequence[Any] | None = None, **_: Any) -> Converted:
+                classes: Sequence[Any] | None = None) -> Converted:
         inputs, table, task, classes = self._prepare(loaded, sample, quantize, classes)
         extra: dict = {"server_model_file": "model.onnx"}
         with tempfile.TemporaryDirectory(prefix="edgeport-tfjs-") as tmp:

@@ -37,13 +37,9 @@ TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 class SklearnToOnnx:
     """scikit-learn estimator or Pipeline → one ONNX graph."""
 
-    def convert(self, loaded: LoadedModel, sample: Any, progress: Progress, quantize: str | None = None,
-                **options: Any) -> Converted:
+    def convert(self, loaded: LoadedModel, sample: Any, progress: Progress) -> Converted:
         import sklearn
 
-        if quantize:
-            raise UnsupportedModelError("--quantize applies to Keras models; scikit-learn graphs are small and "
-                                        "mostly tree or linear ops that int8 dynamic quantization does not shrink")
         model = loaded.model
         task = task_of(model)
         table, per_column = _prepare_table(model, sample)
@@ -79,6 +75,7 @@ class SklearnToOnnx:
                 task=task,
                 inputs=inputs,
                 outputs=outputs,
+                layout="columns" if per_column else "matrix",
                 source=source,
                 tolerance=DEFAULT_TOLERANCE,
                 table=table,

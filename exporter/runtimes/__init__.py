@@ -1,7 +1,8 @@
 """Runtimes that run a bundle on rows and hand back outputs keyed by role.
 
     python   onnxruntime in this process, on the bundle's ONNX model (not applicable to tfjs bundles)
-    server   onnxruntime on the artifact the fallback server runs (model.onnx, also in tfjs bundles)
+    server   the fallback server's app itself, in this process: real OIP v2 requests through its decoder,
+             onnxruntime on the artifact it serves (model.onnx, also in tfjs bundles)
     node     the JS client (web_demo/client/edgeport.js) under Node.js
     browser  the same JS client in headless Chromium, driven by playwright
 

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
+from ..bundle import OutputSpec
 from .http import BodyLimit, SecurityHeaders, error
 from .oip import (ErrorResponse, InferInputError, InferRequest, InferResponse, ModelMetadata, RequestBudget,
                   feeds_from_request, parse_request, response_outputs, tensor_metadata)
@@ -131,11 +132,12 @@ def create_app(
     def metadata(name: str, version: Optional[str] = None) -> ModelMetadata:
         model = find(name, version)
         manifest = model.bundle.manifest
+        classes = list(manifest.classes) if manifest.classes is not None else None
         return ModelMetadata(
             name=model.name, versions=sorted(repository.models[model.name]), platform="onnxruntime_onnx",
             inputs=tensor_metadata(model.bundle.inputs), outputs=tensor_metadata(model.bundle.outputs),
             # the manifest URL of this version: apps resolve the active model at run time, not in their code
-            parameters={"task": manifest["task"], "classes": manifest.get("classes"), "version": model.version,
+            parameters={"task": manifest.task, "classes": classes, "version": model.version,
                         "manifest_url": f"/bundles/{model.name}/{model.version}/manifest.json"},
         )
 
@@ -178,7 +180,7 @@ def create_app(
             metrics.observe(model, "error", started, 0, payload)
             return error(500, f"inference failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
         metrics.observe(model, "ok", started, rows, payload)
-        metrics.predictions(model, {spec["role"]: v for spec, v in zip(_specs(model, names), values)})
+        metrics.predictions(model, {spec.role: v for spec, v in zip(_specs(model, names), values)})
         response = InferResponse(model_name=model.name, model_version=model.version, id=payload.id,
                                  outputs=response_outputs(model.bundle, names, values))
         return Response(response.model_dump_json(exclude_none=True), media_type="application/json")
@@ -243,13 +245,13 @@ def create_app(
     return app
 
 
-def _specs(model: ServedModel, names: list[str]) -> list[dict]:
-    by_name = {o["name"]: o for o in model.bundle.outputs}
+def _specs(model: ServedModel, names: list[str]) -> list[OutputSpec]:
+    by_name = {o.name: o for o in model.bundle.outputs}
     return [by_name[n] for n in names]
 
 
 def _requested_outputs(model: ServedModel, payload: InferRequest) -> list[str]:
-    available = [o["name"] for o in model.bundle.outputs]
+    available = [o.name for o in model.bundle.outputs]
     if not payload.outputs:
         return available
     names = [o.name for o in payload.outputs]

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
 
-from ..bundle import Bundle
+from ..bundle import Bundle, InputSpec, OutputSpec
+from ..decoding import tensor_from_values
+from ..errors import RowValidationError
 from .metrics import FALLBACK_REASONS
 
 DATATYPE_OF = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "string": "BYTES"}
-NUMPY_OF = {"float32": np.float32, "float64": np.float64, "int64": np.int64}
 # numeric datatypes a client may send for a numeric input; values are cast to the model's dtype
 NUMERIC_DATATYPES = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 
@@ -131,8 +132,8 @@ class ModelMetadata(BaseModel):
     parameters: Optional[dict[str, Any]] = None
 
 
-def tensor_metadata(specs: list[dict]) -> list[TensorMetadata]:
-    return [TensorMetadata(name=s["name"], datatype=DATATYPE_OF[s["dtype"]], shape=[-1 if d is None else d for d in s["shape"]])
+def tensor_metadata(specs: Sequence[InputSpec | OutputSpec]) -> list[TensorMetadata]:
+    return [TensorMetadata(name=s.name, datatype=DATATYPE_OF[s.dtype], shape=[-1 if d is None else d for d in s.shape])
             for s in specs]
 
 
@@ -151,12 +152,12 @@ class RequestBudget:
 
     @classmethod
     def for_bundle(cls, bundle: Bundle, max_batch: int, max_body_bytes: int) -> RequestBudget:
-        rank = max((len(s["shape"]) for s in bundle.inputs), default=1)
+        rank = max((len(s.shape) for s in bundle.inputs), default=1)
         depth = max(4, 3 + rank) + 1  # parameters objects sit at depth 4
-        inner = [s["shape"][1:] for s in bundle.inputs]
+        inner = [s.shape[1:] for s in bundle.inputs]
         if any(d in (None, -1) for dims in inner for d in dims):  # a row's size isn't known: only the server-wide caps
             return cls(max_body_bytes, None, depth, max_batch)
-        per_row = [(math.prod(dims), s["dtype"]) for dims, s in zip(inner, bundle.inputs)]
+        per_row = [(math.prod(dims), s.dtype) for dims, s in zip(inner, bundle.inputs)]
         per_value = {"string": BYTES_PER_STRING}
         text = max_batch * sum(n * per_value.get(dtype, BYTES_PER_NUMBER) for n, dtype in per_row)
         values = max_batch * sum(n for n, _ in per_row)
@@ -219,7 +220,7 @@ def _nests_deeper(brackets: bytes, limit: int) -> bool:
 
 def feeds_from_request(bundle: Bundle, request: InferRequest, max_batch: int) -> dict[str, np.ndarray]:
     """Check every input against the manifest and build onnxruntime feeds."""
-    specs = {s["name"]: s for s in bundle.inputs}
+    specs = {s.name: s for s in bundle.inputs}
     given = [i.name for i in request.inputs]
     unknown = [n for n in given if n not in specs]
     if unknown:
@@ -241,14 +242,14 @@ def feeds_from_request(bundle: Bundle, request: InferRequest, max_batch: int) ->
     return feeds
 
 
-def _tensor(item: RequestInput, spec: dict, max_batch: int) -> np.ndarray:
-    name, dtype = item.name, spec["dtype"]
+def _tensor(item: RequestInput, spec: InputSpec, max_batch: int) -> np.ndarray:
+    name, dtype = item.name, spec.dtype
     expected = DATATYPE_OF[dtype]
     if dtype == "string" and item.datatype != "BYTES":
         raise InferInputError(f"input {name!r} has datatype {item.datatype}, expected BYTES (strings)")
     if dtype != "string" and item.datatype not in NUMERIC_DATATYPES:
         raise InferInputError(f"input {name!r} has datatype {item.datatype}, expected {expected}")
-    want = spec["shape"]
+    want = spec.shape
     if len(item.shape) != len(want):
         raise InferInputError(f"input {name!r} has shape {item.shape}, expected rank {len(want)} like "
                               f"{[-1 if d is None else d for d in want]}")
@@ -261,43 +262,10 @@ def _tensor(item: RequestInput, spec: dict, max_batch: int) -> np.ndarray:
         raise InferInputError(f"input {name!r} has no rows")
     if item.shape[0] > max_batch:
         raise InferInputError(f"input {name!r} has {item.shape[0]} rows; this server takes at most {max_batch} per request")
-    flat = _values(name, item.data, item.shape)
-    if dtype == "string":
-        bad = next((i for i, v in enumerate(flat) if not isinstance(v, str)), None)
-        if bad is not None:
-            raise InferInputError(f"input {name!r} expects strings (BYTES), got {type(flat[bad]).__name__} at index {bad}")
-        return np.array(flat, dtype=object).reshape(item.shape)
-    nullable = spec.get("nullable", False)
-    values = []
-    for index, value in enumerate(flat):
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            if not nullable or dtype == "int64":
-                raise InferInputError(f"input {name!r} has a missing value (null/NaN) at index {index}, "
-                                      "and this model does not accept missing values there")
-            values.append(math.nan)
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InferInputError(f"input {name!r} expects numbers ({expected}), got {type(value).__name__} "
-                                  f"{value!r:.40} at index {index}")
-        elif isinstance(value, float) and math.isinf(value):
-            raise InferInputError(f"input {name!r} has an infinite value at index {index}")
-        else:
-            if not _fits(value, dtype):
-                raise InferInputError(f"input {name!r} has a value at index {index} that does not fit {expected}")
-            values.append(value)
-    if dtype == "int64" and any(not float(v).is_integer() for v in values):
-        raise InferInputError(f"input {name!r} expects integers (INT64)")
-    return np.array(values, dtype=NUMPY_OF[dtype]).reshape(item.shape)
-
-
-def _fits(value: int | float, dtype: str) -> bool:
-    """A JSON number the model's dtype can hold (Python ints are unbounded; float32 tops out at 3.4e38)."""
-    if dtype == "int64":  # ints and floats alike: 1e19 is integral, and numpy raises OverflowError on it
-        return -(2**63) <= value < 2**63
     try:
-        magnitude = abs(float(value))
-    except OverflowError:
-        return False
-    return magnitude <= float(np.finfo(NUMPY_OF[dtype]).max)
+        return tensor_from_values(spec, item.shape, _values(name, item.data, item.shape))
+    except RowValidationError as exc:
+        raise InferInputError(str(exc)) from exc
 
 
 def _values(name: str, data: list, shape: list[int]) -> list:
@@ -323,11 +291,11 @@ def _values(name: str, data: list, shape: list[int]) -> list:
 
 
 def response_outputs(bundle: Bundle, names: list[str], values: list[np.ndarray]) -> list[ResponseOutput]:
-    specs = {o["name"]: o for o in bundle.outputs}
+    specs = {o.name: o for o in bundle.outputs}
     outputs = []
     for name, value in zip(names, values):
         value = np.asarray(value)
-        dtype = specs[name]["dtype"]
+        dtype = specs[name].dtype
         if dtype == "string":
             data = [v.decode() if isinstance(v, bytes) else str(v) for v in value.ravel()]
         else:

@@ -99,9 +99,10 @@ def discover(path: Path) -> list[Path]:
 
 
 def _warm_up(bundle: Bundle, session: Any) -> None:
-    """One golden row through the session at start-up, so the first user doesn't pay for lazy init."""
-    from ..samples import feeds_from_table, table_from_rows
+    """One golden row through the decoder and the session at start-up, so the first user doesn't pay for lazy
+    init."""
+    from ..decoding import feeds_from_rows
 
     rows = bundle.golden()["rows"][:1]
     if rows:
-        session.run(None, feeds_from_table(table_from_rows(rows, bundle.inputs), bundle.inputs))
+        session.run(None, feeds_from_rows(bundle.inputs, bundle.manifest.layout, rows))

@@ -24,6 +24,7 @@ from pathlib import Path
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..bundle import Manifest
 from ..errors import BundleError
 from ..media_types import content_type as media_type
 
@@ -47,11 +48,11 @@ class Snapshot:
         self.headers = headers or {}
 
     @classmethod
-    def of_bundle(cls, files: dict[str, bytes], manifest: dict) -> "Snapshot":
+    def of_bundle(cls, files: dict[str, bytes], manifest: Manifest) -> "Snapshot":
         """A bundle's verified files, and its manifest as JSON (the version pins the content)."""
-        listed = {f["path"]: f["sha256"] for f in manifest["files"]}
+        listed = {f.path: f.sha256 for f in manifest.files}
         out = {path: StaticFile(data, f'"{listed[path]}"', media_type(path)) for path, data in files.items()}
-        body = (json.dumps(manifest, indent=2) + "\n").encode()
+        body = (json.dumps(manifest.to_dict(), indent=2) + "\n").encode()
         out["manifest.json"] = StaticFile(body, etag_of(body), media_type("manifest.json"))
         return cls(out)
 

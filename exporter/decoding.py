@@ -1,0 +1,232 @@
+"""Rows, or OIP v2 tensors, into onnxruntime feeds: the one decoder every Python path uses.
+
+The python and server parity runtimes, the fallback server and its warm-up
+all go through here, and the JS client's `buildInputs` follows the same
+contract; tests/corpus/decoding.json holds both languages to it, case by case.
+
+The contract, per value of an input:
+  float32, float64, int64   a number (never a bool or a string). null (None) or NaN is a missing value:
+                            allowed only where the input is `nullable` and a float, and fed as NaN;
+                            otherwise `missing-value`. ±Inf, a float32 beyond 3.4e38, an int64 outside
+                            [-2**63, 2**63) are `range`; a non-integer for int64 is `type`.
+  string                    any string ("" and unicode included) as is; null is "" where nullable,
+                            otherwise `missing-value`; anything else is `type`. Unknown categories pass:
+                            the model decides what they mean.
+Per row, by the manifest's layout:
+  columns   an object keyed by exactly the inputs' columns (`extra-column`, `missing-column`);
+            each input is an [n, 1] tensor
+  matrix    an array, flat with prod(shape[1:]) values or nested exactly like shape[1:] (`row-length`);
+            or, where the input names its columns, an object keyed by them
+  tensors   an object keyed by exactly the input names, each value flat or nested like its shape[1:]
+Anything else is `row-type`; no rows at all is `rows`. The first error in row order wins (within a row,
+inputs in manifest order, values in row-major order), and its message names the row and the column or input.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from .bundle import InputSpec
+from .errors import RowValidationError
+
+NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "string": object}
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT64_MAX = float(np.finfo(np.float64).max)
+INT64_MIN, INT64_END = -(2**63), 2**63
+
+
+def feeds_from_rows(inputs: Sequence[InputSpec], layout: str, rows: Any) -> dict[str, np.ndarray]:
+    """onnxruntime feeds for JSON rows (see the module docstring), or RowValidationError naming the first fault."""
+    if not isinstance(rows, list) or not rows:
+        raise RowValidationError("predict takes a non-empty list of rows", code="rows")
+    if layout == "columns":
+        return _columns(inputs, rows)
+    if layout == "matrix":
+        return {inputs[0].name: _matrix(inputs[0], rows)}
+    if layout == "tensors":
+        return _tensors(inputs, rows)
+    raise RowValidationError(f"unknown layout {layout!r}", code="rows")
+
+
+def tensor_from_values(spec: InputSpec, shape: Sequence[int], flat: list) -> np.ndarray:
+    """The feed for one OIP tensor given as its flat values: names, shapes and nesting are the caller's to check
+    (server/oip.py); every value is checked here, by the same rules as rows."""
+    values = _decode(spec, flat, lambda i: f"input {spec.name!r}, value {i}")
+    return np.array(values, dtype=NUMPY_DTYPES[spec.dtype]).reshape(tuple(shape))
+
+
+# ---------------------------------------------------------------- layouts
+
+def _columns(inputs: Sequence[InputSpec], rows: list) -> dict[str, np.ndarray]:
+    keys = [spec.key for spec in inputs]
+    values: list[list] = [[] for _ in inputs]
+    for r, row in enumerate(rows):
+        _check_keys(row, r, keys, "column")
+        for spec, column in zip(inputs, values):
+            column.append(_value(spec, row[spec.key], lambda: f'row {r}, column "{spec.key}"'))
+    return {spec.name: np.array(column, dtype=NUMPY_DTYPES[spec.dtype]).reshape(len(rows), 1)
+            for spec, column in zip(inputs, values)}
+
+
+def _matrix(spec: InputSpec, rows: list) -> np.ndarray:
+    dims = _inner_dims(spec, rows)
+    flat: list = []
+    for r, row in enumerate(rows):
+        if isinstance(row, dict) and spec.columns:
+            _check_keys(row, r, list(spec.columns), "column")
+            flat.extend(_value(spec, row[c], lambda c=c: f'row {r}, column "{c}"') for c in spec.columns)
+            continue
+        if not isinstance(row, list):
+            expected = f"an array of {math.prod(dims)} numbers" + (" or an object keyed by column" if spec.columns else "")
+            raise RowValidationError(f'row {r}, input "{spec.name}": expected {expected}, got {_describe(row)}',
+                                     code="row-type", row=r, field=spec.name)
+        values = _flatten(row, dims, lambda: f'row {r}, input "{spec.name}"')
+        flat.extend(_decode(spec, values, lambda i: _where_matrix(spec, r, i)))
+    return np.array(flat, dtype=NUMPY_DTYPES[spec.dtype]).reshape(len(rows), *dims)
+
+
+def _tensors(inputs: Sequence[InputSpec], rows: list) -> dict[str, np.ndarray]:
+    dims = {spec.name: _inner_dims(spec, [row.get(spec.name) if isinstance(row, dict) else None for row in rows])
+            for spec in inputs}
+    flat: dict[str, list] = {spec.name: [] for spec in inputs}
+    keys = [spec.name for spec in inputs]
+    for r, row in enumerate(rows):
+        _check_keys(row, r, keys, "input")
+        for spec in inputs:
+            where = f'row {r}, input "{spec.name}"'
+            values = _flatten(row[spec.name], dims[spec.name], lambda: where)
+            flat[spec.name].extend(_decode(spec, values, lambda i: f"{where}, value {i}"))
+    return {spec.name: np.array(flat[spec.name], dtype=NUMPY_DTYPES[spec.dtype]).reshape(len(rows), *dims[spec.name])
+            for spec in inputs}
+
+
+def _check_keys(row: Any, r: int, keys: list[str], what: str) -> None:
+    if not isinstance(row, dict):
+        raise RowValidationError(f"row {r}: expected an object keyed by {what} ({', '.join(keys)}), got {_describe(row)}",
+                                 code="row-type", row=r)
+    known = set(keys)
+    extra = next((k for k in row if k not in known), None)
+    if extra is not None:
+        raise RowValidationError(f'row {r}: unexpected {what} "{extra}"; the model takes {", ".join(keys)}',
+                                 code="extra-column", row=r, field=str(extra))
+    missing = next((k for k in keys if k not in row), None)
+    if missing is not None:
+        raise RowValidationError(f'row {r}: missing {what} "{missing}"', code="missing-column", row=r, field=missing)
+
+
+def _inner_dims(spec: InputSpec, rows: list) -> tuple[int, ...]:
+    """shape[1:], with an unknown dimension taken from the first row that has one."""
+    dims = list(spec.shape[1:])
+    if all(isinstance(d, int) and d >= 0 for d in dims):
+        return tuple(dims)
+    level: Any = next((row for row in rows if isinstance(row, list)), [])
+    for axis, d in enumerate(dims):
+        size = len(level) if isinstance(level, list) else 1
+        if not (isinstance(d, int) and d >= 0):
+            dims[axis] = size
+        level = level[0] if isinstance(level, list) and level else None
+    return tuple(dims)
+
+
+def _flatten(value: Any, dims: tuple[int, ...], where) -> list:
+    """A row's values in row-major order: flat with prod(dims) values, or nested exactly like dims."""
+    width = math.prod(dims)
+    if not isinstance(value, list):
+        raise RowValidationError(f"{where()}: expected an array of {width} values shaped {list(dims)}, "
+                                 f"got {_describe(value)}", code="row-length")
+    if not any(isinstance(v, list) for v in value):
+        if len(value) != width:
+            raise RowValidationError(f"{where()}: expected {width} values (shape {list(dims)}), got {len(value)}",
+                                     code="row-length")
+        return value
+    level = [value]
+    for axis, size in enumerate(dims):
+        below: list = []
+        for item in level:
+            if not isinstance(item, list) or len(item) != size:
+                found = f"{len(item)} items" if isinstance(item, list) else _describe(item)
+                raise RowValidationError(f"{where()}: nested values don't match shape {list(dims)}: {found} at depth "
+                                         f"{axis}, where the shape needs an array of {size}", code="row-length")
+            below.extend(item)
+        level = below
+    if any(isinstance(v, list) for v in level):
+        raise RowValidationError(f"{where()}: values are nested deeper than shape {list(dims)}", code="row-length")
+    return level
+
+
+def _where_matrix(spec: InputSpec, r: int, i: int) -> str:
+    if spec.columns and len(spec.shape) == 2:
+        return f'row {r}, column "{spec.columns[i]}"'
+    return f'row {r}, input "{spec.name}", value {i}'
+
+
+# ---------------------------------------------------------------- values
+
+def _decode(spec: InputSpec, values: list, where) -> list:
+    """Every value checked by `_value`; where(i) names the i-th value in an error."""
+    if spec.dtype in ("float32", "float64") and all(type(v) is float for v in values):
+        # the common case, checked in bulk: finite floats in range (a NaN or an Inf takes the slow path)
+        array = np.asarray(values, dtype=np.float64)
+        limit = FLOAT32_MAX if spec.dtype == "float32" else FLOAT64_MAX
+        if np.isfinite(array).all() and (not array.size or float(np.abs(array).max()) <= limit):
+            return values
+    return [_value(spec, v, lambda i=i: where(i)) for i, v in enumerate(values)]
+
+
+def _value(spec: InputSpec, value: Any, where) -> Any:
+    dtype = spec.dtype
+    if dtype == "string":
+        if isinstance(value, str):
+            return value
+        if value is None:
+            if spec.nullable:
+                return ""
+            raise RowValidationError(f"{where()}: a value is required (string); this model does not accept missing "
+                                     "values here", code="missing-value", field=spec.key)
+        raise RowValidationError(f"{where()}: expected a string, got {_describe(value)}", code="type", field=spec.key)
+    if value is None or (type(value) is float and math.isnan(value)):
+        if spec.nullable and dtype != "int64":
+            return math.nan
+        raise RowValidationError(f"{where()}: a value is required ({dtype}); this model does not accept missing "
+                                 "values here", code="missing-value", field=spec.key)
+    if type(value) is bool or not isinstance(value, (int, float)):
+        raise RowValidationError(f"{where()}: expected a number ({dtype}), got {_describe(value)}", code="type",
+                                 field=spec.key)
+    if isinstance(value, float) and math.isinf(value):
+        raise RowValidationError(f"{where()}: an infinite value ({value}) does not fit {dtype}", code="range",
+                                 field=spec.key)
+    if dtype == "int64":
+        if isinstance(value, float) and not value.is_integer():
+            raise RowValidationError(f"{where()}: expected an integer (int64), got {value!r}", code="type",
+                                     field=spec.key)
+        if not INT64_MIN <= value < INT64_END:
+            raise RowValidationError(f"{where()}: {value} does not fit int64", code="range", field=spec.key)
+        return int(value)
+    try:
+        magnitude = abs(float(value))
+    except OverflowError:  # a Python int beyond float64
+        magnitude = math.inf
+    if magnitude > (FLOAT32_MAX if dtype == "float32" else FLOAT64_MAX):
+        raise RowValidationError(f"{where()}: {_short(value)} does not fit {dtype}", code="range", field=spec.key)
+    return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, str):
+        return f"string {_short(value)}"
+    return f"{type(value).__name__} {_short(value)}"
