@@ -19,8 +19,17 @@ export class EdgeportError extends Error {
     this.code = code;
   }
 }
-/** A row doesn't fit the manifest: a missing or extra column, or a value of the wrong type. */
-export class RowValidationError extends EdgeportError {}
+/**
+ * A row doesn't fit the manifest. `code` is one of rows, row-type, extra-column, missing-column, row-length,
+ * type, missing-value, range; `row` is the row at fault and `field` the column or input the message names.
+ */
+export class RowValidationError extends EdgeportError {
+  constructor(message, { code, cause, row, field } = {}) {
+    super(message, { code, cause });
+    this.row = row;
+    this.field = field;
+  }
+}
 /** A bundle file doesn't match the sha256 in the manifest, or can't be verified here. */
 export class IntegrityError extends EdgeportError {}
 /** The manifest, the runtime or the model could not be loaded. */
@@ -50,6 +59,7 @@ export async function loadModel(manifestUrlOrPath, options = {}) {
   } catch (err) {
     throw new LoadError(`could not read the manifest at ${manifestUrl}: ${err.message}`, { code: 'manifest', cause: err });
   }
+  manifest = upgradeManifest(manifest);
   checkManifest(manifest);
   const policy = resolvePolicy(manifest, options);
   const model = new EdgeportModel(manifest, manifestUrl, policy, options);
@@ -74,13 +84,49 @@ function resolvePolicy(manifest, options) {
   };
 }
 
+const MANIFEST_VERSION = 2;
+const LAYOUTS = ['matrix', 'columns', 'tensors'];
+const DTYPES = ['float32', 'float64', 'int64', 'string'];
+
+/**
+ * A parsed manifest in today's form (version 2). Version 1 left the layout, `nullable` and
+ * `server_model_file` implicit; this is the one place they are inferred: every other function reads
+ * `manifest.layout`. Any other version is a LoadError naming it.
+ */
+export function upgradeManifest(manifest) {
+  if (!manifest || typeof manifest !== 'object' || Array.isArray(manifest)) {
+    throw new LoadError('the manifest is not a JSON object', { code: 'manifest' });
+  }
+  const version = manifest.manifest_version;
+  if (version === MANIFEST_VERSION) return manifest;
+  if (version !== 1) {
+    throw new LoadError(`unsupported manifest_version ${JSON.stringify(version)}; this client reads versions 1 and ` +
+      `${MANIFEST_VERSION}: re-export the bundle, or use the edgeport client that came with it`, { code: 'manifest' });
+  }
+  if (!Array.isArray(manifest.inputs) || !manifest.inputs.every((i) => i && typeof i === 'object')) {
+    return { ...manifest, manifest_version: MANIFEST_VERSION }; // checkManifest says what is wrong
+  }
+  const inputs = manifest.inputs.map((input) => ({ ...input, nullable: input.nullable ?? false }));
+  const layout = inputs.some((i) => i.column !== undefined && i.column !== null) ? 'columns' : inputs.length === 1 ? 'matrix' : 'tensors';
+  return { ...manifest, manifest_version: MANIFEST_VERSION, layout, inputs,
+    server_model_file: manifest.server_model_file ?? manifest.model_file };
+}
+
 function checkManifest(manifest) {
-  if (!manifest || manifest.manifest_version !== 1) {
-    throw new LoadError(`unsupported manifest_version ${manifest?.manifest_version}; this client reads version 1`, { code: 'manifest' });
+  const fail = (what) => { throw new LoadError(`manifest ${what}`, { code: 'manifest' }); };
+  for (const field of ['name', 'version', 'format', 'task', 'layout', 'inputs', 'outputs', 'files', 'model_file', 'server_model_file']) {
+    if (manifest[field] === undefined) fail(`is missing "${field}"`);
   }
-  for (const field of ['name', 'version', 'format', 'task', 'inputs', 'outputs', 'files', 'model_file']) {
-    if (manifest[field] === undefined) throw new LoadError(`manifest is missing "${field}"`, { code: 'manifest' });
+  if (!LAYOUTS.includes(manifest.layout)) fail(`has layout ${JSON.stringify(manifest.layout)}; expected one of ${LAYOUTS.join(', ')}`);
+  const { inputs, layout } = manifest;
+  if (!Array.isArray(inputs) || inputs.length === 0) fail('has no inputs');
+  for (const input of inputs) {
+    if (typeof input?.name !== 'string' || !DTYPES.includes(input.dtype) || !Array.isArray(input.shape) || typeof input.nullable !== 'boolean') {
+      fail(`input ${JSON.stringify(input?.name)} needs a name, a dtype (${DTYPES.join(', ')}), a shape and a boolean nullable`);
+    }
   }
+  if (layout === 'matrix' && inputs.length !== 1) fail(`has layout matrix with ${inputs.length} inputs; matrix takes one`);
+  if (layout === 'columns' && inputs.some((i) => typeof i.column !== 'string')) fail('has layout columns, but not every input names its column');
 }
 
 /** Resolve a bundle-relative path against the manifest's location (URL or file path). */
@@ -139,110 +185,212 @@ export async function verifyFile(manifest, path, bytes) {
   }
 }
 
-// ---------------------------------------------------------------- tensors
+// ---------------------------------------------------------------- rows into tensors
+//
+// The decoding contract, shared with exporter/decoding.py and held by tests/corpus/decoding.json:
+//   float32/float64/int64  a number (not a boolean, string or array). null, undefined or NaN is a missing
+//                          value: NaN where the input is nullable and a float, else `missing-value`.
+//                          ±Infinity, a float32 beyond 3.4e38, an int64 outside [-2^63, 2^63): `range`;
+//                          a non-integer for int64: `type`.
+//   string                 any string as is; null/undefined is "" where nullable, else `missing-value`;
+//                          anything else `type`. Unknown categories pass: the model decides.
+// Per row, by manifest.layout: columns (an object keyed by exactly the columns), matrix (an array, flat
+// or nested exactly like shape[1:]; or an object keyed by the input's columns), tensors (an object keyed
+// by exactly the input names, each value flat or nested like its shape[1:]). The first fault in row
+// order wins; within a row, inputs in manifest order and values in row-major order.
 
 const TYPED = { float32: Float32Array, float64: Float64Array };
 const OIP_DATATYPE = { float32: 'FP32', float64: 'FP64', int64: 'INT64', string: 'BYTES' };
+const FLOAT32_MAX = 3.4028234663852886e38;
+const INT64_END = 2 ** 63; // exact as a double; int64 holds [-INT64_END, INT64_END)
 
-/** Column names the model takes, in order, with their dtypes. */
+/** Column names the model takes, in order, with their dtypes (the demo builds its form from these). */
 export function describeColumns(manifest) {
-  const inputs = manifest.inputs;
-  if (inputs.length === 1 && !inputs[0].column) {
+  const { inputs, layout } = manifest;
+  if (layout === 'matrix') {
     const [input] = inputs;
-    return (input.columns ?? []).map((name) => ({ name, dtype: input.dtype }));
+    return (input.columns ?? []).map((name) => ({ name, dtype: input.dtype, nullable: input.nullable }));
   }
-  return inputs.map((input) => ({ name: input.column ?? input.name, dtype: input.dtype, categories: input.categories }));
+  return inputs.map((input) => ({
+    name: layout === 'columns' ? input.column : input.name, dtype: input.dtype, nullable: input.nullable, categories: input.categories,
+  }));
 }
 
 /**
- * Build input tensors from rows, as `{name: {type, data, dims}}` (no runtime needed).
- * Rows are objects keyed by column, or numeric arrays for a single matrix or image input.
- * `null` in a numeric column is a missing value (NaN), allowed where the manifest marks the input `nullable`.
+ * Build input tensors from rows, as `{name: {type, data, dims}}` (no runtime needed), or throw a
+ * RowValidationError naming the first row and column at fault. `manifest` is a version-2 manifest
+ * (as loadModel holds it; see upgradeManifest).
  */
 export function buildInputs(manifest, rows) {
   if (!Array.isArray(rows) || rows.length === 0) {
-    throw new RowValidationError('predict() takes a non-empty array of rows', { code: 'rows' });
+    throw new RowValidationError(`predict() takes a non-empty array of rows, got ${describe(rows)}`, { code: 'rows' });
   }
-  const inputs = manifest.inputs;
-  if (inputs.length === 1 && !inputs[0].column) return { [inputs[0].name]: buildMatrix(inputs[0], rows) };
-  const columns = new Set(inputs.map((i) => i.column ?? i.name));
-  const feeds = {};
+  const { inputs, layout } = manifest;
+  if (layout === 'matrix') return { [inputs[0].name]: buildMatrix(inputs[0], rows) };
+  if (layout === 'columns') return buildColumns(inputs, rows);
+  if (layout === 'tensors') return buildTensors(inputs, rows);
+  throw new LoadError(`manifest layout ${JSON.stringify(layout)} is not one of ${LAYOUTS.join(', ')}; ` +
+    'read version-1 manifests with upgradeManifest', { code: 'manifest' });
+}
+
+function buildColumns(inputs, rows) {
+  const keys = inputs.map((input) => input.column ?? input.name);
+  const values = inputs.map(() => new Array(rows.length));
   rows.forEach((row, r) => {
-    if (row === null || typeof row !== 'object' || Array.isArray(row)) {
-      throw new RowValidationError(`row ${r}: expected an object keyed by column (${[...columns].join(', ')})`, { code: 'row-type' });
-    }
-    for (const key of Object.keys(row)) {
-      if (!columns.has(key)) {
-        throw new RowValidationError(`row ${r}: unexpected column "${key}"; the model takes ${[...columns].join(', ')}`, { code: 'extra-column' });
-      }
-    }
-  });
-  for (const input of inputs) {
-    const column = input.column ?? input.name;
-    rows.forEach((row, r) => {
-      if (!(column in row)) {
-        throw new RowValidationError(`row ${r}: missing ${input.column ? 'column' : 'input'} "${column}" (expected ${input.dtype})`, { code: 'missing-column' });
-      }
+    checkKeys(row, r, keys, inputs, 'column');
+    inputs.forEach((input, k) => {
+      values[k][r] = checkValue(row[keys[k]], input, () => [`row ${r}, column "${keys[k]}"`, keys[k]], r);
     });
-    if (!input.column) { // one of several tensor inputs: each row holds a (nested) array for it
-      feeds[input.name] = buildMatrix(input, rows.map((row) => row[column]));
-      continue;
-    }
-    const values = rows.map((row, r) => checkValue(row[column], input, `row ${r}, column "${column}"`));
-    feeds[input.name] = makeTensor(input.dtype, values, [rows.length, 1]);
-  }
-  return feeds;
+  });
+  return Object.fromEntries(inputs.map((input, k) => [input.name, makeTensor(input.dtype, values[k], [rows.length, 1])]));
 }
 
 function buildMatrix(input, rows) {
   const columns = input.columns ?? null;
-  const width = input.shape.slice(1).reduce((a, b) => a * (b ?? 1), 1);
+  const dims = innerDims(input, rows);
+  const byColumn = columns && dims.length === 1;
   const values = [];
   rows.forEach((row, r) => {
-    let flat;
-    if (Array.isArray(row) || ArrayBuffer.isView(row)) {
-      flat = Array.isArray(row) ? row.flat(Infinity) : Array.from(row);
-    } else if (row && typeof row === 'object' && columns) {
-      for (const key of Object.keys(row)) {
-        if (!columns.includes(key)) throw new RowValidationError(`row ${r}: unexpected column "${key}"; the model takes ${columns.join(', ')}`, { code: 'extra-column' });
+    if (isArrayLike(row)) {
+      const flat = flatten(row, dims, input.name, r);
+      for (let i = 0; i < flat.length; i++) {
+        values.push(checkValue(flat[i], input, () => (byColumn ? [`row ${r}, column "${columns[i]}"`, columns[i]]
+          : [`row ${r}, input "${input.name}", value ${i}`, input.name]), r));
       }
-      flat = columns.map((c) => {
-        if (!(c in row)) throw new RowValidationError(`row ${r}: missing column "${c}" (expected ${input.dtype})`, { code: 'missing-column' });
-        return row[c];
-      });
+    } else if (columns && isRecord(row)) {
+      checkKeys(row, r, columns, columns.map(() => input), 'column');
+      for (const c of columns) values.push(checkValue(row[c], input, () => [`row ${r}, column "${c}"`, c], r));
     } else {
-      throw new RowValidationError(`row ${r}: expected an array of ${width} numbers${columns ? ' or an object keyed by column' : ''}`, { code: 'row-type' });
+      const width = dims.reduce((a, b) => a * b, 1);
+      throw new RowValidationError(`row ${r}, input "${input.name}": expected an array of ${width} values` +
+        `${columns ? ' or an object keyed by column' : ''}, got ${describe(row)}`, { code: 'row-type', row: r, field: input.name });
     }
-    if (flat.length !== width) {
-      throw new RowValidationError(`row ${r}: expected ${width} values, got ${flat.length}`, { code: 'row-length' });
-    }
-    flat.forEach((v, i) => values.push(checkValue(v, input, `row ${r}, ${columns ? `column "${columns[i]}"` : `value ${i}`}`)));
   });
-  return makeTensor(input.dtype, values, [rows.length, ...input.shape.slice(1).map((d) => d ?? 1)]);
+  return makeTensor(input.dtype, values, [rows.length, ...dims]);
 }
 
-function checkValue(value, input, where) {
-  const dtype = input.dtype;
-  if (dtype === 'string') {
-    if (typeof value !== 'string') throw new RowValidationError(`${where}: expected a string, got ${describe(value)}`, { code: 'type' });
+function buildTensors(inputs, rows) {
+  const names = inputs.map((input) => input.name);
+  const dims = inputs.map((input) => innerDims(input, rows.map((row) => (isRecord(row) ? row[input.name] : undefined))));
+  const values = inputs.map(() => []);
+  rows.forEach((row, r) => {
+    checkKeys(row, r, names, inputs, 'input');
+    inputs.forEach((input, k) => {
+      const flat = flatten(row[input.name], dims[k], input.name, r);
+      for (let i = 0; i < flat.length; i++) {
+        values[k].push(checkValue(flat[i], input, () => [`row ${r}, input "${input.name}", value ${i}`, input.name], r));
+      }
+    });
+  });
+  return Object.fromEntries(inputs.map((input, k) => [input.name, makeTensor(input.dtype, values[k], [rows.length, ...dims[k]])]));
+}
+
+/** A plain object (not null, an array, a typed array, a Map...). */
+function isRecord(value) {
+  return Object.prototype.toString.call(value) === '[object Object]';
+}
+
+function isArrayLike(value) {
+  return Array.isArray(value) || (ArrayBuffer.isView(value) && !(value instanceof DataView));
+}
+
+/** Extra keys first, then missing ones; own keys only (a column named "constructor" is not found on the prototype). */
+function checkKeys(row, r, keys, inputs, what) {
+  if (!isRecord(row)) {
+    throw new RowValidationError(`row ${r}: expected an object keyed by ${what} (${keys.join(', ')}), got ${describe(row)}`,
+      { code: 'row-type', row: r });
+  }
+  const known = new Set(keys);
+  for (const key of Object.keys(row)) {
+    if (!known.has(key)) {
+      throw new RowValidationError(`row ${r}: unexpected ${what} "${key}"; the model takes ${keys.join(', ')}`,
+        { code: 'extra-column', row: r, field: key });
+    }
+  }
+  keys.forEach((key, k) => {
+    if (!Object.hasOwn(row, key)) {
+      throw new RowValidationError(`row ${r}: missing ${what} "${key}" (expected ${inputs[k].dtype})`, { code: 'missing-column', row: r, field: key });
+    }
+  });
+}
+
+/** shape[1:], an unknown dimension taken from the first array row (as exporter/decoding.py does). */
+function innerDims(input, rows) {
+  const dims = input.shape.slice(1);
+  const known = (d) => Number.isInteger(d) && d >= 0;
+  if (dims.every(known)) return dims;
+  let level = rows.find(isArrayLike) ?? [];
+  return dims.map((d) => {
+    const size = isArrayLike(level) ? level.length : 1;
+    level = isArrayLike(level) && level.length ? level[0] : null;
+    return known(d) ? d : size;
+  });
+}
+
+/** A row's values in row-major order: flat with prod(dims) values, or nested exactly like dims; else `row-length`. */
+function flatten(value, dims, name, r) {
+  const width = dims.reduce((a, b) => a * b, 1);
+  const fail = (why) => {
+    throw new RowValidationError(`row ${r}, input "${name}": ${why}`, { code: 'row-length', row: r, field: name });
+  };
+  if (ArrayBuffer.isView(value) && !(value instanceof DataView)) value = Array.from(value);
+  if (!Array.isArray(value)) fail(`expected an array of ${width} values shaped [${dims}], got ${describe(value)}`);
+  if (!value.some(Array.isArray)) {
+    if (value.length !== width) fail(`expected ${width} values (shape [${dims}]), got ${value.length}`);
     return value;
   }
-  if (value === null || value === undefined) {
-    if (dtype === 'int64' || input.nullable === false) {
-      throw new RowValidationError(`${where}: a value is required (${dtype}); this model does not accept missing values here`, { code: 'missing-value' });
+  let level = [value];
+  dims.forEach((size, axis) => {
+    const below = [];
+    for (const item of level) {
+      if (!Array.isArray(item) || item.length !== size) {
+        fail(`nested values don't match shape [${dims}]: ${Array.isArray(item) ? `${item.length} items` : describe(item)} ` +
+          `at depth ${axis}, where the shape needs an array of ${size}`);
+      }
+      for (const v of item) below.push(v);
     }
-    return NaN;
+    level = below;
+  });
+  if (level.some(Array.isArray)) fail(`values are nested deeper than shape [${dims}]`);
+  return level;
+}
+
+/** One value, decoded by the contract above; `where()` gives [the message prefix, the column or input it names]. */
+function checkValue(value, input, where, r) {
+  const { dtype } = input;
+  const fail = (code, why) => {
+    const [prefix, field] = where();
+    throw new RowValidationError(`${prefix}: ${why}`, { code, row: r, field });
+  };
+  if (dtype === 'string') {
+    if (typeof value === 'string') return value;
+    if (value === null || value === undefined) {
+      if (input.nullable === true) return '';
+      fail('missing-value', 'a value is required (string); this model does not accept missing values here');
+    }
+    fail('type', `expected a string, got ${describe(value)}`);
   }
-  if (typeof value !== 'number') throw new RowValidationError(`${where}: expected a number (${dtype}), got ${describe(value)}`, { code: 'type' });
-  if (!Number.isFinite(value) || (dtype === 'float32' && Math.abs(value) > 3.4028234663852886e38)) {
-    throw new RowValidationError(`${where}: ${value} does not fit ${dtype}`, { code: 'range' });
+  if (value === null || value === undefined || Number.isNaN(value)) {
+    if (input.nullable === true && dtype !== 'int64') return NaN;
+    fail('missing-value', `a value is required (${dtype}); this model does not accept missing values here`);
   }
-  if (dtype === 'int64' && !Number.isInteger(value)) throw new RowValidationError(`${where}: expected an integer (int64), got ${value}`, { code: 'type' });
+  if (typeof value !== 'number') fail('type', `expected a number (${dtype}), got ${describe(value)}`);
+  if (!Number.isFinite(value)) fail('range', `an infinite value (${value}) does not fit ${dtype}`);
+  if (dtype === 'int64') {
+    if (!Number.isInteger(value)) fail('type', `expected an integer (int64), got ${value}`);
+    if (value < -INT64_END || value >= INT64_END) fail('range', `${value} does not fit int64`);
+  } else if (dtype === 'float32' && Math.abs(value) > FLOAT32_MAX) {
+    fail('range', `${value} does not fit float32`);
+  }
   return value;
 }
 
 function describe(value) {
-  return value === null ? 'null' : Array.isArray(value) ? 'an array' : `${typeof value} ${JSON.stringify(value)}`;
+  if (value === null || value === undefined) return String(value);
+  if (Array.isArray(value)) return 'an array';
+  if (typeof value === 'object') return 'an object';
+  const text = typeof value === 'string' ? JSON.stringify(value) : typeof value === 'bigint' ? `${value}n` : String(value);
+  return `${typeof value} ${text.length > 40 ? `${text.slice(0, 37)}...` : text}`;
 }
 
 function makeTensor(dtype, values, dims) {
@@ -473,13 +621,18 @@ export class EdgeportModel {
   async release() { await this.backend?.release(); }
 }
 
-/** An OIP v2 infer request body for built inputs. */
+/**
+ * An OIP v2 infer request body for inputs from buildInputs: the decoded values, so the server sees what the
+ * browser would have run. JSON has no NaN: a missing float goes as null; a missing nullable string is already "".
+ */
 export function toInferRequest(manifest, inputs, parameters) {
   return {
     ...(parameters ? { parameters } : {}),
     inputs: manifest.inputs.map((spec) => {
       const t = inputs[spec.name];
-      const data = spec.dtype === 'int64' ? Array.from(t.data, Number) : Array.from(t.data, (v) => (Number.isNaN(v) ? null : v));
+      const data = spec.dtype === 'string' ? Array.from(t.data)
+        : spec.dtype === 'int64' ? Array.from(t.data, Number) // exact: every int64 came from a JS number
+          : Array.from(t.data, (v) => (Number.isNaN(v) ? null : v));
       return { name: spec.name, shape: t.dims, datatype: OIP_DATATYPE[spec.dtype], data };
     }),
     outputs: manifest.outputs.map((o) => ({ name: o.name })),

@@ -8,58 +8,26 @@ import path from 'node:path';
 import { test } from 'node:test';
 
 import {
-  buildInputs, IntegrityError, loadModel, RowValidationError, ServerError, toInferRequest, toResults, verifyFile,
+  buildInputs, describeColumns, IntegrityError, LoadError, loadModel, RowValidationError, ServerError, toInferRequest, toResults,
+  upgradeManifest, verifyFile,
 } from '../client/edgeport.js';
 
 const matrix = {
+  manifest_version: 2, layout: 'matrix',
   inputs: [{ name: 'input', dtype: 'float32', shape: [null, 3], columns: ['a', 'b', 'c'], nullable: false }],
   outputs: [{ name: 'label', dtype: 'int64', shape: [null], role: 'label' },
     { name: 'probabilities', dtype: 'float32', shape: [null, 2], role: 'probabilities' }],
 };
 const mixed = {
+  manifest_version: 2, layout: 'columns',
   inputs: [
     { name: 'age', column: 'age', dtype: 'float64', shape: [null, 1], nullable: true },
-    { name: 'plan', column: 'plan', dtype: 'string', shape: [null, 1], categories: ['basic', 'premium'] },
-    { name: 'visits', column: 'visits', dtype: 'int64', shape: [null, 1] },
+    { name: 'plan', column: 'plan', dtype: 'string', shape: [null, 1], categories: ['basic', 'premium'], nullable: false },
+    { name: 'visits', column: 'visits', dtype: 'int64', shape: [null, 1], nullable: false },
   ],
   outputs: [{ name: 'value', dtype: 'float64', shape: [null, 1], role: 'value' }],
 };
-
-test('a matrix input takes numeric arrays or objects keyed by column', () => {
-  const fromArrays = buildInputs(matrix, [[1, 2, 3], [4, 5, 6]]).input;
-  assert.deepEqual(fromArrays.dims, [2, 3]);
-  assert.ok(fromArrays.data instanceof Float32Array);
-  assert.deepEqual(Array.from(fromArrays.data), [1, 2, 3, 4, 5, 6]);
-  const fromObjects = buildInputs(matrix, [{ c: 3, a: 1, b: 2 }]).input;
-  assert.deepEqual(Array.from(fromObjects.data), [1, 2, 3], 'objects are reordered to the manifest columns');
-});
-
-test('per-column inputs get their dtype: float64, string, int64 as BigInt; null is NaN', () => {
-  const feeds = buildInputs(mixed, [{ age: 31.5, plan: 'basic', visits: 3 }, { age: null, plan: 'premium', visits: 0 }]);
-  assert.ok(feeds.age.data instanceof Float64Array);
-  assert.deepEqual(feeds.age.dims, [2, 1]);
-  assert.equal(feeds.age.data[0], 31.5);
-  assert.ok(Number.isNaN(feeds.age.data[1]));
-  assert.deepEqual(feeds.plan, { type: 'string', data: ['basic', 'premium'], dims: [2, 1] });
-  assert.ok(feeds.visits.data instanceof BigInt64Array);
-  assert.equal(feeds.visits.data[0], 3n);
-});
-
-test('image inputs accept nested arrays and flatten them', () => {
-  const image = { inputs: [{ name: 'pixels', dtype: 'float32', shape: [null, 2, 2, 1] }], outputs: [] };
-  const t = buildInputs(image, [[[[1], [2]], [[3], [4]]]]).pixels;
-  assert.deepEqual(t.dims, [1, 2, 2, 1]);
-  assert.deepEqual(Array.from(t.data), [1, 2, 3, 4]);
-});
-
-test('several tensor inputs take one (nested) array per input in each row', () => {
-  const twoInputs = { inputs: [{ name: 'left', dtype: 'float32', shape: [null, 2] }, { name: 'right', dtype: 'float32', shape: [null, 3] }], outputs: [] };
-  const feeds = buildInputs(twoInputs, [{ left: [1, 2], right: [3, 4, 5] }, { left: [6, 7], right: [8, 9, 10] }]);
-  assert.deepEqual(feeds.left.dims, [2, 2]);
-  assert.deepEqual(Array.from(feeds.right.data), [3, 4, 5, 8, 9, 10]);
-  assert.throws(() => buildInputs(twoInputs, [{ left: [1, 2] }]), /missing input "right"/);
-  assert.throws(() => buildInputs(twoInputs, [{ left: [1], right: [3, 4, 5] }]), /expected 2 values, got 1/);
-});
+// Row decoding itself (every layout, dtype and fault) is held by tests/corpus/decoding.json: test/decoding.test.mjs.
 
 test('bad rows name the row, the column and the expected type', () => {
   const cases = [
@@ -68,17 +36,40 @@ test('bad rows name the row, the column and the expected type', () => {
     [mixed, [{ age: '31', plan: 'basic', visits: 1 }], /row 0, column "age": expected a number \(float64\), got string "31"/],
     [mixed, [{ age: 1, plan: 7, visits: 1 }], /column "plan": expected a string, got number 7/],
     [mixed, [{ age: 1, plan: 'basic', visits: 1.5 }], /column "visits": expected an integer/],
-    [mixed, [[1, 2, 3]], /row 0: expected an object keyed by column/],
-    [matrix, [[1, 2]], /row 0: expected 3 values, got 2/],
+    [mixed, [[1, 2, 3]], /row 0: expected an object keyed by column \(age, plan, visits\), got an array/],
+    [matrix, [[1, 2]], /row 0, input "input": expected 3 values \(shape \[3\]\), got 2/],
     [matrix, [{ a: 1, b: 2 }], /row 0: missing column "c"/],
     [matrix, [], /non-empty array/],
-    [matrix, [[1, null, 3]], /does not accept missing values/],
-    [matrix, [[1, Infinity, 3]], /Infinity does not fit float32/],
-    [matrix, [[1, 1e39, 3]], /does not fit float32/],
+    [matrix, [[1, null, 3]], /row 0, column "b": .*does not accept missing values/],
+    [matrix, [[1, Infinity, 3]], /an infinite value \(Infinity\) does not fit float32/],
+    [matrix, [[1, 1e39, 3]], /1e\+39 does not fit float32/],
   ];
   for (const [manifest, rows, message] of cases) {
     assert.throws(() => buildInputs(manifest, rows), (err) => err instanceof RowValidationError && message.test(err.message));
   }
+});
+
+test('version 1 manifests are upgraded in one place: layout inferred, nullable false, server_model_file = model_file', () => {
+  const v1 = (inputs) => ({ manifest_version: 1, model_file: 'model.onnx', inputs });
+  const one = upgradeManifest(v1([{ name: 'input', dtype: 'float32', shape: [null, 3] }]));
+  assert.deepEqual([one.manifest_version, one.layout, one.inputs[0].nullable, one.server_model_file], [2, 'matrix', false, 'model.onnx']);
+  const several = upgradeManifest(v1([{ name: 'a', dtype: 'float32', shape: [null, 2] }, { name: 'b', dtype: 'float32', shape: [null, 2], nullable: true }]));
+  assert.deepEqual([several.layout, several.inputs.map((i) => i.nullable)], ['tensors', [false, true]]);
+  const columns = upgradeManifest({ ...v1([{ name: 'age', column: 'age', dtype: 'float64', shape: [null, 1] }]), server_model_file: 'server.onnx' });
+  assert.deepEqual([columns.layout, columns.server_model_file], ['columns', 'server.onnx']);
+  assert.equal(upgradeManifest(mixed), mixed, 'version 2 is read as it is');
+  for (const version of [3, 0, '2', undefined]) {
+    assert.throws(() => upgradeManifest({ ...mixed, manifest_version: version }),
+      (err) => err instanceof LoadError && err.message.includes(`manifest_version ${JSON.stringify(version)}`));
+  }
+});
+
+test('describeColumns reads the layout: matrix columns, columns by column, tensors by input name', () => {
+  assert.deepEqual(describeColumns(matrix).map((c) => [c.name, c.dtype, c.nullable]), [['a', 'float32', false], ['b', 'float32', false], ['c', 'float32', false]]);
+  assert.deepEqual(describeColumns(mixed).map((c) => [c.name, c.dtype, c.nullable, c.categories]),
+    [['age', 'float64', true, undefined], ['plan', 'string', false, ['basic', 'premium']], ['visits', 'int64', false, undefined]]);
+  const tensors = { layout: 'tensors', inputs: [{ name: 'left', dtype: 'float32', shape: [null, 2], nullable: false }, { name: 'right', dtype: 'int64', shape: [null, 1], nullable: false }] };
+  assert.deepEqual(describeColumns(tensors).map((c) => c.name), ['left', 'right']);
 });
 
 test('results: labels from BigInt, probabilities per row, confidence is the max', () => {
@@ -100,13 +91,13 @@ test('an OIP v2 request carries names, shapes, datatypes and null for missing nu
   assert.deepEqual(request.outputs, [{ name: 'value' }]);
 });
 
-async function writeBundle(modelBytes, { tamper = false } = {}) {
+async function writeBundle(modelBytes, { tamper = false, manifest: changes = {} } = {}) {
   const dir = await mkdtemp(path.join(tmpdir(), 'edgeport-client-'));
   const sha = createHash('sha256').update(modelBytes).digest('hex');
   await writeFile(path.join(dir, 'model.onnx'), tamper ? Buffer.concat([modelBytes, Buffer.from([0])]) : modelBytes);
-  const manifest = { manifest_version: 1, name: 'm', version: '1', format: 'onnx', task: 'regression', model_file: 'model.onnx',
-    files: [{ path: 'model.onnx', bytes: modelBytes.length, sha256: sha }], ...mixed,
-    fallback: { confidence_threshold: 0.5, on_low_confidence: 'server', timeout_ms: 2000, url: null } };
+  const manifest = { ...mixed, name: 'm', version: '1', format: 'onnx', task: 'regression', model_file: 'model.onnx',
+    server_model_file: 'model.onnx', files: [{ path: 'model.onnx', bytes: modelBytes.length, sha256: sha }],
+    fallback: { confidence_threshold: 0.5, on_low_confidence: 'server', timeout_ms: 2000, url: null }, ...changes };
   await writeFile(path.join(dir, 'manifest.json'), JSON.stringify(manifest));
   return { dir, manifest };
 }
@@ -117,6 +108,30 @@ test('verifyFile accepts the right bytes and refuses changed ones', async () => 
   await verifyFile(manifest, 'model.onnx', bytes);
   await assert.rejects(verifyFile(manifest, 'model.onnx', new TextEncoder().encode('model bytez')),
     (err) => err instanceof IntegrityError && /failed its integrity check/.test(err.message));
+});
+
+test('loadModel refuses a manifest of another version, or one that breaks the layout rules, naming the fault', async () => {
+  const refusals = [
+    [{ manifest_version: 3 }, /unsupported manifest_version 3/],
+    [{ layout: undefined }, /missing "layout"/],
+    [{ layout: 'rows' }, /layout "rows"/],
+    [{ layout: 'matrix' }, /layout matrix with 3 inputs/],
+    [{ inputs: mixed.inputs.map(({ nullable, ...input }) => input) }, /boolean nullable/],
+  ];
+  for (const [changes, message] of refusals) {
+    const { dir } = await writeBundle(Buffer.from('x'), { manifest: changes });
+    await assert.rejects(loadModel(path.join(dir, 'manifest.json'), { ort: fakeOrt() }),
+      (err) => err instanceof LoadError && err.code === 'manifest' && message.test(err.message), JSON.stringify(changes));
+  }
+});
+
+test('a version 1 bundle loads, and the model holds its upgraded manifest', async () => {
+  const { dir } = await writeBundle(Buffer.from('x'), { manifest: { manifest_version: 1, layout: undefined, server_model_file: undefined,
+    inputs: mixed.inputs.map(({ nullable, ...input }) => (nullable ? { ...input, nullable } : input)) } }); // undefined: left out
+  const model = await loadModel(path.join(dir, 'manifest.json'), { ort: fakeOrt(), fallbackUrl: '' });
+  assert.deepEqual([model.manifest.manifest_version, model.manifest.layout, model.manifest.server_model_file], [2, 'columns', 'model.onnx']);
+  assert.deepEqual(model.manifest.inputs.map((i) => i.nullable), [true, false, false]);
+  assert.deepEqual((await model.predict(ROW)).map((r) => r.value), [1.5]);
 });
 
 test('loadModel refuses a model file that fails its hash, before any session is created', async () => {
