@@ -1,13 +1,17 @@
 // Types for edgeport.js, the edgeport JS client.
 
 export type DType = 'float32' | 'float64' | 'int64' | 'string';
-export type Row = Record<string, number | string | null> | ArrayLike<number | null> | unknown[];
+/** How rows map to inputs: one matrix input, one [n, 1] input per column, or several named tensor inputs. */
+export type Layout = 'matrix' | 'columns' | 'tensors';
+/** A row: an object keyed by column (columns, or a matrix input with columns), an array nested like the input's
+ * shape[1:] or flat (matrix), or an object of such arrays keyed by input name (tensors). null is a missing value. */
+export type Row = Record<string, number | string | null | undefined | unknown[]> | ArrayLike<number | string | null> | unknown[];
 
-export interface ManifestInput { name: string; dtype: DType; shape: (number | null)[]; column?: string; columns?: string[]; categories?: (string | number)[]; nullable?: boolean; }
+export interface ManifestInput { name: string; dtype: DType; shape: (number | null)[]; nullable: boolean; column?: string; columns?: string[]; categories?: (string | number)[]; }
 export interface ManifestOutput { name: string; dtype: DType; shape: (number | null)[]; role: 'label' | 'probabilities' | 'value'; }
 export interface Manifest {
-  manifest_version: 1; name: string; version: string; format: 'onnx' | 'tfjs-graph'; task: 'classification' | 'regression';
-  model_file: string; inputs: ManifestInput[]; outputs: ManifestOutput[]; classes?: (string | number | boolean)[];
+  manifest_version: 2; name: string; version: string; format: 'onnx' | 'tfjs-graph'; task: 'classification' | 'regression';
+  layout: Layout; model_file: string; server_model_file: string; inputs: ManifestInput[]; outputs: ManifestOutput[]; classes?: (string | number | boolean)[];
   files: { path: string; bytes: number; sha256: string }[];
   feature_stats: Record<string, unknown>; tolerance: { atol: number; rtol: number };
   fallback: { confidence_threshold: number; on_low_confidence: 'server' | 'abstain'; timeout_ms?: number; url?: string | null };
@@ -51,7 +55,12 @@ export interface LoadOptions {
 }
 
 export declare class EdgeportError extends Error { code: string; }
-export declare class RowValidationError extends EdgeportError {}
+export type RowValidationCode = 'rows' | 'row-type' | 'extra-column' | 'missing-column' | 'row-length' | 'type' | 'missing-value' | 'range';
+export declare class RowValidationError extends EdgeportError {
+  code: RowValidationCode;
+  row?: number;     // the row at fault (absent for 'rows')
+  field?: string;   // the column or input the message names, where one is at fault
+}
 export declare class IntegrityError extends EdgeportError {}
 export declare class LoadError extends EdgeportError {}
 export declare class InferenceError extends EdgeportError {}
@@ -60,7 +69,7 @@ export declare class ServerError extends EdgeportError {}
 export declare class EdgeportModel {
   readonly manifest: Manifest;
   readonly classes: (string | number | boolean)[] | null;
-  readonly columns: { name: string; dtype: DType; categories?: (string | number)[] }[];
+  readonly columns: ColumnInfo[];
   /** Why the model could not run locally, if it falls back for every call. */
   localError: EdgeportError | null;
   predict(rows: Row[]): Promise<Prediction[]>;
@@ -69,7 +78,10 @@ export declare class EdgeportModel {
 
 export declare function loadModel(manifestUrlOrPath: string | URL, options?: LoadOptions): Promise<EdgeportModel>;
 export declare function buildInputs(manifest: Manifest, rows: Row[]): Record<string, { type: DType; data: ArrayLike<unknown>; dims: number[] }>;
-export declare function describeColumns(manifest: Manifest): { name: string; dtype: DType; categories?: (string | number)[] }[];
+export interface ColumnInfo { name: string; dtype: DType; nullable: boolean; categories?: (string | number)[]; }
+export declare function describeColumns(manifest: Manifest): ColumnInfo[];
+/** A parsed manifest as version 2: version 1 upgraded (layout inferred, nullable false, server_model_file = model_file). */
+export declare function upgradeManifest(manifest: unknown): Manifest;
 export declare function verifyFile(manifest: Manifest, path: string, bytes: Uint8Array): Promise<void>;
 export declare function sha256Hex(bytes: Uint8Array): Promise<string>;
 export declare function toInferRequest(manifest: Manifest, inputs: ReturnType<typeof buildInputs>, parameters?: Record<string, unknown>): object;
