@@ -183,6 +183,13 @@ def serve(
     allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Serve bundles whose parity check failed or never finished."),
 ) -> None:
     """Serve the demo site, the bundle files and the Open Inference Protocol v2 fallback endpoint."""
+    from edgeport.extras import require
+
+    try:
+        for module in ("fastapi", "uvicorn"):
+            require(module, "serve", "edgeport serve")
+    except Exception as exc:
+        _fail(exc)
     from edgeport.serving import serve_forever
 
     try:
@@ -235,6 +242,22 @@ def quickstart(
         raise
     except Exception as exc:
         _fail(exc)
+
+
+@app.command("install-js")
+def install_js(
+    directory: Optional[Path] = typer.Option(None, "--dir", help="Install here instead (an empty directory gets a copy of web_demo first)."),
+) -> None:
+    """Install the JS runtime packages (npm ci) that the node and browser runtimes and demo sites need."""
+    from edgeport.webassets import install_js_packages
+
+    try:
+        result = install_js_packages(directory, progress=_progress)
+    except Exception as exc:
+        _fail(exc)
+    typer.echo(f"installed the JS runtime packages in {result.directory / 'node_modules'} ({result.seconds:.0f}s)")
+    if not result.default:
+        typer.echo(f"edgeport uses them when EDGEPORT_WEB_DEMO={result.directory} is set")
 
 
 def _announce(url: str) -> None:

@@ -15,6 +15,7 @@ from typing import Sequence
 
 from ..bundle import Bundle
 from ..errors import RuntimeFailedError, RuntimeUnavailableError
+from ..extras import require
 from ..loopback import Mount, serve
 from ..webassets import (CLIENT_DIR, ORT_BROWSER_FILES, ORT_DIST, TFJS_BROWSER_FILES, TFJS_DIST, WEB_DEMO,
                          require_chromium, require_js_packages)
@@ -66,6 +67,7 @@ def mounts_for(bundle_dir) -> dict[str, Mount]:
 def run(bundle: Bundle, rows: list, *, block: Sequence[str] = (), timeout_s: float = DEFAULT_TIMEOUT_S,
         harness: str = "/harness/index.html") -> RuntimeOutput:
     """Run `rows` through the client in Chromium. `block` lists URL globs to abort (for failure tests)."""
+    require("playwright.sync_api", "browser", "the browser runtime (check -r browser)")
     require_js_packages()
     require_chromium()
     from playwright.sync_api import Error as PlaywrightError
