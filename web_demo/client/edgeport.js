@@ -239,7 +239,7 @@ function buildColumns(inputs, rows) {
   rows.forEach((row, r) => {
     checkKeys(row, r, keys, inputs, 'column');
     inputs.forEach((input, k) => {
-      values[k][r] = checkValue(row[keys[k]], input, () => [`row ${r}, column "${keys[k]}"`, keys[k]], r);
+      values[k][r] = checkValue(row[keys[k]], input, r, keys[k]);
     });
   });
   return Object.fromEntries(inputs.map((input, k) => [input.name, makeTensor(input.dtype, values[k], [rows.length, 1])]));
@@ -254,12 +254,11 @@ function buildMatrix(input, rows) {
     if (isArrayLike(row)) {
       const flat = flatten(row, dims, input.name, r);
       for (let i = 0; i < flat.length; i++) {
-        values.push(checkValue(flat[i], input, () => (byColumn ? [`row ${r}, column "${columns[i]}"`, columns[i]]
-          : [`row ${r}, input "${input.name}", value ${i}`, input.name]), r));
+        values.push(byColumn ? checkValue(flat[i], input, r, columns[i]) : checkValue(flat[i], input, r, input.name, i));
       }
     } else if (columns && isRecord(row)) {
       checkKeys(row, r, columns, columns.map(() => input), 'column');
-      for (const c of columns) values.push(checkValue(row[c], input, () => [`row ${r}, column "${c}"`, c], r));
+      for (const c of columns) values.push(checkValue(row[c], input, r, c));
     } else {
       const width = dims.reduce((a, b) => a * b, 1);
       throw new RowValidationError(`row ${r}, input "${input.name}": expected an array of ${width} values` +
@@ -278,7 +277,7 @@ function buildTensors(inputs, rows) {
     inputs.forEach((input, k) => {
       const flat = flatten(row[input.name], dims[k], input.name, r);
       for (let i = 0; i < flat.length; i++) {
-        values[k].push(checkValue(flat[i], input, () => [`row ${r}, input "${input.name}", value ${i}`, input.name], r));
+        values[k].push(checkValue(flat[i], input, r, input.name, i));
       }
     });
   });
@@ -355,34 +354,38 @@ function flatten(value, dims, name, r) {
   return level;
 }
 
-/** One value, decoded by the contract above; `where()` gives [the message prefix, the column or input it names]. */
-function checkValue(value, input, where, r) {
+/**
+ * One value of row `r`, decoded by the contract above. An error names `field`: a column, or (with the value's
+ * index `i` in row-major order) an input.
+ */
+function checkValue(value, input, r, field, i) {
   const { dtype } = input;
-  const fail = (code, why) => {
-    const [prefix, field] = where();
-    throw new RowValidationError(`${prefix}: ${why}`, { code, row: r, field });
-  };
   if (dtype === 'string') {
     if (typeof value === 'string') return value;
     if (value === null || value === undefined) {
       if (input.nullable === true) return '';
-      fail('missing-value', 'a value is required (string); this model does not accept missing values here');
+      throw valueError('missing-value', 'a value is required (string); this model does not accept missing values here', r, field, i);
     }
-    fail('type', `expected a string, got ${describe(value)}`);
+    throw valueError('type', `expected a string, got ${describe(value)}`, r, field, i);
   }
   if (value === null || value === undefined || Number.isNaN(value)) {
     if (input.nullable === true && dtype !== 'int64') return NaN;
-    fail('missing-value', `a value is required (${dtype}); this model does not accept missing values here`);
+    throw valueError('missing-value', `a value is required (${dtype}); this model does not accept missing values here`, r, field, i);
   }
-  if (typeof value !== 'number') fail('type', `expected a number (${dtype}), got ${describe(value)}`);
-  if (!Number.isFinite(value)) fail('range', `an infinite value (${value}) does not fit ${dtype}`);
+  if (typeof value !== 'number') throw valueError('type', `expected a number (${dtype}), got ${describe(value)}`, r, field, i);
+  if (!Number.isFinite(value)) throw valueError('range', `an infinite value (${value}) does not fit ${dtype}`, r, field, i);
   if (dtype === 'int64') {
-    if (!Number.isInteger(value)) fail('type', `expected an integer (int64), got ${value}`);
-    if (value < -INT64_END || value >= INT64_END) fail('range', `${value} does not fit int64`);
+    if (!Number.isInteger(value)) throw valueError('type', `expected an integer (int64), got ${value}`, r, field, i);
+    if (value < -INT64_END || value >= INT64_END) throw valueError('range', `${value} does not fit int64`, r, field, i);
   } else if (dtype === 'float32' && Math.abs(value) > FLOAT32_MAX) {
-    fail('range', `${value} does not fit float32`);
+    throw valueError('range', `${value} does not fit float32`, r, field, i);
   }
   return value;
+}
+
+function valueError(code, why, r, field, i) {
+  const where = i === undefined ? `row ${r}, column "${field}"` : `row ${r}, input "${field}", value ${i}`;
+  return new RowValidationError(`${where}: ${why}`, { code, row: r, field });
 }
 
 function describe(value) {
