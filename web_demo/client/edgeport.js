@@ -223,7 +223,8 @@ export function describeColumns(manifest) {
  */
 export function buildInputs(manifest, rows) {
   if (!Array.isArray(rows) || rows.length === 0) {
-    throw new RowValidationError(`predict() takes a non-empty array of rows, got ${describe(rows)}`, { code: 'rows' });
+    const got = Array.isArray(rows) ? 'an empty array' : describe(rows);
+    throw new RowValidationError(`predict() takes a non-empty array of rows, got ${got}`, { code: 'rows' });
   }
   const { inputs, layout } = manifest;
   if (layout === 'matrix') return { [inputs[0].name]: buildMatrix(inputs[0], rows) };
