@@ -171,3 +171,23 @@ def example_bundles(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("examples")
     return run_quickstart(root, runtimes=("python",))
+
+
+@pytest.fixture(scope="session")
+def zoo_export(tmp_path_factory):
+    """zoo_export(name) -> (model, sample, ExportResult): each zoo model exported once per session (python
+    parity), so test_zoo and the node and browser runs read the same bundles. Readers never modify them."""
+    from edgeport.export import export_model
+    from zoo import zoo
+
+    root = tmp_path_factory.mktemp("zoo")
+    done = {}
+
+    def export(name):
+        if name not in done:
+            model, sample = zoo()[name]
+            model_path, sample_path = save_model(model, root, name, sample)
+            done[name] = (model, sample, export_model(model_path, root / f"{name}-bundle", sample=sample_path))
+        return done[name]
+
+    return export

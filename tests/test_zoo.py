@@ -9,12 +9,8 @@ ZOO = zoo()
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))
-def test_zoo_exports_and_passes_parity(name, tmp_path):
-    from edgeport.export import export_model
-
-    model, sample = ZOO[name]
-    model_path, sample_path = save_model(model, tmp_path, name, sample)
-    result = export_model(model_path, tmp_path / "bundle", sample=sample_path)
+def test_zoo_exports_and_passes_parity(name, zoo_export):
+    model, sample, result = zoo_export(name)
     assert_parity(result.report)
     manifest = result.bundle.manifest.to_dict()
     assert manifest["tolerance"] == {"atol": 1e-5, "rtol": 1e-4}  # never loosened per model
@@ -29,13 +25,10 @@ def test_zoo_exports_and_passes_parity(name, tmp_path):
         np.testing.assert_allclose(np.ravel(golden["outputs"]["value"]), model.predict(head), rtol=1e-12)
 
 
-def test_mixed_pipeline_has_one_input_per_column_with_categories(tmp_path):
-    from edgeport.export import export_model
-
-    model, sample = ZOO["mixed-churn-pipeline"]
+def test_mixed_pipeline_has_one_input_per_column_with_categories(zoo_export):
+    _, sample, result = zoo_export("mixed-churn-pipeline")
     assert sample.isna().any().any(), "the churn sample must have missing numbers"
-    model_path, sample_path = save_model(model, tmp_path, "churn", sample)
-    manifest = export_model(model_path, tmp_path / "b", sample=sample_path).bundle.manifest.to_dict()
+    manifest = result.bundle.manifest.to_dict()
     by_name = {i["name"]: i for i in manifest["inputs"]}
     assert set(by_name) == set(sample.columns)
     assert by_name["plan"]["dtype"] == "string"

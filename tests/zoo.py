@@ -1,9 +1,13 @@
 """The estimator zoo: small seeded models on datasets scikit-learn ships. Shared by tests and bench."""
 from __future__ import annotations
 
+import functools
 
+
+@functools.cache
 def zoo() -> dict:
-    """name -> (fitted model, sample DataFrame). Deterministic; about a second to build."""
+    """name -> (fitted model, sample DataFrame). Deterministic; about a second to build, so built once per
+    process: callers read the models and never refit them."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris, load_wine
     from sklearn.ensemble import (GradientBoostingClassifier, GradientBoostingRegressor, HistGradientBoostingClassifier,
