@@ -178,7 +178,7 @@ def _input_specs(model: Any, table: Any, per_column: bool, precision: str) -> li
 
 
 def _mark_nullable(model: Any, table: Any, inputs: list[dict]) -> None:
-    """Record, per numeric input, whether the ORIGINAL model accepts a missing value there.
+    """Record, per input, whether the ORIGINAL model accepts a missing value there.
 
     Asked of the model itself (one sample row with the value knocked out), so an imputer, a
     HistGradientBoosting model's native NaN handling, or their absence all speak for themselves.
@@ -187,11 +187,10 @@ def _mark_nullable(model: Any, table: Any, inputs: list[dict]) -> None:
 
     row = table.iloc[:1].copy() if hasattr(table, "iloc") else np.array(table[:1], dtype=np.float64)
     for spec in inputs:
-        if spec["dtype"] == "string":
-            continue
         probe = row.copy()
         if "column" in spec:
-            probe[spec["column"]] = np.nan
+            # a missing string is None in the table, and "" in the graph's string tensor (decoding.py)
+            probe[spec["column"]] = None if spec["dtype"] == "string" else np.nan
         elif hasattr(probe, "iloc"):
             probe.iloc[:, :] = np.nan
         else:

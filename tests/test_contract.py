@@ -1,0 +1,116 @@
+"""One input contract on every path: the typed manifest (version 2, and version 1 read as before), the server
+runtime inside the parity gate, and converter options that are refused rather than swallowed."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from edgeport.cli import app
+
+runner = CliRunner()
+
+
+def test_a_skew_in_the_servers_decoding_alone_is_caught_by_check_server(iris_bundle, churn_model, tmp_path,
+                                                                         monkeypatch):
+    """The fallback path is inside the parity gate: a server decoder that drops one column's value fails
+    `check -r server` with exit 3, while the python runtime, which never goes through the server, still passes."""
+    import edgeport.server.oip as oip
+    from edgeport.export import export_model
+
+    _, churn_path, churn_sample = churn_model
+    churn = export_model(churn_path, tmp_path / "churn", sample=churn_sample).bundle
+    for bundle in (iris_bundle, churn):
+        clean = runner.invoke(app, ["check", str(bundle.path), "-r", "server", "-r", "python"])
+        assert clean.exit_code == 0, clean.output
+
+    original = oip.tensor_from_values
+
+    def drops_a_column(spec, shape, flat):
+        tensor = original(spec, shape, flat)
+        if spec.name == "input":  # iris: one matrix input; its first column's value is lost
+            tensor = tensor.copy()
+            tensor[:, 0] = 0
+        if spec.name == "tenure_months":  # churn: one input per column; this one's value is lost
+            tensor = np.zeros_like(tensor)
+        return tensor
+
+    monkeypatch.setattr(oip, "tensor_from_values", drops_a_column)
+    for bundle in (iris_bundle, churn):
+        skewed = runner.invoke(app, ["check", str(bundle.path), "-r", "server", "-r", "python", "--report",
+                                     str(tmp_path / f"{bundle.name}.json")])
+        assert skewed.exit_code == 3, skewed.output
+        report = json.loads((tmp_path / f"{bundle.name}.json").read_text())
+        statuses = {r["runtime"]: r["status"] for r in report["runtimes"]}
+        assert statuses == {"server": "failed", "python": "passed"}, skewed.output
+
+
+def test_the_server_runtime_reports_a_refusal_by_the_server_as_a_failed_runtime(iris_bundle, tmp_path, monkeypatch):
+    import edgeport.server.oip as oip
+    from edgeport.errors import RowValidationError
+
+    def refuses(spec, shape, flat):
+        raise RowValidationError("refused by a stricter server", code="type")
+
+    monkeypatch.setattr(oip, "tensor_from_values", refuses)
+    result = runner.invoke(app, ["check", str(iris_bundle.path), "-r", "server"])
+    assert result.exit_code == 3, result.output
+    assert "answered 400" in result.output and "refused by a stricter server" in result.output
+
+
+def version_1(manifest: dict) -> dict:
+    """A manifest as edgeport wrote it before version 2: no layout, no server_model_file, and `nullable` only
+    where the scikit-learn converter set it (numeric inputs)."""
+    old = {k: v for k, v in manifest.items() if k not in ("layout", "server_model_file")}
+    old["manifest_version"] = 1
+    old["inputs"] = [{k: v for k, v in i.items() if k != "nullable" or i["dtype"] != "string"}
+                     for i in manifest["inputs"]]
+    return old
+
+
+def test_a_version_1_bundle_still_loads_checks_and_serves(iris_bundle, churn_model, tmp_path):
+    from edgeport.bundle import read_bundle
+    from edgeport.export import export_model
+
+    _, churn_path, churn_sample = churn_model
+    churn = export_model(churn_path, tmp_path / "churn", sample=churn_sample).bundle
+    for bundle, layout in ((iris_bundle, "matrix"), (churn, "columns")):
+        path = bundle.path / "manifest.json"
+        path.write_text(json.dumps(version_1(json.loads(path.read_text())), indent=2))
+        read = read_bundle(bundle.path)
+        assert read.manifest.layout == layout and read.manifest.server_model_file == "model.onnx"
+        assert all(i.nullable is False for i in read.inputs if i.dtype == "string")
+        result = runner.invoke(app, ["check", str(bundle.path), "-r", "python", "-r", "server"])
+        assert result.exit_code == 0, result.output
+
+
+def test_an_unknown_manifest_version_is_refused_with_how_to_re_export(iris_bundle):
+    path = iris_bundle.path / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "manifest_version": 7}))
+    result = runner.invoke(app, ["check", str(iris_bundle.path)])
+    assert result.exit_code == 1, result.output
+    assert "manifest_version 7" in result.output and "Re-export" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_manifest_round_trips_through_its_type(iris_bundle):
+    from edgeport.bundle import Manifest
+
+    data = json.loads((iris_bundle.path / "manifest.json").read_text())
+    assert data["manifest_version"] == 2 and data["layout"] == "matrix"
+    assert all("nullable" in i for i in data["inputs"]) and data["server_model_file"] == data["model_file"]
+    assert Manifest.from_dict(data).to_dict() == data
+
+
+def test_an_option_the_converter_does_not_take_is_refused_not_ignored(iris_model, tmp_path):
+    _, model_path, sample_path = iris_model
+    out = tmp_path / "bundle"
+    result = runner.invoke(app, ["export", str(model_path), "--sample", str(sample_path), "--out", str(out),
+                                 "--classes", "a,b,c"])
+    assert result.exit_code == 2, result.output
+    assert "--classes does not apply to sklearn models" in result.output and "keras" in result.output
+    assert not out.exists()
+    quantized = runner.invoke(app, ["export", str(model_path), "--sample", str(sample_path), "--out", str(out),
+                                    "--quantize", "int8"])
+    assert quantized.exit_code == 2 and "--quantize does not apply" in quantized.output, quantized.output
