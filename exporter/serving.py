@@ -1,12 +1,11 @@
-"""Running the fallback server: the repository, the demo site, and uvicorn with guarded connections and a
-draining shutdown."""
+"""Running the fallback server: the repository, the demo site (given, or from the site cache), and uvicorn with
+guarded connections and a draining shutdown."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
 import socket
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -18,7 +17,6 @@ from .progress import Progress
 from .server.app import DEFAULT_TIMEOUT_S, create_app
 from .server.connections import CloseWhileDraining, ConnectionGuard
 from .server.repository import Repository
-from .site import build_site
 
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_KEEP_ALIVE_S = 5.0
@@ -31,13 +29,16 @@ logger = logging.getLogger("uvicorn.error")
 
 
 def build_app(path: str | Path, *, site: Optional[Path] = None, site_cache: Optional[Path] = None,
-              allow_unverified: bool = False, **limits):
-    """The app for a bundle or folder of bundles; builds a same-origin demo site when none is given."""
+              allow_unverified: bool = False, progress: Optional[Progress] = None, **limits):
+    """The app for a bundle or folder of bundles, with `site` at /: when none is given, a same-origin demo site
+    for the latest version of each model, from the site cache under site_cache (default: site_cache.cache_root())."""
     repository = Repository(path, allow_unverified=allow_unverified)
     if site is None:
-        site_cache = Path(site_cache or tempfile.mkdtemp(prefix="edgeport-site-"))
-        latest = [repository.get(name).bundle.path for name in sorted(repository.models)]
-        site = build_site(latest, site_cache / "site", fallback_url="", allow_unverified=allow_unverified).path
+        from .site_cache import cached_site  # only when serving a site of its own: the site builder's imports
+
+        latest = [repository.get(name) for name in sorted(repository.models)]
+        site = cached_site([(m.name, m.version, m.bundle.path) for m in latest], allow_unverified=allow_unverified,
+                           progress=progress, root=site_cache)
     return create_app(repository, site_dir=site, **limits)
 
 
@@ -56,21 +57,20 @@ def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000
     check_port(host, port)
     max_connections = connection_cap(max_connections)
     progress(f"loading bundles from {path}")
-    with tempfile.TemporaryDirectory(prefix="edgeport-site-") as cache:
-        app = build_app(path, site=site, site_cache=Path(cache), **limits)
-        progress("serving " + ", ".join(f"{m.name}@{m.version}" for m in app.state.repository.all()))
-        if on_listening:
-            on_listening(f"http://{host}:{port}")
-        body_timeout_s = limits.get("timeout_s", DEFAULT_TIMEOUT_S)
-        guard = ConnectionGuard(header_timeout=header_timeout_s, body_timeout=body_timeout_s,
-                                max_connections=max_connections)
-        progress(f"connections: at most {max_connections}; request head within {header_timeout_s:g}s, body within "
-                 f"{body_timeout_s:g}s, idle for {keep_alive_s:g}s; SIGTERM drains for {drain_s:g}s")
-        # one worker: uvicorn's --workers path loses TCP_NODELAY (+44 ms a request, Kludex/uvicorn#3149)
-        config = uvicorn.Config(CloseWhileDraining(app), host=host, port=port, log_level="warning",
-                                timeout_graceful_shutdown=30, timeout_keep_alive=keep_alive_s,
-                                http=guard.protocol(AutoHTTPProtocol))
-        DrainingServer(config, app, drain_s=drain_s).run()
+    app = build_app(path, site=site, progress=progress, **limits)
+    progress("serving " + ", ".join(f"{m.name}@{m.version}" for m in app.state.repository.all()))
+    if on_listening:
+        on_listening(f"http://{host}:{port}")
+    body_timeout_s = limits.get("timeout_s", DEFAULT_TIMEOUT_S)
+    guard = ConnectionGuard(header_timeout=header_timeout_s, body_timeout=body_timeout_s,
+                            max_connections=max_connections)
+    progress(f"connections: at most {max_connections}; request head within {header_timeout_s:g}s, body within "
+             f"{body_timeout_s:g}s, idle for {keep_alive_s:g}s; SIGTERM drains for {drain_s:g}s")
+    # one worker: uvicorn's --workers path loses TCP_NODELAY (+44 ms a request, Kludex/uvicorn#3149)
+    config = uvicorn.Config(CloseWhileDraining(app), host=host, port=port, log_level="warning",
+                            timeout_graceful_shutdown=30, timeout_keep_alive=keep_alive_s,
+                            http=guard.protocol(AutoHTTPProtocol))
+    DrainingServer(config, app, drain_s=drain_s).run()
 
 
 class DrainingServer(uvicorn.Server):

@@ -10,7 +10,8 @@
                             file with its size and sha256 (and those of its .gz/.br variants)
       _headers              the same response headers for static hosts that read this file (Netlify,
                             Cloudflare Pages); other hosts should be configured to send them
-      *.gz, *.br            precompressed copies of the big files
+      *.gz, *.br            precompressed copies of the big files (edgeport demo; .br needs the brotli
+                            module, from the browser extra)
 
 No CDN: everything the page loads comes from the site itself (and the
 fallback server, if one is set). A server (edgeport serve, or any other)
@@ -51,12 +52,14 @@ class SiteResult:
 
 
 def build_site(bundle_paths: Sequence[str | Path], out: str | Path, *, fallback_url: str | None = None,
-               force: bool = False, allow_unverified: bool = False, progress: Progress | None = None) -> SiteResult:
+               force: bool = False, allow_unverified: bool = False, progress: Progress | None = None,
+               precompress: bool = True) -> SiteResult:
     """Write the demo site for `bundle_paths` to `out`.
 
     fallback_url: None for no server fallback, "" for the server that serves the site (same origin),
     or an absolute http(s) URL of an OIP v2 server. A bundle whose parity check failed or never finished
-    is refused unless allow_unverified.
+    is refused unless allow_unverified. precompress writes .gz (and, with brotli installed, .br) copies of the
+    big files: seconds of work, worth it for a site published once, not for one a server builds for itself.
     """
     progress = progress or (lambda _msg: None)
     require_js_packages()
@@ -94,8 +97,7 @@ def build_site(bundle_paths: Sequence[str | Path], out: str | Path, *, fallback_
         headers = response_headers(csp)
         (staged / "index.html").write_text(_index_html(imports, csp))
         (staged / HEADERS_FILE).write_text(_netlify_headers(headers))
-        progress("precompressing the big files (.gz, .br)")
-        raw, gz = _precompress(staged)
+        raw, gz = _precompress(staged, progress) if precompress else (_total_bytes(staged),) * 2
         site = {
             "fallback_url": fallback_url,
             "models": [{"name": b.name, "version": b.version, "task": b.manifest.task, "format": b.manifest.format,
@@ -191,9 +193,19 @@ def _hash_entry(path: Path) -> dict:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def _precompress(site: Path) -> tuple[int, int]:
-    import brotli
+def _total_bytes(site: Path) -> int:
+    return sum(p.stat().st_size for p in site.rglob("*") if p.is_file())
 
+
+def _precompress(site: Path, progress: Progress) -> tuple[int, int]:
+    try:
+        import brotli
+    except ImportError:
+        brotli = None
+        progress("precompressing the big files (.gz only: brotli is not installed; for .br too, "
+                 "pip install -e '.[browser]')")
+    else:
+        progress("precompressing the big files (.gz, .br)")
     raw = gz = 0
     for path in sorted(p for p in site.rglob("*") if p.is_file()):
         data = path.read_bytes()
@@ -205,6 +217,7 @@ def _precompress(site: Path) -> tuple[int, int]:
         gz += len(packed)
         path.with_name(path.name + ".gz").write_bytes(packed)
         # quality 9: within a few % of 11 for wasm, and seconds instead of a minute
-        path.with_name(path.name + ".br").write_bytes(brotli.compress(data, quality=9))
+        if brotli is not None:
+            path.with_name(path.name + ".br").write_bytes(brotli.compress(data, quality=9))
     return raw, gz
 

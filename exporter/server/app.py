@@ -5,6 +5,15 @@ reaches onnxruntime and never gets a 5xx. Each model's request budget (oip.py)
 refuses a body before reading it when it is larger than the model can need;
 big bodies are parsed, and inference runs, in a worker thread, each within the
 per-request timeout.
+
+The infer route is the hot path, so it is answered before FastAPI's routing,
+dependency solving and middleware stack (Front, below), by the same checks;
+every other route goes through FastAPI. Outermost first:
+
+    CloseWhileDraining (serving.py)  `connection: close` while draining
+    Front                            last resort (JSON 500), nosniff on every response, then infer or:
+      CORSMiddleware                 only with --cors-origin (and then in front of infer too)
+      FastAPI's stack, BodyLimit     every other route
 """
 from __future__ import annotations
 
@@ -16,14 +25,13 @@ from typing import Optional
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..bundle import OutputSpec
-from .http import BodyLimit, SecurityHeaders, error
+from .http import NOSNIFF, BodyLimit, error
 from .oip import (ErrorResponse, InferInputError, InferRequest, InferResponse, ModelMetadata, RequestBudget,
                   feeds_from_request, parse_request, response_outputs, tensor_metadata)
 from .repository import Repository, ServedModel
@@ -61,21 +69,13 @@ def create_app(
     budgets = {(m.name, m.version): RequestBudget.for_bundle(m.bundle, max_batch, max_body_bytes)
                for m in repository.all()}
 
-    def oversized(scope: dict) -> Optional[Response]:
-        """413 for an infer request whose Content-Length is over its model's budget, before routing: refusing a
-        hostile body must cost far less than serving a good request (FastAPI's routing is most of that cost)."""
-        path = scope["path"]
-        if scope["method"] != "POST" or not path.startswith("/v2/models/") or not path.endswith("/infer"):
-            return None
-        parts = path[len("/v2/models/"):-len("/infer")].split("/")
-        if len(parts) not in (1, 3) or (len(parts) == 3 and parts[1] != "versions"):
-            return None
-        model = repository.get(parts[0], parts[2] if len(parts) == 3 else None)
-        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if model is None or length is None or not length.isdigit():
-            return None
-        budget = budgets[model.name, model.version]
-        return too_large(model, budget) if int(length) > budget.max_bytes else None
+    # the infer paths of the models that exist, each with its model: the repository never changes once loaded
+    infer_paths = {f"/v2/models/{m.name}/versions/{m.version}/infer": m for m in repository.all()}
+    infer_paths.update({f"/v2/models/{name}/infer": repository.get(name) for name in repository.models})
+
+    def infer_model(scope: dict) -> Optional[ServedModel]:
+        """The model of an infer request (POST /v2/models/NAME[/versions/VERSION]/infer) that exists, else None."""
+        return infer_paths.get(scope["path"]) if scope["method"] == "POST" else None
 
     def too_large(model: ServedModel, budget: RequestBudget) -> Response:
         # close rather than read (and throw away) the rest of the body
@@ -85,16 +85,10 @@ def create_app(
         response.headers["connection"] = "close"
         return response
 
-    app = FastAPI(title="edgeport", version=__version__, docs_url="/docs", redoc_url=None)
+    app = EdgeportAPI(title="edgeport", version=__version__, docs_url="/docs", redoc_url=None)
     app.state.repository = repository
     app.state.draining = False  # set by the server on SIGTERM (serving.DrainingServer)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    app.add_middleware(Precheck, check=oversized)
-    app.add_middleware(SecurityHeaders)
-    if cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["content-type"])
-    app.add_middleware(LastResort)  # the outermost: whatever escapes the rest
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -145,18 +139,21 @@ def create_app(
         find(name, version)
         return {"name": name, "ready": True}
 
-    async def infer(request: Request, name: str, version: Optional[str] = None) -> Response:
-        model = find(name, version)
+    async def answer_infer(model: ServedModel, scope: dict, receive) -> Response:
         budget = budgets[model.name, model.version]
+        length = _content_length(scope)
+        if length is not None and length > budget.max_bytes:
+            # refusing a hostile body must cost far less than serving a good request: refused before reading it
+            return too_large(model, budget)
         started = time.perf_counter()
         # a body that doesn't arrive within timeout_s is the server's to cut (connections.py): a timer, not a scope
         try:
-            body = await _read_body(request, budget.max_bytes)
+            body = await _read_body(receive, budget.max_bytes)
         except ClientDisconnect:
             logger.warning("the body of a request to %s never arrived in full: the client went away, or was too slow",
-                           request.url.path)
+                           scope["path"])
             return Response(status_code=400)  # nobody is left to read an answer
-        if body is None:  # streamed past the budget (a Content-Length over it never gets here: see oversized)
+        if body is None:  # streamed past the budget
             return too_large(model, budget)
         try:
             if len(body) <= INLINE_BODY_BYTES:
@@ -184,6 +181,10 @@ def create_app(
         response = InferResponse(model_name=model.name, model_version=model.version, id=payload.id,
                                  outputs=response_outputs(model.bundle, names, values))
         return Response(response.model_dump_json(exclude_none=True), media_type="application/json")
+
+    async def infer(request: Request, name: str, version: Optional[str] = None) -> Response:
+        # Front answers every infer request for a model that exists: this route is for the OpenAPI schema
+        return await answer_infer(find(name, version), request.scope, request.receive)
 
     # the schema of the body infer reads itself, for clients and schema-driven fuzzers; its $defs go in components
     infer_schema = InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -242,6 +243,20 @@ def create_app(
                     return response
             return error(404, f"not found: /{path}")
 
+    async def infer_asgi(scope: dict, receive, send) -> None:
+        response = await answer_infer(scope["edgeport.model"], scope, receive)
+        await response(scope, receive, send)
+
+    routed = super(EdgeportAPI, app).__call__
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        def cors(inner):
+            return CORSMiddleware(inner, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                                  allow_headers=["content-type"])
+
+        routed, infer_asgi = cors(routed), cors(infer_asgi)
+    app.front = Front(routed, infer_model, infer_asgi)
     return app
 
 
@@ -270,53 +285,77 @@ def _prepare(model: ServedModel, body: bytes, budget: RequestBudget, max_batch: 
     return payload, feeds_from_request(model.bundle, payload, max_batch), _requested_outputs(model, payload)
 
 
-async def _read_body(request: Request, limit: int) -> Optional[bytes]:
-    """The body, or None as soon as the stream passes limit."""
+def _content_length(scope: dict) -> Optional[int]:
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+async def _read_body(receive, limit: int) -> Optional[bytes]:
+    """The body, or None as soon as it passes limit; ClientDisconnect if the client goes away first."""
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             return None
+        if not message.get("more_body", False):
+            return b"".join((*chunks, chunk)) if chunks else chunk
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
-class Precheck:
-    """ASGI: answer with check(scope)'s response when it gives one, before routing; else pass the request on."""
+class EdgeportAPI(FastAPI):
+    """FastAPI, with every HTTP request going through `front` (set by create_app) before FastAPI's own stack."""
 
-    def __init__(self, app, check):
-        self.app = app
-        self.check = check
+    front: Optional["Front"] = None
 
     async def __call__(self, scope: dict, receive, send) -> None:
-        response = self.check(scope) if scope["type"] == "http" else None
-        if response is None:
-            return await self.app(scope, receive, send)
-        await response(scope, receive, send)
+        if self.front is None or scope["type"] != "http":
+            return await super().__call__(scope, receive, send)
+        await self.front(scope, receive, send)
 
 
-class LastResort:
-    """The outermost ASGI layer: an exception that no route turned into an answer becomes a JSON 500 and one log
-    line (not a plain-text 500 and a traceback). Bad input never gets here: it is a 4xx where it is found."""
+class Front:
+    """The outermost ASGI layer of the app, one layer instead of several:
 
-    def __init__(self, app):
-        self.app = app
+    - last resort: an exception that no route turned into an answer becomes a JSON 500 and one log line (not a
+      plain-text 500 and a traceback). Bad input never gets here: it is a 4xx where it is found;
+    - `X-Content-Type-Options: nosniff` on every response: a browser never guesses a type we didn't send;
+    - an infer request for a model that exists goes to `infer` (with the model in scope["edgeport.model"]),
+      before FastAPI's routing, which costs more than the checks and the inference of a single row; any other
+      request goes to `routed`."""
+
+    def __init__(self, routed, infer_model, infer):
+        self.routed = routed
+        self.infer_model = infer_model
+        self.infer = infer
 
     async def __call__(self, scope: dict, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
         started = False
 
-        async def tracking_send(message: dict) -> None:
+        async def guarded_send(message: dict) -> None:
             nonlocal started
-            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                started = True
+                headers = message.get("headers") or []
+                if not any(key.lower() == b"x-content-type-options" for key, _ in headers):
+                    message = {**message, "headers": [*headers, NOSNIFF]}
             await send(message)
 
         try:
-            await self.app(scope, receive, tracking_send)
+            model = self.infer_model(scope)
+            if model is None:
+                await self.routed(scope, receive, guarded_send)
+            else:
+                scope["edgeport.model"] = model
+                await self.infer(scope, receive, guarded_send)
         except Exception as exc:
             detail = str(exc).splitlines()[0][:300] if str(exc) else ""
             logger.error("%s %s failed: %s: %s", scope.get("method"), scope.get("path"), type(exc).__name__, detail)
             if not started:
                 await error(500, f"internal error ({type(exc).__name__}); the server log has the details")(
-                    scope, receive, send)
+                    scope, receive, guarded_send)

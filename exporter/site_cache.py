@@ -1,0 +1,83 @@
+"""The demo site `edgeport serve` builds for itself: built once per set of bundles, then reused.
+
+    $EDGEPORT_CACHE (else $XDG_CACHE_HOME/edgeport, else ~/.cache/edgeport)
+      sites/KEY/                    a finished site, never rewritten in place
+      sites/.KEY.staging-PID-xxxx/  a site being built by process PID (never served)
+
+KEY is a hash over the served bundles' names, versions and manifest sha256s, and
+edgeport's version (which pins the page, the JS client and the runtime files).
+A site is built in a staging directory and renamed into place in one step, and
+the first server to finish wins: a server starting beside another one serves
+either nothing yet or a whole site, never half of one. These sites are not
+precompressed: that takes seconds, and `edgeport demo` is the command for a
+site to publish.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .bundle import MANIFEST
+from .errors import BundleError
+from .progress import Progress
+from .publish import clean_stale
+from .site import SITE_JSON, build_site
+
+
+def cache_root() -> Path:
+    """Where edgeport keeps what it can rebuild: $EDGEPORT_CACHE, else $XDG_CACHE_HOME/edgeport, else ~/.cache/edgeport."""
+    if os.environ.get("EDGEPORT_CACHE"):
+        return Path(os.environ["EDGEPORT_CACHE"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "edgeport"
+    return Path.home() / ".cache" / "edgeport"
+
+
+def site_key(bundles: Sequence[tuple[str, str, Path]]) -> str:
+    """The cache key of the site for (name, version, bundle directory) triples."""
+    identity = [[name, version, hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()]
+                for name, version, path in sorted(bundles)]
+    return hashlib.sha256(json.dumps({"edgeport": __version__, "bundles": identity}).encode()).hexdigest()[:32]
+
+
+def cached_site(bundles: Sequence[tuple[str, str, Path]], *, allow_unverified: bool = False,
+                progress: Progress | None = None, root: Path | None = None) -> Path:
+    """The same-origin demo site for (name, version, bundle directory) triples: from the cache, or built into it."""
+    progress = progress or (lambda _msg: None)
+    sites = (root or cache_root()) / "sites"
+    final = sites / site_key(bundles)
+    if (final / SITE_JSON).is_file():
+        progress(f"demo site: {final} (cached)")
+        return final
+    paths = [path for _name, _version, path in sorted(bundles)]
+    try:
+        sites.mkdir(parents=True, exist_ok=True)
+        clean_stale(final)
+        # named as publish names its staging directories, so that a killed build is cleaned up the next time
+        private = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-{os.getpid()}-", dir=sites))
+    except OSError as exc:
+        fallback = Path(tempfile.mkdtemp(prefix="edgeport-site-"))
+        progress(f"cannot write the site cache at {sites} ({exc.strerror or exc}); building the demo site in "
+                 f"{fallback} for this run (set EDGEPORT_CACHE to a writable directory to keep it)")
+        return build_site(paths, fallback / "site", fallback_url="", allow_unverified=allow_unverified,
+                          progress=progress, precompress=False).path
+    try:
+        build_site(paths, private, fallback_url="", allow_unverified=allow_unverified, progress=progress,
+                   precompress=False)
+        try:
+            os.rename(private, final)  # atomic; refused when another server published this site first
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not (final / SITE_JSON).is_file():
+                raise BundleError(f"cannot publish the demo site to {final}: {exc.strerror or exc}; set "
+                                  "EDGEPORT_CACHE to a writable directory") from exc
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    progress(f"demo site: {final} (built, cached for the next start)")
+    return final
