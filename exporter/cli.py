@@ -1,16 +1,22 @@
 """edgeport's command line: parse options, call one library function, format what comes back.
 
-Exit codes are decided here, in `main`: 0 success, 1 a domain error (one
-paragraph, no traceback unless --debug), 2 usage, 3 parity failed.
+Exit codes are decided in one place, `_fail`, which every command goes through
+(`@command`): 0 success, otherwise the `exit_code` of the EdgeportError raised
+(1 a domain error, one paragraph, no traceback unless --debug; 2 an option the
+model's converter doesn't take; 3 parity failed, a ParityError), and 2 for
+Click's own usage errors.
 """
 from __future__ import annotations
 
+import functools
 import json
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from edgeport.errors import InputFileError, ParityError
 
 app = typer.Typer(
     add_completion=False,
@@ -54,13 +60,31 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(code)
 
 
+def command(name: Optional[str] = None):
+    """Register a Typer command whose every error goes through `_fail`: the CLI's one error boundary."""
+
+    def decorate(function):
+        @functools.wraps(function)
+        def guarded(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except typer.Exit:
+                raise
+            except Exception as exc:
+                _fail(exc)
+
+        return app.command(name)(guarded)
+
+    return decorate
+
+
 @app.callback()
 def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-paragraph errors.")) -> None:
     """edgeport: trained model → browser bundle, with a parity gate and a server fallback."""
     _state["debug"] = debug
 
 
-@app.command()
+@command()
 def export(
     model: Path = typer.Argument(..., help="Trained model: .skops (recommended), .joblib/.pkl, .keras or a SavedModel dir."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
@@ -87,24 +111,21 @@ def export(
     options = {"quantize": quantize} if quantize else {}
     if classes:
         options["classes"] = [c.strip() for c in classes.split(",")]
-    try:
-        result = export_model(
-            model, out, to=to.value, sample=sample, name=name, version=version, allow_pickle=allow_pickle,
-            trust=trust, allow_ops=allow_op, force=force, atol=atol, rtol=rtol, confidence_threshold=confidence_threshold,
-            on_low_confidence=on_low_confidence.value, progress=_progress, **options,
-        )
-    except Exception as exc:
-        _fail(exc)
+    result = export_model(
+        model, out, to=to.value, sample=sample, name=name, version=version, allow_pickle=allow_pickle,
+        trust=trust, allow_ops=allow_op, force=force, atol=atol, rtol=rtol, confidence_threshold=confidence_threshold,
+        on_low_confidence=on_low_confidence.value, progress=_progress, **options,
+    )
     if report:
         _write_report(report, result.report.to_dict())
     typer.echo(format_report(result.report))
     typer.echo(format_export(result))
     if not result.passed:
-        typer.echo(f"error: parity failed; the bundle is kept at {result.bundle.path} for inspection", err=True)
-        raise typer.Exit(3)
+        raise ParityError(f"parity failed: the exported model's outputs differ from the original's (the table above "
+                          f"says where); the bundle is kept at {result.bundle.path} for inspection")
 
 
-@app.command()
+@command()
 def check(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
     runtime: List[RuntimeName] = typer.Option(
@@ -123,21 +144,18 @@ def check(
     from edgeport.check import check_bundle
     from edgeport.formatting import format_junit, format_report
 
-    try:
-        result = check_bundle(bundle, [r.value for r in runtime] or None, model=model, data=data, atol=atol, rtol=rtol,
-                              allow_pickle=allow_pickle, trust=trust, allow_ops=allow_op, progress=_progress)
-    except Exception as exc:
-        _fail(exc)
+    result = check_bundle(bundle, [r.value for r in runtime] or None, model=model, data=data, atol=atol, rtol=rtol,
+                          allow_pickle=allow_pickle, trust=trust, allow_ops=allow_op, progress=_progress)
     if report:
         _write_report(report, result.to_dict())
     if junit:
         _write_text(junit, format_junit(result))
     typer.echo(format_report(result))
     if not result.passed:
-        raise typer.Exit(3)
+        raise ParityError(f"parity failed for {bundle}: see the table above")
 
 
-@app.command()
+@command()
 def demo(
     bundle: List[Path] = typer.Argument(..., help="One or more bundle directories."),
     out: Path = typer.Option(..., "--out", "-o", help="Site directory to write."),
@@ -148,16 +166,13 @@ def demo(
     """Write a static site that runs the model in the browser, with an optional server fallback."""
     from edgeport.site import build_site
 
-    try:
-        result = build_site(bundle, out, fallback_url=fallback_url, force=force, allow_unverified=allow_unverified,
-                            progress=_progress)
-    except Exception as exc:
-        _fail(exc)
+    result = build_site(bundle, out, fallback_url=fallback_url, force=force, allow_unverified=allow_unverified,
+                        progress=_progress)
     typer.echo(f"wrote {result.path} for {', '.join(result.models)}: {result.bytes_raw / 1e6:.1f} MB, "
                f"{result.bytes_gzip / 1e6:.1f} MB gzipped. Serve it over http(s) (file:// can't load WebAssembly).")
 
 
-@app.command()
+@command()
 def serve(
     path: Path = typer.Argument(..., help="A bundle, or a folder of bundles."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
@@ -185,21 +200,15 @@ def serve(
     """Serve the demo site, the bundle files and the Open Inference Protocol v2 fallback endpoint."""
     from edgeport.extras import require
 
-    try:
-        for module in ("fastapi", "uvicorn"):
-            require(module, "serve", "edgeport serve")
-    except Exception as exc:
-        _fail(exc)
+    for module in ("fastapi", "uvicorn"):
+        require(module, "serve", "edgeport serve")
     from edgeport.serving import serve_forever
 
-    try:
-        serve_forever(path, host=host, port=port, site=site, cors_origins=tuple(cors_origin),
-                      max_body_bytes=max_body_bytes, max_batch=max_batch, timeout_s=timeout,
-                      header_timeout_s=header_timeout, keep_alive_s=keep_alive, max_connections=max_connections,
-                      drain_s=drain_seconds, allow_unverified=allow_unverified, progress=_progress,
-                      on_listening=_announce)
-    except Exception as exc:
-        _fail(exc)
+    serve_forever(path, host=host, port=port, site=site, cors_origins=tuple(cors_origin),
+                  max_body_bytes=max_body_bytes, max_batch=max_batch, timeout_s=timeout,
+                  header_timeout_s=header_timeout, keep_alive_s=keep_alive, max_connections=max_connections,
+                  drain_s=drain_seconds, allow_unverified=allow_unverified, progress=_progress,
+                  on_listening=_announce)
 
 
 def _above_zero(option: str, value: float) -> float:
@@ -208,7 +217,7 @@ def _above_zero(option: str, value: float) -> float:
     return value
 
 
-@app.command()
+@command()
 def quickstart(
     out: Path = typer.Option(Path("out"), "--out", help="Where the example models, bundles and site go."),
     runtime: List[RuntimeName] = typer.Option(
@@ -219,42 +228,25 @@ def quickstart(
 ) -> None:
     """Train the example models, export them, check parity everywhere, build the demo and serve it."""
     from edgeport.formatting import format_quickstart
-    from edgeport.quickstart import run_quickstart
-    from edgeport.site import build_site
+    from edgeport.quickstart import quickstart as run
 
-    try:
-        if serve:  # before minutes of training, not after
-            from edgeport.serving import check_port
-
-            check_port(host, port)
-        result = run_quickstart(out, [r.value for r in runtime], progress=_progress)
+    def built(result, site) -> None:
         typer.echo(format_quickstart(result))
-        if not result.passed:
-            raise typer.Exit(3)
-        site = build_site([m.export.bundle.path for m in result.models], out / "site", fallback_url="", progress=_progress)
-        typer.echo(f"demo site: {site.path} ({site.bytes_raw / 1e6:.1f} MB, {site.bytes_gzip / 1e6:.1f} MB gzipped)")
-        if serve:
-            from edgeport.serving import serve_forever
+        if site is not None:
+            typer.echo(f"demo site: {site.path} ({site.bytes_raw / 1e6:.1f} MB, {site.bytes_gzip / 1e6:.1f} MB gzipped)")
 
-            serve_forever(result.bundles_dir, host=host, port=port, site=site.path, progress=_progress,
-                          on_listening=_announce)
-    except typer.Exit:
-        raise
-    except Exception as exc:
-        _fail(exc)
+    run(out, [r.value for r in runtime], serve=serve, host=host, port=port, progress=_progress, on_built=built,
+        on_listening=_announce)
 
 
-@app.command("install-js")
+@command("install-js")
 def install_js(
     directory: Optional[Path] = typer.Option(None, "--dir", help="Install here instead (an empty directory gets a copy of web_demo first)."),
 ) -> None:
     """Install the JS runtime packages (npm ci) that the node and browser runtimes and demo sites need."""
     from edgeport.webassets import install_js_packages
 
-    try:
-        result = install_js_packages(directory, progress=_progress)
-    except Exception as exc:
-        _fail(exc)
+    result = install_js_packages(directory, progress=_progress)
     typer.echo(f"installed the JS runtime packages in {result.directory / 'node_modules'} ({result.seconds:.0f}s)")
     if not result.default:
         typer.echo(f"edgeport uses them when EDGEPORT_WEB_DEMO={result.directory} is set")
@@ -275,8 +267,7 @@ def _write_text(path: Path, text: str) -> None:
     try:
         write_text_atomic(path, text)
     except OSError as exc:
-        typer.echo(f"error: cannot write {path}: {exc.strerror or exc}", err=True)
-        raise typer.Exit(1)
+        raise InputFileError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 if __name__ == "__main__":

@@ -1,18 +1,18 @@
-"""The main job on an embedded default: the example models, end to end.
+"""The main job on an embedded default: the example models, end to end (`edgeport quickstart`, `make demo`).
 
-Train the recipes in models/, export each to a bundle, check parity in every
-runtime, and (in the CLI) build the demo site and serve it.
+Train the recipes in models/ (edgeport.examples), export each to a bundle,
+check parity in every runtime, build the demo site and serve it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 from .export import ExportResult, export_model
+from .errors import ParityError
 from .parity import ParityReport
 from .progress import Progress
-
 
 
 @dataclass(frozen=True)
@@ -58,3 +58,38 @@ def run_quickstart(root: str | Path = "out", runtimes: Sequence[str] = ("python"
                                 force=True, runtimes=[*runtimes, *extra], progress=lambda m, n=name: progress(f"[{n}] {m}"))
         done.append(QuickstartModel(name, example.description, exported, exported.report))
     return QuickstartResult(root=root, models=tuple(done))
+
+
+def quickstart(root: str | Path = "out", runtimes: Sequence[str] = ("python", "node", "browser"), *,
+               serve: bool = True, host: str = "127.0.0.1", port: int = 8000, progress: Progress | None = None,
+               on_built: Optional[Callable[[QuickstartResult, object], None]] = None,
+               on_listening: Optional[Callable[[str], None]] = None) -> QuickstartResult:
+    """The whole quickstart: check the port (before minutes of training), train, export and check the examples,
+    build the demo site at ROOT/site, and serve it until interrupted (unless serve is false).
+
+    on_built(result, site) is called once the verdict is in (site is None when parity failed), before serving.
+    Raises ParityError (exit 3) when an example fails parity; nothing is served then."""
+    from .site import build_site
+
+    progress = progress or (lambda _msg: None)
+    if serve:
+        from .serving import check_port
+
+        check_port(host, port)
+    result = run_quickstart(root, runtimes, progress=progress)
+    if not result.passed:
+        if on_built:
+            on_built(result, None)
+        failed = ", ".join(m.name for m in result.models if not m.report.passed)
+        raise ParityError(f"parity failed for {failed}: the exported bundles' outputs differ from the originals' "
+                          "(the table above says where); nothing is served")
+    site = build_site([m.export.bundle.path for m in result.models], Path(root) / "site", fallback_url="",
+                      progress=progress)
+    if on_built:
+        on_built(result, site)
+    if serve:
+        from .serving import serve_forever
+
+        serve_forever(result.bundles_dir, host=host, port=port, site=site.path, progress=progress,
+                      on_listening=on_listening)
+    return result
