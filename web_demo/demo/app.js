@@ -100,8 +100,7 @@ function progress(event) {
 // ------------------------------------------------------------------ the form, built from the manifest
 
 function isImage(manifest) {
-  const input = manifest.inputs[0];
-  return manifest.inputs.length === 1 && input.shape.length >= 3;
+  return manifest.layout === 'matrix' && manifest.inputs[0].shape.length >= 3;
 }
 
 function buildForm(manifest) {
@@ -129,7 +128,7 @@ function buildForm(manifest) {
       field.step = 'any';
       if (stat.mean !== null && stat.mean !== undefined) field.value = roundish(stat.mean);
       if (stat.min !== null && stat.min !== undefined) field.placeholder = `${roundish(stat.min)} – ${roundish(stat.max)}`;
-      if (column.nullable === false || manifest.inputs.find((i) => (i.column ?? i.name) === column.name)?.nullable === false) field.required = true;
+      if (!column.nullable) field.required = true;
     }
     field.name = column.name;
     field.dataset.dtype = column.dtype;
@@ -208,8 +207,8 @@ function readRow() {
     if (field.dataset.dtype === 'string') row[field.name] = field.value;
     else row[field.name] = field.value === '' ? null : Number(field.value);
   }
-  const input = model.manifest.inputs[0];
-  return model.manifest.inputs.length === 1 && !input.column ? columns.map((c) => row[c.name]) : row;
+  // a matrix row is an array in column order; a columns row is the object itself
+  return model.manifest.layout === 'matrix' ? columns.map((c) => row[c.name]) : row;
 }
 
 function fillSample() {
