@@ -22,15 +22,15 @@ from common import ROOT, median_ms, save, table
 def python_timings(bundle) -> dict:
     import onnxruntime as ort
 
-    from edgeport.samples import feeds_from_table, table_from_rows
+    from edgeport.decoding import feeds_from_rows
 
     rows = bundle.golden()["rows"]
     start = time.perf_counter()
     session = ort.InferenceSession(str(bundle.model_path), providers=["CPUExecutionProvider"])
     load_ms = (time.perf_counter() - start) * 1000
-    one = feeds_from_table(table_from_rows(rows[:1], bundle.inputs), bundle.inputs)
+    one = feeds_from_rows(bundle.inputs, bundle.manifest.layout, rows[:1])
     batch_rows = (rows * (256 // len(rows) + 1))[:256]
-    batch = feeds_from_table(table_from_rows(batch_rows, bundle.inputs), bundle.inputs)
+    batch = feeds_from_rows(bundle.inputs, bundle.manifest.layout, batch_rows)
     start = time.perf_counter()
     session.run(None, one)
     first_ms = (time.perf_counter() - start) * 1000
@@ -43,9 +43,9 @@ def _python_rss_mb(bundle) -> float:
     import sys
 
     code = ("import sys, onnxruntime as ort; from edgeport.bundle import read_bundle; "
-            "from edgeport.samples import feeds_from_table, table_from_rows; b = read_bundle(sys.argv[1]); "
+            "from edgeport.decoding import feeds_from_rows; b = read_bundle(sys.argv[1]); "
             "s = ort.InferenceSession(str(b.model_path), providers=['CPUExecutionProvider']); "
-            "s.run(None, feeds_from_table(table_from_rows(b.golden()['rows'], b.inputs), b.inputs)); "
+            "s.run(None, feeds_from_rows(b.inputs, b.manifest.layout, b.golden()['rows'])); "
             "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS:')) / 1024)")
     out = subprocess.run([sys.executable, "-c", code, str(bundle.path)], capture_output=True, text=True, check=True,
                          cwd=ROOT)

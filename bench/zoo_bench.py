@@ -18,7 +18,8 @@ def main() -> str:
     from conftest import save_model
     from edgeport.check import check_bundle
     from edgeport.export import export_model
-    from edgeport.samples import feeds_from_table
+    from edgeport.decoding import feeds_from_rows
+    from edgeport.samples import rows_from_table
     from zoo import zoo
 
     rows, data = [], []
@@ -33,7 +34,8 @@ def main() -> str:
             parity_s = time.perf_counter() - start
             one = sample.iloc[:1]
             session = ort.InferenceSession(str(result.bundle.model_path), providers=["CPUExecutionProvider"])
-            feeds = feeds_from_table(one, result.bundle.inputs)
+            layout = result.bundle.manifest.layout
+            feeds = feeds_from_rows(result.bundle.inputs, layout, rows_from_table(one, result.bundle.inputs, layout))
             predict = model.predict_proba if hasattr(model, "predict_proba") else model.predict
             sk_ms = median_ms(lambda: predict(one))
             ort_ms = median_ms(lambda: session.run(None, feeds))
