@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .bundle import Bundle, InputSpec, read_bundle
-from .errors import RuntimeFailedError, SampleError
+from .errors import RowValidationError, RuntimeFailedError, SampleError
 from .parity import ParityReport, RuntimeResult, Tolerance, compare_outputs
 from .progress import Progress
 from .runtimes import get_runtime
@@ -52,7 +52,20 @@ def check_bundle(
     else:
         golden = bundle.golden()
         rows, reference, label = golden["rows"], golden["outputs"], "golden outputs"
+        require_rows_fit(bundle, rows, "the rows of golden.json")
     return run_parity(bundle, rows, reference, runtimes, tolerance, label, progress)
+
+
+def require_rows_fit(bundle: Bundle | Any, rows: list, what: str) -> None:
+    """Refuse rows that the bundle's inputs don't accept before any runtime runs: a parity failure must mean
+    that the numbers differ, not that the input was wrong. `bundle` is anything with inputs and a layout."""
+    from .decoding import feeds_from_rows
+
+    inputs, layout = bundle.inputs, bundle.manifest.layout
+    try:
+        feeds_from_rows(inputs, layout, rows)
+    except RowValidationError as exc:
+        raise SampleError(f"{what} don't fit the bundle's inputs: {exc}. No runtime was run.") from exc
 
 
 def run_parity(
@@ -98,6 +111,7 @@ def _reference_from_model(bundle: Bundle, model_path: Any, data_path: Any, allow
     converter = get_converter(loaded.framework, bundle.manifest.format.split("-")[0])
     layout = bundle.manifest.layout
     rows = rows_from_table(_align(read_sample(data_path), bundle.inputs), bundle.inputs, layout)
+    require_rows_fit(bundle, rows, f"the rows of {Path(data_path).name}")  # before the original runs on them
     # the original sees exactly what the runtimes see: the rows after their JSON round trip
     table = table_from_rows(rows, bundle.inputs, layout)
     try:

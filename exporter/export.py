@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .bundle import GOLDEN, GOLDEN_ROWS, PARITY, Bundle, InputSpec, Manifest, OutputSpec, write_json, write_manifest
-from .check import run_parity
+from .check import require_rows_fit, run_parity
 from .errors import SampleError
 from .loading import load_model
 from .parity import ParityReport, Tolerance
@@ -114,6 +114,7 @@ def export_model(
                       "timeout_ms": 2000, "url": None},
         )
         staged_bundle = Bundle(path=staged, manifest=write_manifest(staged, manifest))
+        require_rows_fit(staged_bundle, rows, f"the sample's rows (from {Path(sample).name})")
         runtimes = runtimes or getattr(converter, "verify_runtimes", ("python",))
         report = run_parity(staged_bundle, rows, reference, runtimes, tolerance, "golden outputs", progress)
         report = replace(report, bundle=str(out))  # where the bundle will live, not the staging directory

@@ -114,3 +114,23 @@ def test_an_option_the_converter_does_not_take_is_refused_not_ignored(iris_model
     quantized = runner.invoke(app, ["export", str(model_path), "--sample", str(sample_path), "--out", str(out),
                                     "--quantize", "int8"])
     assert quantized.exit_code == 2 and "--quantize does not apply" in quantized.output, quantized.output
+
+
+def test_rows_the_inputs_refuse_are_a_data_error_not_a_parity_failure(iris_model, iris_bundle, tmp_path):
+    """A parity failure means the numbers differ: --data with a missing value where the model takes none exits 1,
+    naming the row and the column, before any runtime runs."""
+    from edgeport.bundle import MANIFEST
+
+    model, model_path, sample_path = iris_model
+    data = tmp_path / "holes.csv"
+    lines = sample_path.read_text().splitlines()
+    first = lines[3].split(",")
+    first[1] = ""
+    data.write_text("\n".join([lines[0], lines[1], lines[2], ",".join(first)]) + "\n")
+    before = (iris_bundle.path / MANIFEST).read_text()
+    result = runner.invoke(app, ["check", str(iris_bundle.path), "--model", str(model_path), "--data", str(data),
+                                 "-r", "python", "-r", "server"])
+    assert result.exit_code == 1, result.output
+    column = lines[0].split(",")[1]
+    assert "row 2" in result.output and column in result.output and "No runtime was run" in result.output
+    assert (iris_bundle.path / MANIFEST).read_text() == before
