@@ -108,13 +108,17 @@ def test_wheel_contents_and_core_requirements(wheel):
         assert all(any(r.startswith(n) for r in listed) for n in needs), (extra, listed)
 
 
+@pytest.mark.timeout(900)  # a cold pip or npm cache downloads everything once
 def test_wheel_in_a_fresh_venv_runs_every_command(wheel, tmp_path):
-    """Build, install `edgeport[serve,browser]` (not editable) into a new venv, and drive the installed script:
+    """Install `edgeport[serve,browser]` (not editable) into a new venv and drive the installed script:
     install-js, export, check in python/node/browser, demo, and serve answering one OIP infer.
 
-    Cost, measured on the 2-core dev machine with pip's and npm's caches warm: about 15 s to build, 25 s for
-    pip to install the wheel and its dependencies, 15 s for npm ci, 20 s for the commands. A cold cache
-    (first run on a machine) downloads everything once and takes a few minutes; hence the long timeout.
+    Cost: about 3 minutes, measured on the shared 2-core machine at a load average of 6 (warm pip and npm
+    caches): 10 s to build, 80 s for pip to install the wheel and ~60 dependencies (15 s resolving, the rest
+    unpacking ~400 MB; --no-compile already), 50 s for npm ci overlapped with training and export, 35 s for
+    check and demo, 10 s for serve. That is twice the 90 s aimed at, and it stays: reusing a venv between runs
+    or installing --no-deps over the dev venv's packages would stop proving that the wheel's Requires-Dist
+    is complete, which is what this test is for. A cold cache downloads everything once (the long timeout).
     """
     need(shutil.which("node") is not None and shutil.which("npm") is not None, "node and npm are not on PATH")
     need(shutil.which("chromium") is not None or bool(os.environ.get("EDGEPORT_CHROMIUM")), "chromium is not on PATH")
@@ -123,9 +127,10 @@ def test_wheel_in_a_fresh_venv_runs_every_command(wheel, tmp_path):
     started = time.monotonic()
     run([sys.executable, "-m", "venv", venv], tmp_path)
     env = clean_env(venv)
-    run([venv / "bin" / "python", "-m", "pip", "install", "--quiet", f"{wheel}[serve,browser]"], tmp_path,
-        timeout=900, env=env)
+    run([venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--no-compile", f"{wheel}[serve,browser]"],
+        tmp_path, timeout=900, env=env)
     timings["pip install"] = time.monotonic() - started
+    print(f"\nwheel test: pip install took {timings['pip install']:.0f}s", file=sys.stderr)
     edgeport = venv / "bin" / "edgeport"
 
     def cli(*args, timeout=300):
@@ -135,23 +140,35 @@ def test_wheel_in_a_fresh_venv_runs_every_command(wheel, tmp_path):
     where = run([venv / "bin" / "python", "-c", "import edgeport, sys; print(edgeport.__file__)"], tmp_path, env=env)
     assert str(venv) in where.stdout and str(REPO) not in where.stdout, where.stdout
 
+    # npm ci is mostly disk and network: it runs while the model is trained and exported, which need no JS
     started = time.monotonic()
-    installed = cli("install-js", timeout=900)
-    timings["install-js"] = time.monotonic() - started
-    assert "node_modules" in installed.stdout and str(venv) in installed.stdout, installed.stdout + installed.stderr
+    npm = subprocess.Popen([str(edgeport), "install-js"], cwd=tmp_path, env=env, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        run([venv / "bin" / "python", "-c", TRAIN], tmp_path, env=env)
+        exported = cli("export", "tiny.skops", "--sample", "tiny.csv", "--out", "bundle")
+        assert "PASSED" in exported.stdout, exported.stdout
+        out, err = npm.communicate(timeout=900)
+    finally:
+        if npm.poll() is None:
+            npm.kill()
+    timings["install-js, export"] = time.monotonic() - started
+    print(f"wheel test: install-js beside training and export took {timings['install-js, export']:.0f}s", file=sys.stderr)
+    assert npm.returncode == 0, f"edgeport install-js exited {npm.returncode}\n{out}\n{err}"
+    assert str(venv) in out and "node_modules" in out, out + err
 
     started = time.monotonic()
-    run([venv / "bin" / "python", "-c", TRAIN], tmp_path, env=env)
-    exported = cli("export", "tiny.skops", "--sample", "tiny.csv", "--out", "bundle")
-    assert "PASSED" in exported.stdout, exported.stdout
     checked = cli("check", "bundle", "-r", "python", "-r", "node", "-r", "browser")
     assert all(r in checked.stdout for r in ("python", "node", "browser")), checked.stdout
     cli("demo", "bundle", "--out", "site")
     assert (tmp_path / "site" / "index.html").is_file() and (tmp_path / "site" / "site.json").is_file()
-    timings["commands"] = time.monotonic() - started
+    timings["check, demo"] = time.monotonic() - started
+    print(f"wheel test: check and demo took {timings['check, demo']:.0f}s", file=sys.stderr)
 
+    started = time.monotonic()
     serve_and_infer(edgeport, tmp_path, env)
-    print("wheel test timings:", {k: f"{v:.0f}s" for k, v in timings.items()})
+    timings["serve"] = time.monotonic() - started
+    print("wheel test timings:", {k: f"{v:.0f}s" for k, v in timings.items()}, file=sys.stderr)
 
 
 def serve_and_infer(edgeport: Path, tmp_path: Path, env: dict) -> None:
@@ -195,4 +212,5 @@ def serve_and_infer(edgeport: Path, tmp_path: Path, env: dict) -> None:
             raise
         finally:
             log.close()
-    assert code == 0, f"serve exited {code} on SIGTERM:\n{(tmp_path / 'serve.log').read_text()}"
+    # uvicorn re-raises the signal after its graceful shutdown, so -SIGTERM is the clean exit
+    assert code in (0, -signal.SIGTERM), f"serve exited {code} on SIGTERM:\n{(tmp_path / 'serve.log').read_text()}"
