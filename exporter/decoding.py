@@ -24,12 +24,19 @@ inputs in manifest order, values in row-major order), and its message names the 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
 from .bundle import InputSpec
 from .errors import RowValidationError
+
+class Place(NamedTuple):
+    """Where a value sits, for an error: the words, the row and the column or input."""
+    text: str
+    row: "int | None"
+    field: str | None
+
 
 NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "string": object}
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -53,7 +60,7 @@ def feeds_from_rows(inputs: Sequence[InputSpec], layout: str, rows: Any) -> dict
 def tensor_from_values(spec: InputSpec, shape: Sequence[int], flat: list) -> np.ndarray:
     """The feed for one OIP tensor given as its flat values: names, shapes and nesting are the caller's to check
     (server/oip.py); every value is checked here, by the same rules as rows."""
-    values = _decode(spec, flat, lambda i: f"input {spec.name!r}, value {i}")
+    values = _decode(spec, flat, lambda i: Place(f"input {spec.name!r}, value {i}", None, spec.name))
     return np.array(values, dtype=NUMPY_DTYPES[spec.dtype]).reshape(tuple(shape))
 
 
@@ -65,7 +72,7 @@ def _columns(inputs: Sequence[InputSpec], rows: list) -> dict[str, np.ndarray]:
     for r, row in enumerate(rows):
         _check_keys(row, r, keys, "column")
         for spec, column in zip(inputs, values):
-            column.append(_value(spec, row[spec.key], lambda: f'row {r}, column "{spec.key}"'))
+            column.append(_value(spec, row[spec.key], lambda: Place(f'row {r}, column "{spec.key}"', r, spec.key)))
     return {spec.name: np.array(column, dtype=NUMPY_DTYPES[spec.dtype]).reshape(len(rows), 1)
             for spec, column in zip(inputs, values)}
 
@@ -76,13 +83,13 @@ def _matrix(spec: InputSpec, rows: list) -> np.ndarray:
     for r, row in enumerate(rows):
         if isinstance(row, dict) and spec.columns:
             _check_keys(row, r, list(spec.columns), "column")
-            flat.extend(_value(spec, row[c], lambda c=c: f'row {r}, column "{c}"') for c in spec.columns)
+            flat.extend(_value(spec, row[c], lambda c=c: Place(f'row {r}, column "{c}"', r, c)) for c in spec.columns)
             continue
         if not isinstance(row, list):
             expected = f"an array of {math.prod(dims)} numbers" + (" or an object keyed by column" if spec.columns else "")
             raise RowValidationError(f'row {r}, input "{spec.name}": expected {expected}, got {_describe(row)}',
                                      code="row-type", row=r, field=spec.name)
-        values = _flatten(row, dims, lambda: f'row {r}, input "{spec.name}"')
+        values = _flatten(row, dims, lambda: Place(f'row {r}, input "{spec.name}"', r, spec.name))
         flat.extend(_decode(spec, values, lambda i: _where_matrix(spec, r, i)))
     return np.array(flat, dtype=NUMPY_DTYPES[spec.dtype]).reshape(len(rows), *dims)
 
@@ -96,8 +103,8 @@ def _tensors(inputs: Sequence[InputSpec], rows: list) -> dict[str, np.ndarray]:
         _check_keys(row, r, keys, "input")
         for spec in inputs:
             where = f'row {r}, input "{spec.name}"'
-            values = _flatten(row[spec.name], dims[spec.name], lambda: where)
-            flat[spec.name].extend(_decode(spec, values, lambda i: f"{where}, value {i}"))
+            values = _flatten(row[spec.name], dims[spec.name], lambda: Place(where, r, spec.name))
+            flat[spec.name].extend(_decode(spec, values, lambda i: Place(f"{where}, value {i}", r, spec.name)))
     return {spec.name: np.array(flat[spec.name], dtype=NUMPY_DTYPES[spec.dtype]).reshape(len(rows), *dims[spec.name])
             for spec in inputs}
 
@@ -134,12 +141,11 @@ def _flatten(value: Any, dims: tuple[int, ...], where) -> list:
     """A row's values in row-major order: flat with prod(dims) values, or nested exactly like dims."""
     width = math.prod(dims)
     if not isinstance(value, list):
-        raise RowValidationError(f"{where()}: expected an array of {width} values shaped {list(dims)}, "
-                                 f"got {_describe(value)}", code="row-length")
+        raise _fault(where(), f"expected an array of {width} values shaped {list(dims)}, "
+                     f"got {_describe(value)}", "row-length")
     if not any(isinstance(v, list) for v in value):
         if len(value) != width:
-            raise RowValidationError(f"{where()}: expected {width} values (shape {list(dims)}), got {len(value)}",
-                                     code="row-length")
+            raise _fault(where(), f"expected {width} values (shape {list(dims)}), got {len(value)}", "row-length")
         return value
     level = [value]
     for axis, size in enumerate(dims):
@@ -147,19 +153,19 @@ def _flatten(value: Any, dims: tuple[int, ...], where) -> list:
         for item in level:
             if not isinstance(item, list) or len(item) != size:
                 found = f"{len(item)} items" if isinstance(item, list) else _describe(item)
-                raise RowValidationError(f"{where()}: nested values don't match shape {list(dims)}: {found} at depth "
-                                         f"{axis}, where the shape needs an array of {size}", code="row-length")
+                raise _fault(where(), f"nested values don't match shape {list(dims)}: {found} at depth "
+                             f"{axis}, where the shape needs an array of {size}", "row-length")
             below.extend(item)
         level = below
     if any(isinstance(v, list) for v in level):
-        raise RowValidationError(f"{where()}: values are nested deeper than shape {list(dims)}", code="row-length")
+        raise _fault(where(), f"values are nested deeper than shape {list(dims)}", "row-length")
     return level
 
 
-def _where_matrix(spec: InputSpec, r: int, i: int) -> str:
+def _where_matrix(spec: InputSpec, r: int, i: int) -> Place:
     if spec.columns and len(spec.shape) == 2:
-        return f'row {r}, column "{spec.columns[i]}"'
-    return f'row {r}, input "{spec.name}", value {i}'
+        return Place(f'row {r}, column "{spec.columns[i]}"', r, spec.columns[i])
+    return Place(f'row {r}, input "{spec.name}", value {i}', r, spec.name)
 
 
 # ---------------------------------------------------------------- values
@@ -183,34 +189,35 @@ def _value(spec: InputSpec, value: Any, where) -> Any:
         if value is None:
             if spec.nullable:
                 return ""
-            raise RowValidationError(f"{where()}: a value is required (string); this model does not accept missing "
-                                     "values here", code="missing-value", field=spec.key)
-        raise RowValidationError(f"{where()}: expected a string, got {_describe(value)}", code="type", field=spec.key)
+            raise _fault(where(), f"a value is required (string); this model does not accept missing "
+                         "values here", "missing-value")
+        raise _fault(where(), f"expected a string, got {_describe(value)}", "type")
     if value is None or (type(value) is float and math.isnan(value)):
         if spec.nullable and dtype != "int64":
             return math.nan
-        raise RowValidationError(f"{where()}: a value is required ({dtype}); this model does not accept missing "
-                                 "values here", code="missing-value", field=spec.key)
+        raise _fault(where(), f"a value is required ({dtype}); this model does not accept missing "
+                     "values here", "missing-value")
     if type(value) is bool or not isinstance(value, (int, float)):
-        raise RowValidationError(f"{where()}: expected a number ({dtype}), got {_describe(value)}", code="type",
-                                 field=spec.key)
+        raise _fault(where(), f"expected a number ({dtype}), got {_describe(value)}", "type")
     if isinstance(value, float) and math.isinf(value):
-        raise RowValidationError(f"{where()}: an infinite value ({value}) does not fit {dtype}", code="range",
-                                 field=spec.key)
+        raise _fault(where(), f"an infinite value ({value}) does not fit {dtype}", "range")
     if dtype == "int64":
         if isinstance(value, float) and not value.is_integer():
-            raise RowValidationError(f"{where()}: expected an integer (int64), got {value!r}", code="type",
-                                     field=spec.key)
+            raise _fault(where(), f"expected an integer (int64), got {value!r}", "type")
         if not INT64_MIN <= value < INT64_END:
-            raise RowValidationError(f"{where()}: {value} does not fit int64", code="range", field=spec.key)
+            raise _fault(where(), f"{value} does not fit int64", "range")
         return int(value)
     try:
         magnitude = abs(float(value))
     except OverflowError:  # a Python int beyond float64
         magnitude = math.inf
     if magnitude > (FLOAT32_MAX if dtype == "float32" else FLOAT64_MAX):
-        raise RowValidationError(f"{where()}: {_short(value)} does not fit {dtype}", code="range", field=spec.key)
+        raise _fault(where(), f"{_short(value)} does not fit {dtype}", "range")
     return value
+
+
+def _fault(place: Place, message: str, code: str) -> RowValidationError:
+    return RowValidationError(f"{place.text}: {message}", code=code, row=place.row, field=place.field)
 
 
 def _short(value: Any) -> str:

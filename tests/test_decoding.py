@@ -39,9 +39,9 @@ def test_the_python_decoder_gives_each_corpus_case_its_verdict(case):
         error = caught.value
         assert error.code == case["code"], str(error)
         if "row" in case:
-            assert f"row {case['row']}" in str(error), str(error)
+            assert f"row {case['row']}" in str(error) and error.row == case["row"], str(error)
         if "field" in case:
-            assert case["field"] in str(error), str(error)
+            assert case["field"] in str(error) and error.field == case["field"], str(error)
         return
     feeds = feeds_from_rows(inputs, case["layout"], rows)
     assert set(feeds) == set(case["tensors"])
