@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -164,13 +166,41 @@ class ServerProcess:
         self.log.close()
 
 
+@dataclass(frozen=True)
+class QuickstartRun:
+    root: Path
+    cli: Any  # the CliRunner result of `edgeport quickstart`
+    returned: Any  # what the command's run_quickstart returned, or None if it never returned
+
+
 @pytest.fixture(scope="session")
-def example_bundles(tmp_path_factory):
-    """The quickstart's example models, exported once per test session (python parity only)."""
-    from edgeport.quickstart import run_quickstart
+def quickstart_run(tmp_path_factory):
+    """`edgeport quickstart --no-serve -r python` run once per session: it trains and exports every example
+    (~40 s). test_quickstart checks what the command did; example_bundles hands the same run's result to the
+    server, site and demo tests. The command's run_quickstart is wrapped only to keep what it returns."""
+    from typer.testing import CliRunner
+
+    import edgeport.quickstart as quickstart
+    from cli import app
 
     root = tmp_path_factory.mktemp("examples")
-    return run_quickstart(root, runtimes=("python",))
+    real, returned = quickstart.run_quickstart, []
+
+    def keep(*args, **kwargs):
+        returned.append(real(*args, **kwargs))
+        return returned[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(quickstart, "run_quickstart", keep)
+        result = CliRunner().invoke(app, ["quickstart", "--out", str(root), "--no-serve", "--runtime", "python"])
+    return QuickstartRun(root, result, returned[0] if returned else None)
+
+
+@pytest.fixture(scope="session")
+def example_bundles(quickstart_run):
+    """The quickstart's example models, exported once per test session (python parity only)."""
+    assert quickstart_run.returned is not None, quickstart_run.cli.output
+    return quickstart_run.returned
 
 
 @pytest.fixture(scope="session")
@@ -191,3 +221,29 @@ def zoo_export(tmp_path_factory):
         return done[name]
 
     return export
+
+
+# Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`) each group runs on one worker, so its session-
+# and module-scoped fixtures are built once. A file is a group, but the tests that share the example models
+# (trained and exported once, ~40 s) are one group, and so are those that share the zoo's bundles. The slowest
+# groups are handed out first, so the two workers finish together instead of one waiting on a late long group.
+SLOW_GROUPS_FIRST = ("tests/test_keras.py", "examples", "zoo", "tests/test_wheel.py", "tests/test_quickstart.py")
+
+
+def xdist_group_of(item) -> str:
+    if "quickstart_run" in item.fixturenames:  # example_bundles too
+        return "examples"
+    if "zoo_export" in item.fixturenames:
+        return "zoo"
+    return item.nodeid.split("::")[0]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
+def pytest_collection_modifyitems(config, items):
+    # xdist's workers see --dist loadgroup as the `loadgroup` option (their own `dist` is "no")
+    if not (config.getoption("loadgroup", default=False) or config.getoption("dist", default="no") == "loadgroup"):
+        return
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item)))
+    rank = {group: i for i, group in enumerate(SLOW_GROUPS_FIRST)}
+    items.sort(key=lambda item: rank.get(xdist_group_of(item), len(rank)))  # stable: file order otherwise

@@ -6,16 +6,17 @@ from conftest import need
 from edgeport.webassets import ORT_BROWSER_FILES, ORT_DIST
 
 
-def test_quickstart_trains_exports_checks_and_builds_the_site(tmp_path):
+def test_quickstart_trains_exports_checks_and_builds_the_site(quickstart_run):
     need((ORT_DIST / ORT_BROWSER_FILES[0]).is_file(), "web_demo/node_modules is missing (run make setup)")
-    result = CliRunner().invoke(app, ["quickstart", "--out", str(tmp_path), "--no-serve", "--runtime", "python"])
+    # the session's one run (conftest.quickstart_run): the example models the server and demo tests use
+    result, out = quickstart_run.cli, quickstart_run.root
     assert result.exit_code == 0, result.output
     assert "all example models pass parity in every runtime" in result.output
     for name in ("iris", "breast-cancer-forest", "churn"):
         assert f"\n{name} " in result.output
-        assert (tmp_path / "bundles" / name / "manifest.json").is_file()
-        assert (tmp_path / "site" / "models" / name / "model.onnx").is_file()
-    assert (tmp_path / "site" / "index.html").is_file()
+        assert (out / "bundles" / name / "manifest.json").is_file()
+        assert (out / "site" / "models" / name / "model.onnx").is_file()
+    assert (out / "site" / "index.html").is_file()
     assert "serving" not in result.output
 
 
