@@ -331,12 +331,13 @@ def test_tritonclient_style_parameters_are_accepted_and_counted(client):
 def test_a_number_beyond_int64_is_a_400_even_as_a_float(value):
     from types import SimpleNamespace
 
+    from edgeport.bundle import InputSpec
     from edgeport.server.oip import InferInputError, InferRequest, feeds_from_request
 
-    bundle = SimpleNamespace(inputs=[{"name": "visits", "dtype": "int64", "shape": [None, 1]}])
+    bundle = SimpleNamespace(inputs=[InputSpec(name="visits", dtype="int64", shape=(None, 1))])
     request = InferRequest.model_validate(
         {"inputs": [{"name": "visits", "shape": [1, 1], "datatype": "INT64", "data": [value]}]})
-    with pytest.raises(InferInputError, match="does not fit INT64"):
+    with pytest.raises(InferInputError, match="does not fit int64"):
         feeds_from_request(bundle, request, max_batch=10)
 
 

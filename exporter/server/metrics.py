@@ -1,108 +1,144 @@
 """Prometheus metrics for the fallback server, in a registry of the app's own.
 
-A request touches six to eight series; each model's labelled children are looked up once and kept (in
-ModelSeries), since prometheus_client's labels() costs more than the increment it leads to."""
+Requests update plain counters (every update happens on the event loop, so nothing is locked); prometheus_client
+is imported, and its registry built, only when /metrics is first scraped. Its import (its exposition module
+brings http.server, wsgiref and urllib.request) is a measurable part of the server's start-up, and its labels()
+lookups cost more than the increments they lead to on a single-row request.
+"""
 from __future__ import annotations
 
+import bisect
 import time
 from typing import Any
 
 import numpy as np
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-
 from .http import error
 
 # the reasons the JS client gives (FallbackReason in web_demo/client/edgeport.d.ts); any other is refused with a 400
 FALLBACK_REASONS = ("no-wasm", "load-error", "integrity", "inference-error", "timeout", "low-confidence")
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # prometheus_client.CONTENT_TYPE_LATEST
+
+
+class Histogram:
+    """Counts per bucket (not cumulative; the upper bounds are inclusive, as Prometheus's `le`) and a sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
 
 
 class Metrics:
-    content_type = CONTENT_TYPE_LATEST
+    content_type = CONTENT_TYPE
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("edgeport_infer_requests", "Infer requests by outcome", ["model", "version", "outcome"],
-                                registry=self.registry)
-        self.rows = Counter("edgeport_infer_rows", "Rows inferred", ["model", "version"], registry=self.registry)
-        self.latency = Histogram("edgeport_infer_seconds", "Infer request latency (validation + inference)",
-                                 ["model", "version"], registry=self.registry,
-                                 buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0))
+        self.requests: dict[tuple[str, str, str], int] = {}  # (model, version, outcome)
+        self.rows: dict[tuple[str, str], int] = {}
+        self.latency: dict[tuple[str, str], Histogram] = {}
         # what the model says, for drift: a falling confidence or a shifting class mix is the early warning
-        self.confidence = Histogram("edgeport_prediction_confidence", "Top class probability per row", ["model", "version"],
-                                    registry=self.registry, buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0))
-        self.predicted = Counter("edgeport_predicted_class", "Rows by predicted class", ["model", "version", "label"],
-                                 registry=self.registry)
+        self.confidence: dict[tuple[str, str], Histogram] = {}
+        self.predicted: dict[tuple[str, str, str], int] = {}  # (model, version, label)
         # why browsers asked the server: the JS client sends parameters.fallback_reason
-        self.fallbacks = Counter("edgeport_fallback_requests", "Requests that browsers sent as a fallback, by reason",
-                                 ["model", "reason"], registry=self.registry)
-        self._series: dict[tuple[str, str], ModelSeries] = {}
-
-    def series(self, model: Any) -> "ModelSeries":
-        key = (model.name, model.version)
-        found = self._series.get(key)
-        if found is None:
-            found = self._series[key] = ModelSeries(self, model)
-        return found
+        self.fallbacks: dict[tuple[str, str], int] = {}  # (model, reason)
+        self._labels: dict[tuple[str, str], list[str]] = {}
+        self._registry = None
 
     def refused(self, model: Any, message: str, status: int = 400):
-        self.series(model).outcome("bad_request").inc()
+        key = (model.name, model.version, "bad_request")
+        self.requests[key] = self.requests.get(key, 0) + 1
         return error(status, message)
 
     def observe(self, model: Any, outcome: str, started: float, rows: int, payload: Any) -> None:
-        series = self.series(model)
-        series.outcome(outcome).inc()
-        series.latency.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        name, version = model.name, model.version
+        key = (name, version, outcome)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        latency = self.latency.get((name, version))
+        if latency is None:
+            latency = self.latency[name, version] = Histogram(LATENCY_BUCKETS)
+        latency.observe(elapsed)
         if rows:
-            series.rows.inc(rows)
+            self.rows[name, version] = self.rows.get((name, version), 0) + rows
         # a validated request (oip.RequestParameters): the reason, if any, is one of FALLBACK_REASONS
         reason = payload.parameters.fallback_reason if payload.parameters is not None else None
         if reason is not None:
-            self.fallbacks.labels(model.name, reason).inc()
+            self.fallbacks[name, reason] = self.fallbacks.get((name, reason), 0) + 1
 
     def predictions(self, model: Any, outputs: dict[str, Any]) -> None:
         """Record per-row confidence and predicted class from the outputs of a classifier."""
         probabilities = outputs.get("probabilities")
         if probabilities is None:
             return
-        series = self.series(model)
+        name, version = model.name, model.version
         probabilities = np.asarray(probabilities, dtype=np.float64).reshape(len(probabilities), -1)
-        if len(probabilities) <= 8:  # a few rows: plain Python beats numpy's per-call cost
-            for row in probabilities.tolist():
-                top = max(row)
-                series.confidence.observe(top)
-                series.predicted(row.index(top)).inc()
-            return
-        for top, index in zip(probabilities.max(axis=1).tolist(), probabilities.argmax(axis=1).tolist()):
-            series.confidence.observe(top)
-            series.predicted(index).inc()
+        if len(probabilities) <= 8:  # a few rows: plain Python costs less than numpy's per-call overhead
+            rows = [(top, row.index(top)) for row in probabilities.tolist() for top in (max(row),)]
+        else:
+            rows = zip(probabilities.max(axis=1).tolist(), probabilities.argmax(axis=1).tolist())
+        confidence = self.confidence.get((name, version))
+        if confidence is None:
+            confidence = self.confidence[name, version] = Histogram(CONFIDENCE_BUCKETS)
+        labels = self._labels.get((name, version))
+        if labels is None:
+            labels = self._labels[name, version] = [str(c) for c in (model.bundle.classes or ())]
+        for top, index in rows:
+            confidence.observe(top)
+            key = (name, version, labels[index] if index < len(labels) else str(index))
+            self.predicted[key] = self.predicted.get(key, 0) + 1
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        from prometheus_client import generate_latest
+
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+
+            self._registry = CollectorRegistry()
+            self._registry.register(_Collector(self))
+        return generate_latest(self._registry)
 
 
-class ModelSeries:
-    """One model version's labelled series, looked up once."""
+class _Collector:
+    """The counters above as Prometheus metric families, read at each scrape."""
 
-    def __init__(self, metrics: Metrics, model: Any):
-        labels = (model.name, model.version)
-        self._metrics, self._labels = metrics, labels
-        self.latency = metrics.latency.labels(*labels)
-        self.rows = metrics.rows.labels(*labels)
-        self.confidence = metrics.confidence.labels(*labels)
-        self._outcomes: dict[str, Any] = {}
-        self._classes = list(model.bundle.classes or ())
-        self._predicted: dict[int, Any] = {}
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
 
-    def outcome(self, outcome: str):
-        child = self._outcomes.get(outcome)
-        if child is None:
-            child = self._outcomes[outcome] = self._metrics.requests.labels(*self._labels, outcome)
-        return child
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
 
-    def predicted(self, index: int):
-        child = self._predicted.get(index)
-        if child is None:
-            label = str(self._classes[index]) if index < len(self._classes) else str(index)
-            child = self._predicted[index] = self._metrics.predicted.labels(*self._labels, label)
-        return child
+        m = self.metrics
+        for name, documentation, labels, values in (
+                ("edgeport_infer_requests", "Infer requests by outcome", ["model", "version", "outcome"], m.requests),
+                ("edgeport_infer_rows", "Rows inferred", ["model", "version"], m.rows),
+                ("edgeport_predicted_class", "Rows by predicted class", ["model", "version", "label"], m.predicted),
+                ("edgeport_fallback_requests", "Requests that browsers sent as a fallback, by reason",
+                 ["model", "reason"], m.fallbacks)):
+            family = CounterMetricFamily(name, documentation, labels=labels)
+            for key, value in sorted(dict(values).items()):
+                family.add_metric(list(key), float(value))
+            yield family
+        yield _histogram("edgeport_infer_seconds", "Infer request latency (validation + inference)", m.latency)
+        yield _histogram("edgeport_prediction_confidence", "Top class probability per row", m.confidence)
+
+
+def _histogram(name: str, documentation: str, histograms: dict[tuple[str, str], Histogram]):
+    from prometheus_client.core import HistogramMetricFamily
+    from prometheus_client.utils import floatToGoString
+
+    family = HistogramMetricFamily(name, documentation, labels=["model", "version"])
+    for key, histogram in sorted(dict(histograms).items()):
+        cumulative, buckets = 0, []
+        for bound, count in zip((*histogram.bounds, float("inf")), histogram.counts):
+            cumulative += count
+            buckets.append((floatToGoString(bound), float(cumulative)))
+        family.add_metric(list(key), buckets, histogram.sum)
+    return family
