@@ -186,9 +186,6 @@ def create_app(
         # Front answers every infer request for a model that exists: this route is for the OpenAPI schema
         return await answer_infer(find(name, version), request.scope, request.receive)
 
-    # the schema of the body infer reads itself, for clients and schema-driven fuzzers; its $defs go in components
-    infer_schema = InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    infer_defs = {**infer_schema.pop("$defs", {}), "InferRequest": infer_schema}
     infer_body = {"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}}}}
     refusals = {status: {"model": ErrorResponse, "description": what} for status, what in (
@@ -204,6 +201,10 @@ def create_app(
 
     def openapi() -> dict:
         schema = generate_openapi()
+        # the schema of the body infer reads itself, for clients and schema-driven fuzzers; its $defs go in
+        # components. Made here, at the first request for it, not at every start
+        infer_schema = InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        infer_defs = {**infer_schema.pop("$defs", {}), "InferRequest": infer_schema}
         schema.setdefault("components", {}).setdefault("schemas", {}).update(infer_defs)
         # the models this server has, so that clients (and fuzzers) name one rather than guess
         known = {"name": sorted(repository.models),

@@ -80,7 +80,9 @@ class Snapshot:
             if total > max_bytes:
                 raise BundleError(f"the site at {root} is over {max_bytes // 2**20} MB; the server holds the site in "
                                   "memory, so serve a site this large from a static host or CDN instead")
-            files[relative] = StaticFile(body, etag_of(body), media_type(relative), variants)
+            # a body checked against site.json's sha256 has it for an ETag: no second pass over a 14 MB wasm
+            etag = f'"{entry["sha256"]}"' if entry.get("sha256") else etag_of(body)
+            files[relative] = StaticFile(body, etag, media_type(relative), variants)
         headers = dict(record.get("headers") or {}) if record else {}
         return cls(files, headers)
 
