@@ -21,25 +21,13 @@ def js_available():
     need(shutil.which("chromium") is not None, "chromium is not on PATH (apt-get install -y chromium)")
 
 
-@pytest.fixture(scope="module")
-def zoo_bundles(tmp_path_factory):
-    from edgeport.export import export_model
+def test_every_zoo_bundle_passes_in_node_and_chromium(zoo_export):
+    from edgeport.check import check_bundle
     from zoo import zoo
 
-    root = tmp_path_factory.mktemp("zoo")
-    bundles = {}
-    for name, (model, sample) in zoo().items():
-        model_path, sample_path = save_model(model, root, name, sample)
-        bundles[name] = export_model(model_path, root / f"{name}-bundle", sample=sample_path).bundle
-    return bundles
-
-
-def test_every_zoo_bundle_passes_in_node_and_chromium(zoo_bundles):
-    from edgeport.check import check_bundle
-
     failures = {}
-    for name, bundle in zoo_bundles.items():
-        report = check_bundle(bundle.path, ["python", *JS])
+    for name in zoo():
+        report = check_bundle(zoo_export(name)[2].bundle.path, ["python", *JS])
         try:
             assert_parity(report, ("python", *JS))
         except AssertionError as exc:
