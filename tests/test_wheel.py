@@ -106,6 +106,9 @@ def test_wheel_contents_and_core_requirements(wheel):
     for extra, needs in {"serve": ("fastapi", "uvicorn"), "browser": ("playwright", "brotli")}.items():
         listed = [r for r in requires if f'extra == "{extra}"' in r]
         assert all(any(r.startswith(n) for r in listed) for n in needs), (extra, listed)
+    # TF 2.19 and tensorflow-decision-forests 1.12 (which tensorflowjs 4.22 needs) have cp311/cp312 wheels only
+    tensorflow = [r for r in requires if 'extra == "tensorflow"' in r]
+    assert tensorflow and all('python_version < "3.13"' in r for r in tensorflow), tensorflow
 
 
 @pytest.mark.timeout(900)  # a cold pip or npm cache downloads everything once
