@@ -116,12 +116,13 @@ def test_wheel_in_a_fresh_venv_runs_every_command(wheel, tmp_path):
     """Install `edgeport[serve,browser]` (not editable) into a new venv and drive the installed script:
     install-js, export, check in python/node/browser, demo, and serve answering one OIP infer.
 
-    Cost: about 3 minutes, measured on the shared 2-core machine at a load average of 6 (warm pip and npm
-    caches): 10 s to build, 80 s for pip to install the wheel and ~60 dependencies (15 s resolving, the rest
-    unpacking ~400 MB; --no-compile already), 50 s for npm ci overlapped with training and export, 35 s for
-    check and demo, 10 s for serve. That is twice the 90 s aimed at, and it stays: reusing a venv between runs
-    or installing --no-deps over the dev venv's packages would stop proving that the wheel's Requires-Dist
-    is complete, which is what this test is for. A cold cache downloads everything once (the long timeout).
+    Cost, measured on the shared 2-core machine with warm pip and npm caches: 97 s for this file at a load
+    average of 3 (4 s to build the wheel; 42 s for pip to resolve and unpack the wheel and ~60 dependencies,
+    --no-compile already; 25 s for npm ci, overlapped with training and export; 18 s for check and demo;
+    7 s for serve), and about 190 s at a load average of 6. The full install stays: reusing a venv between
+    runs, or installing --no-deps over the dev venv's packages, would stop proving that the wheel's
+    Requires-Dist is complete, which is what this test is for. A cold cache downloads everything once (hence
+    the long timeout).
     """
     need(shutil.which("node") is not None and shutil.which("npm") is not None, "node and npm are not on PATH")
     need(shutil.which("chromium") is not None or bool(os.environ.get("EDGEPORT_CHROMIUM")), "chromium is not on PATH")
