@@ -9,6 +9,8 @@ Each server runs as its own process with one worker; wrk runs 2 threads, 16 then
 (default 10) each. Time to ready is from the process's start to its first 200 on its readiness URL, the median of
 STARTS starts; edgeport's is with its site cache warm (its first, cold start is reported beside it). edgeport and
 the bare app are loaded in ROUNDS interleaved rounds (the load on a small shared machine drifts), the median kept.
+Servers may write bytecode caches (PYTHONDONTWRITEBYTECODE is cleared for them), as an installed package has them:
+otherwise a checkout's edited modules are compiled again at every start, and time to ready measures that.
 """
 from __future__ import annotations
 
@@ -138,7 +140,8 @@ class Server:
     """How to start one server on a port of its own, and where to ask it."""
 
     def __init__(self, name: str, cmd: list[str], ready_path: str, env: dict | None = None):
-        self.name, self.cmd, self.ready_path, self.env = name, cmd, ready_path, env or {}
+        self.name, self.cmd, self.ready_path = name, cmd, ready_path
+        self.env = {"PYTHONDONTWRITEBYTECODE": "", **(env or {})}
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 

@@ -15,6 +15,14 @@ from fastapi.testclient import TestClient
 from conftest import ServerProcess
 
 
+@pytest.fixture(scope="module", autouse=True)
+def site_cache(tmp_path_factory):
+    """The servers started here keep their demo sites in a cache of this module's own, not the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGEPORT_CACHE", str(tmp_path_factory.mktemp("edgeport-cache")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def bundles(example_bundles):
     return example_bundles.bundles_dir

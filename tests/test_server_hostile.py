@@ -23,6 +23,14 @@ from schemathesis.checks import not_a_server_error
 
 from conftest import ServerProcess
 
+
+@pytest.fixture(scope="module", autouse=True)
+def site_cache(tmp_path_factory):
+    """The servers started here keep their demo sites in a cache of this module's own, not the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGEPORT_CACHE", str(tmp_path_factory.mktemp("edgeport-cache")))
+        yield
+
 HEADER_TIMEOUT_S = 1
 KEEP_ALIVE_S = 3
 GOOD = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}

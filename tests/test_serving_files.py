@@ -14,6 +14,14 @@ from fastapi.testclient import TestClient
 from conftest import ServerProcess, need
 from edgeport.webassets import ORT_BROWSER_FILES, ORT_DIST
 
+
+@pytest.fixture(scope="module", autouse=True)
+def site_cache(tmp_path_factory):
+    """The servers started here keep their demo sites in a cache of this module's own, not the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGEPORT_CACHE", str(tmp_path_factory.mktemp("edgeport-cache")))
+        yield
+
 SECRET = b"root:x:0:0:the secret outside the bundle\n"
 
 

@@ -60,3 +60,87 @@ def test_site_for_a_tfjs_bundle_ships_tfjs(example_bundles, tmp_path):
     assert (site / "vendor/tfjs/tf.fesm.min.js").is_file() and not (site / "vendor/ort").exists()
     assert '"@tensorflow/tfjs": "./vendor/tfjs/tf.fesm.min.js"' in (site / "index.html").read_text()
     assert json.loads((site / "site.json").read_text())["fallback_url"] is None
+
+
+def _variants(site):
+    return sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.name.endswith((".gz", ".br")))
+
+
+def test_a_site_built_without_precompression_has_no_variants(iris_bundle, tmp_path):
+    from edgeport.site import build_site
+
+    result = build_site([iris_bundle.path], tmp_path / "site", precompress=False)
+    assert _variants(result.path) == []
+    assert all("variants" not in entry for entry in json.loads((result.path / "site.json").read_text())["files"].values())
+    assert result.bytes_gzip == result.bytes_raw  # nothing compressed, and no claim that it was
+
+
+def test_without_brotli_a_demo_site_gets_gz_variants_and_says_so(iris_bundle, tmp_path, monkeypatch):
+    import sys
+
+    from edgeport.site import build_site
+
+    monkeypatch.setitem(sys.modules, "brotli", None)  # import brotli raises ImportError
+    said = []
+    site = build_site([iris_bundle.path], tmp_path / "site", progress=said.append).path
+    variants = _variants(site)
+    assert "vendor/ort/ort-wasm-simd-threaded.wasm.gz" in variants
+    assert not [v for v in variants if v.endswith(".br")]
+    assert any("brotli is not installed" in message for message in said), said
+
+
+def test_the_site_cache_builds_once_per_set_of_bundles(iris_bundle, tmp_path, monkeypatch):
+    import edgeport.site_cache as site_cache
+
+    triple = (iris_bundle.name, iris_bundle.version, iris_bundle.path)
+    said = []
+    first = site_cache.cached_site([triple], root=tmp_path / "cache", progress=said.append)
+    assert (first / "site.json").is_file() and _variants(first) == []  # serve's sites are never precompressed
+    assert [p.name for p in (tmp_path / "cache" / "sites").iterdir()] == [first.name]  # no staging left behind
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a cached site was built again")
+
+    monkeypatch.setattr(site_cache, "build_site", no_build)
+    assert site_cache.cached_site([triple], root=tmp_path / "cache", progress=said.append) == first
+    assert "(cached)" in said[-1]
+    # another manifest is another site
+    manifest = json.loads((iris_bundle.path / "manifest.json").read_text())
+    manifest["created"] = "2000-01-01T00:00:00+00:00"
+    (iris_bundle.path / "manifest.json").write_text(json.dumps(manifest))
+    assert site_cache.site_key([triple]) != first.name
+
+
+def test_the_cache_directory_follows_the_environment(tmp_path, monkeypatch):
+    from edgeport.site_cache import cache_root
+
+    monkeypatch.setenv("EDGEPORT_CACHE", str(tmp_path / "a"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "b"))
+    assert cache_root() == tmp_path / "a"
+    monkeypatch.delenv("EDGEPORT_CACHE")
+    assert cache_root() == tmp_path / "b" / "edgeport"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "edgeport"
+
+
+def test_serve_reuses_its_cached_site_and_never_precompresses(iris_bundle, tmp_path, monkeypatch):
+    import httpx
+
+    from conftest import ServerProcess
+
+    monkeypatch.setenv("EDGEPORT_CACHE", str(tmp_path / "cache"))
+    outputs, sites = [], []
+    for _ in range(2):
+        server = ServerProcess(iris_bundle.path)
+        try:
+            assert httpx.get(f"{server.url}/", timeout=10).status_code == 200
+            outputs.append(server.output())
+        finally:
+            server.stop()
+        sites.append({p.name: p.stat().st_ino for p in (tmp_path / "cache" / "sites").iterdir()})
+    assert "(built, cached for the next start)" in outputs[0], outputs[0]
+    assert "(cached)" in outputs[1] and "built" not in outputs[1], outputs[1]
+    assert len(sites[0]) == 1 and sites[1] == sites[0]  # the same directory, not a rebuilt one
+    site = tmp_path / "cache" / "sites" / next(iter(sites[0]))
+    assert _variants(site) == [] and "precompress" not in outputs[0] + outputs[1]
