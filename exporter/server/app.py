@@ -18,7 +18,9 @@ every other route goes through FastAPI. Outermost first:
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Optional
 
@@ -66,6 +68,9 @@ def create_app(
         raise ValueError(f"max_body_bytes and max_batch must be at least 1 and timeout_s above 0; got "
                          f"{max_body_bytes}, {max_batch}, {timeout_s}")
     metrics = Metrics()
+    # the site's files are read and hashed (a 14 MB wasm: tens of ms, mostly outside the GIL) while FastAPI builds
+    # its routes; a site that fails its check still fails the start, below
+    site_loading = _in_background(Snapshot.of_site, site_dir) if site_dir is not None else None
     budgets = {(m.name, m.version): RequestBudget.for_bundle(m.bundle, max_batch, max_body_bytes)
                for m in repository.all()}
 
@@ -229,8 +234,8 @@ def create_app(
         response = model.files.response(path, request, cache="public, max-age=3600")
         return response or error(404, f"{path!r} is not a file of bundle {name} version {version}")
 
-    if site_dir is not None:
-        site = Snapshot.of_site(site_dir)
+    if site_loading is not None:
+        site = site_loading.result()
 
         @app.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
         def site_file(path: str, request: Request) -> Response:
@@ -284,6 +289,19 @@ def _prepare(model: ServedModel, body: bytes, budget: RequestBudget, max_batch: 
     """Parse and check a request body: (request, onnxruntime feeds, output names), or InferInputError."""
     payload = parse_request(body, budget)
     return payload, feeds_from_request(model.bundle, payload, max_batch), _requested_outputs(model, payload)
+
+
+def _in_background(function, *args) -> Future:
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(function(*args))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="edgeport-site-snapshot", daemon=True).start()
+    return future
 
 
 def _content_length(scope: dict) -> Optional[int]:
