@@ -173,6 +173,7 @@ def test_wheel_in_a_fresh_venv_runs_every_command(wheel, tmp_path):
     serve_and_infer(edgeport, tmp_path, env)
     timings["serve"] = time.monotonic() - started
     print("wheel test timings:", {k: f"{v:.0f}s" for k, v in timings.items()}, file=sys.stderr)
+    shutil.rmtree(venv)  # ~1 GB with node_modules; pytest keeps three runs' tmp dirs, and a passing one needs none of it
 
 
 def serve_and_infer(edgeport: Path, tmp_path: Path, env: dict) -> None:
