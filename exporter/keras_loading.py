@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from .errors import ModelLoadError, RuntimeUnavailableError, UnsafeGraphError
+from .extras import install_hint
 from .model_file import LoadedModel, sha256_of
 
-INSTALL_HINT = "install the tensorflow extra: pip install -e '.[tensorflow]' (make setup does this)"
+INSTALL_HINT = "install the tensorflow extra: " + install_hint("tensorflow")
 
 # Ops that reach outside the model: they read, write, list or delete files, run Python, log to a path, or talk
 # to the network. A model from someone else could hide one in its serving function or its initializers, and

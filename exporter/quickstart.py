@@ -73,6 +73,10 @@ def quickstart(root: str | Path = "out", runtimes: Sequence[str] = ("python", "n
 
     progress = progress or (lambda _msg: None)
     if serve:
+        from .extras import require
+
+        for module in ("fastapi", "uvicorn"):  # before minutes of training, like the port
+            require(module, "serve", "edgeport quickstart (which serves the demo; --no-serve doesn't)")
         from .serving import check_port
 
         check_port(host, port)

@@ -17,7 +17,8 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..decoding import feeds_from_rows
-from ..errors import RowValidationError, RuntimeFailedError, RuntimeUnavailableError
+from ..errors import RowValidationError, RuntimeFailedError
+from ..extras import require
 from . import RuntimeOutput, with_labels
 
 DATATYPES = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "string": "BYTES"}
@@ -25,15 +26,13 @@ HOST = "http://edgeport.in-process"
 
 
 def run(bundle: Bundle, rows: list) -> RuntimeOutput:
-    try:
-        import anyio
-        import httpx
+    for module in ("fastapi", "httpx"):
+        require(module, "serve", "the server runtime (check -r server)")
+    import anyio
+    import httpx
 
-        from ..server.app import DEFAULT_MAX_BATCH, create_app
-        from ..server.repository import Repository
-    except ImportError as exc:
-        raise RuntimeUnavailableError(f"the server runtime needs the serve extra ({exc.name} is missing): "
-                                      "pip install 'edgeport[serve]'") from exc
+    from ..server.app import DEFAULT_MAX_BATCH, create_app
+    from ..server.repository import Repository
 
     try:
         feeds = feeds_from_rows(bundle.inputs, bundle.manifest.layout, rows)
