@@ -224,7 +224,8 @@ def create_app(
     app.openapi = openapi
 
     @app.get("/metrics")
-    def prometheus() -> Response:
+    async def prometheus() -> Response:
+        # on the event loop, where the counters are updated: a scrape never reads them halfway through an update
         return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.api_route("/bundles/{name}/{version}/{path:path}", methods=["GET", "HEAD"])
