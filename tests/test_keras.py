@@ -92,6 +92,24 @@ def saved(tmp_path_factory):
     return {name: save(*build(), root, name) for name, build in MODELS.items()}
 
 
+@pytest.fixture(scope="module")
+def exported(saved, tmp_path_factory):
+    """export(name, target): each Keras model exported once per target (a tfjs export is two TF subprocesses,
+    ~30 s); the tests that only read the bundle share it."""
+    from edgeport.export import export_model
+
+    root = tmp_path_factory.mktemp("keras-bundles")
+    done = {}
+
+    def export(name, target):
+        if (name, target) not in done:
+            model_path, sample_path = saved[name]
+            done[name, target] = export_model(model_path, root / f"{name}-{target}", to=target, sample=sample_path)
+        return done[name, target]
+
+    return export
+
+
 def js_ready():
     from edgeport.webassets import ORT_BROWSER_FILES, ORT_DIST
 
@@ -103,13 +121,12 @@ def js_ready():
 @pytest.mark.browser
 @pytest.mark.parametrize("target", ["onnx", "tfjs"])
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_keras_model_exports_and_passes_everywhere(name, target, saved, tmp_path):
+def test_keras_model_exports_and_passes_everywhere(name, target, saved, exported):
     from edgeport.check import check_bundle
-    from edgeport.export import export_model
 
     js_ready()
-    model_path, sample_path = saved[name]
-    result = export_model(model_path, tmp_path / "b", to=target, sample=sample_path)
+    model_path, _ = saved[name]
+    result = exported(name, target)
     assert_parity(result.report, ("server", "node") if target == "tfjs" else ("python",))
     manifest = result.bundle.manifest.to_dict()
     assert manifest["format"] == ("tfjs-graph" if target == "tfjs" else "onnx")
@@ -133,11 +150,10 @@ def test_keras_model_exports_and_passes_everywhere(name, target, saved, tmp_path
 
 
 @pytest.mark.browser
-def test_a_differently_trained_keras_model_is_caught_against_a_tfjs_bundle(saved, tmp_path):
+def test_a_differently_trained_keras_model_is_caught_against_a_tfjs_bundle(saved, exported, tmp_path):
     js_ready()
-    model_path, sample_path = saved["mlp"]
-    out = tmp_path / "b"
-    assert runner.invoke(app, ["export", str(model_path), "--sample", str(sample_path), "--to", "tfjs", "--out", str(out)]).exit_code == 0
+    _, sample_path = saved["mlp"]
+    out = exported("mlp", "tfjs").bundle.path  # checking only reads the bundle
     other, _ = mlp_classifier()  # same architecture, trained again: other weights
     other_path = tmp_path / "other.keras"
     other.save(other_path)
