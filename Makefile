@@ -34,9 +34,11 @@ chromium:
 demo: setup
 	$(VENV)/bin/edgeport quickstart
 
+# two workers: much of the suite waits on subprocesses (node, chromium, TensorFlow converters); tests/conftest.py
+# groups the tests that share expensive fixtures onto one worker and hands out the slowest groups first
 test: setup
 	cd web_demo && node --test test/
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder
 
 # without TensorFlow and the browser: a quick loop while editing
 test-fast: setup
