@@ -59,6 +59,7 @@ def register(framework: str, target: str) -> Callable[[type], type]:
     """Class decorator: register a converter for (framework, target)."""
 
     def decorate(cls: type) -> type:
+        _load_builtins()  # a converter registered before the built-ins load must still meet them here
         key = (framework, target)
         if key in _REGISTRY:
             raise ValueError(f"a converter for {key} is already registered: {type(_REGISTRY[key]).__name__}")
@@ -100,6 +101,16 @@ def check_options(converter: Converter, given: dict[str, Any]) -> None:
                             f"{converter.target}{where}. Leave it out.")
 
 
+_loading = False
+
+
 def _load_builtins() -> None:
-    for module in BUILTIN_CONVERTERS:
-        importlib.import_module(module)
+    global _loading
+    if _loading:  # a built-in module registering itself while they load
+        return
+    _loading = True
+    try:
+        for module in BUILTIN_CONVERTERS:
+            importlib.import_module(module)
+    finally:
+        _loading = False
