@@ -178,7 +178,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
     site: Optional[Path] = typer.Option(None, "--site", exists=True, file_okay=False,
-                                        help="Serve this demo site at / (default: build one for PATH)."),
+                                        help="Serve this site (from edgeport demo) at / (default: a site for PATH, built once and cached in $EDGEPORT_CACHE or ~/.cache/edgeport)."),
     cors_origin: List[str] = typer.Option([], "--cors-origin", help="Allow this origin to call the API (repeatable)."),
     max_body_bytes: int = typer.Option(4 * 1024 * 1024, "--max-body-bytes", min=1,
                                        help="Refuse larger request bodies (413); each model also refuses more than its largest request needs."),

@@ -228,17 +228,20 @@ def create_app(
         # on the event loop, where the counters are updated: a scrape never reads them halfway through an update
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    @app.api_route("/bundles/{name}/{version}/{path:path}", methods=["GET", "HEAD"])
     def bundle_file(name: str, version: str, path: str, request: Request) -> Response:
         model = find(name, version)
         # the snapshot read at start-up: the files the model was built from, with their manifest hashes as ETags
         response = model.files.response(path, request, cache="public, max-age=3600")
         return response or error(404, f"{path!r} is not a file of bundle {name} version {version}")
 
+    # one route per method, each with its own operation ID (one route for several methods gives them all one)
+    for method in ("GET", "HEAD"):
+        app.add_api_route("/bundles/{name}/{version}/{path:path}", bundle_file, methods=[method],
+                          operation_id=f"bundle_file_{method.lower()}")
+
     if site_loading is not None:
         site = site_loading.result()
 
-        @app.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
         def site_file(path: str, request: Request) -> Response:
             if request.method not in ("GET", "HEAD") or path == "v2" or path.startswith("v2/"):
                 return error(404, f"no such endpoint: {request.method} /{path}")
@@ -249,6 +252,9 @@ def create_app(
                 if response is not None:
                     return response
             return error(404, f"not found: /{path}")
+
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+            app.add_api_route("/{path:path}", site_file, methods=[method], operation_id=f"site_file_{method.lower()}")
 
     async def infer_asgi(scope: dict, receive, send) -> None:
         response = await answer_infer(scope["edgeport.model"], scope, receive)
