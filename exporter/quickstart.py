@@ -52,8 +52,9 @@ def run_quickstart(root: str | Path = "out", runtimes: Sequence[str] = ("python"
         progress(f"[{name}] training")
         example = train()
         model_path, sample_path = write_example(example, root / "models")
-        # a tfjs bundle's server artifact (model.onnx) is checked too: it is what the fallback answers with
-        extra = ("server",) if example.target == "tfjs" else ()
+        # the fallback server too, every time: real OIP requests to its app, through its decoder (and, for a
+        # tfjs bundle, on its model.onnx): what a browser gets when it gives up must match as well
+        extra = ("server",)
         exported = export_model(model_path, root / "bundles" / name, to=example.target, sample=sample_path, name=name,
                                 force=True, runtimes=[*runtimes, *extra], progress=lambda m, n=name: progress(f"[{n}] {m}"))
         done.append(QuickstartModel(name, example.description, exported, exported.report))

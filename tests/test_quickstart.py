@@ -1,4 +1,6 @@
 """`edgeport quickstart --no-serve`: the main job on the embedded default, stopping before it serves."""
+import json
+
 from typer.testing import CliRunner
 
 from cli import app
@@ -16,6 +18,9 @@ def test_quickstart_trains_exports_checks_and_builds_the_site(quickstart_run):
         assert f"\n{name} " in result.output
         assert (out / "bundles" / name / "manifest.json").is_file()
         assert (out / "site" / "models" / name / "model.onnx").is_file()
+        # the fallback server's path is in every example's gate: real OIP requests through its app
+        report = json.loads((out / "bundles" / name / "parity.json").read_text())
+        assert {r["runtime"]: r["status"] for r in report["runtimes"]}["server"] == "passed", report
     assert (out / "site" / "index.html").is_file()
     assert "serving" not in result.output
 
