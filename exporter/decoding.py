@@ -42,6 +42,8 @@ NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64,
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 FLOAT64_MAX = float(np.finfo(np.float64).max)
 INT64_MIN, INT64_END = -(2**63), 2**63
+# measured: below about this many values, checking each in Python beats numpy's per-call overhead
+BULK_VALUES = 16
 
 
 def feeds_from_rows(inputs: Sequence[InputSpec], layout: str, rows: Any) -> dict[str, np.ndarray]:
@@ -172,8 +174,8 @@ def _where_matrix(spec: InputSpec, r: int, i: int) -> Place:
 
 def _decode(spec: InputSpec, values: list, where) -> list:
     """Every value checked by `_value`; where(i) names the i-th value in an error."""
-    if spec.dtype in ("float32", "float64") and all(type(v) is float for v in values):
-        # the common case, checked in bulk: finite floats in range (a NaN or an Inf takes the slow path)
+    if len(values) > BULK_VALUES and spec.dtype in ("float32", "float64") and all(type(v) is float for v in values):
+        # many floats, checked in bulk: finite and in range (a NaN or an Inf takes the value-by-value path)
         array = np.asarray(values, dtype=np.float64)
         limit = FLOAT32_MAX if spec.dtype == "float32" else FLOAT64_MAX
         if np.isfinite(array).all() and (not array.size or float(np.abs(array).max()) <= limit):
