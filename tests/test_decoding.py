@@ -63,3 +63,21 @@ def test_the_corpus_covers_every_layout_dtype_and_code():
     assert {i["dtype"] for c in cases for i in c["inputs"]} == {"float32", "float64", "int64", "string"}
     assert {c["code"] for c in cases if c["verdict"] == "refuse"} == {
         "rows", "row-type", "extra-column", "missing-column", "row-length", "type", "missing-value", "range"}
+
+
+@pytest.mark.parametrize("bad,code", [(math.nan, "missing-value"), (math.inf, "range"), (1e39, "range"),
+                                      ("1", "type"), (True, "type"), (None, "missing-value")])
+@pytest.mark.parametrize("width", [4, 64])
+def test_many_values_checked_in_bulk_get_the_verdict_each_gets_alone(bad, code, width):
+    """Above a few values the decoder checks floats in bulk with numpy; the verdict must not depend on it."""
+    from edgeport.bundle import InputSpec
+    from edgeport.decoding import feeds_from_rows
+    from edgeport.errors import RowValidationError
+
+    spec = InputSpec("x", "float32", (None, width))
+    row = [0.5] * width
+    row[width - 1] = bad
+    with pytest.raises(RowValidationError) as caught:
+        feeds_from_rows([spec], "matrix", [[0.25] * width, row])
+    assert caught.value.code == code and caught.value.row == 1 and f"value {width - 1}" in str(caught.value)
+    assert feeds_from_rows([spec], "matrix", [[0.25] * width])["x"].shape == (1, width)
