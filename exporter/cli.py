@@ -39,6 +39,11 @@ class RuntimeName(str, Enum):
     server = "server"
 
 
+class Task(str, Enum):
+    classification = "classification"
+    regression = "regression"
+
+
 class LowConfidence(str, Enum):
     server = "server"
     abstain = "abstain"
@@ -86,7 +91,7 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks inst
 
 @command()
 def export(
-    model: Path = typer.Argument(..., help="Trained model: .skops (recommended), .joblib/.pkl, .keras or a SavedModel dir."),
+    model: Path = typer.Argument(..., help="Trained model: .skops (recommended), .joblib/.pkl, .keras, a SavedModel dir, or an .onnx file."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
     to: Target = typer.Option(Target.onnx, "--to", help="Export format."),
     sample: Optional[Path] = typer.Option(None, "--sample", help="Sample input rows: CSV with header, Parquet or .npy."),
@@ -99,7 +104,12 @@ def export(
     atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance (default: the converter's)."),
     rtol: Optional[float] = typer.Option(None, "--rtol", help="Relative tolerance (default: the converter's)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="Keras only. tfjs: float16|uint8; onnx: int8 (dynamic)."),
-    classes: Optional[str] = typer.Option(None, "--classes", help="Keras classifiers: class names, comma-separated (default 0..k-1)."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Keras and ONNX-file classifiers: class names, comma-separated (default 0..k-1)."),
+    label_output: Optional[str] = typer.Option(None, "--label-output", help="ONNX file: the output that holds the label."),
+    probabilities_output: Optional[str] = typer.Option(None, "--probabilities-output", help="ONNX file: the output that holds class probabilities."),
+    value_output: Optional[str] = typer.Option(None, "--value-output", help="ONNX file: the output that holds a regression value."),
+    task: Optional[Task] = typer.Option(None, "--task", help="ONNX file: classification or regression, where the outputs don't say."),
+    nullable: List[str] = typer.Option([], "--nullable", help="ONNX file: this input accepts missing values (repeatable)."),
     confidence_threshold: float = typer.Option(0.6, "--confidence-threshold", min=0.0, max=1.0, help="Below this the client falls back."),
     on_low_confidence: LowConfidence = typer.Option(LowConfidence.server, "--on-low-confidence", help="Ask the server, or abstain."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the parity report (JSON) here."),
@@ -111,6 +121,8 @@ def export(
     options = {"quantize": quantize} if quantize else {}
     if classes:
         options["classes"] = [c.strip() for c in classes.split(",")]
+    options.update(label_output=label_output, probabilities_output=probabilities_output, value_output=value_output,
+                   task=task.value if task else None, nullable=nullable or None)  # None: not given
     result = export_model(
         model, out, to=to.value, sample=sample, name=name, version=version, allow_pickle=allow_pickle,
         trust=trust, allow_ops=allow_op, force=force, atol=atol, rtol=rtol, confidence_threshold=confidence_threshold,

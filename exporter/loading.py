@@ -18,6 +18,8 @@ What edgeport trusts when it loads a model:
   variables `EDGEPORT_MAX_MODEL_BYTES` and `EDGEPORT_MAX_MODEL_MEMBERS`.
 - Pickles (`.pkl`, `.joblib`) run arbitrary code when loaded, so they load only
   with `allow_pickle=True` (`--allow-pickle`).
+- `.onnx` files are data too: read with onnx and checked by `onnx.checker`, refused over the size limit,
+  with external data files, or with custom-op domains onnxruntime can't run (`onnx_loading.py`).
 - `.keras` files load with Keras' `safe_mode=True` (no code from Lambda layers).
 - TensorFlow SavedModel directories are inspected before anything in them runs:
   a graph that reads or writes files, runs Python or uses the network is
@@ -72,6 +74,10 @@ def load_model(
         from .keras_loading import load_keras_model  # lazy: imports TensorFlow
 
         return load_keras_model(path, allow_ops=allow_ops)
+    if suffix == ".onnx":
+        from .onnx_loading import load_onnx_model  # "bring your own ONNX": data, checked before use
+
+        return load_onnx_model(path)
     if suffix == ".skops":
         model = _load_skops(path, trust)
         return LoadedModel("sklearn", model, path, sha256_of(path), "skops")
