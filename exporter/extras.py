@@ -6,6 +6,7 @@ feature imports:
     serve       fastapi, uvicorn, prometheus-client, httpx   edgeport serve, check -r server
     browser     playwright (and brotli, optional)            check -r browser (brotli: .br copies in demo sites)
     tensorflow  tensorflow, tensorflowjs, tf2onnx           Keras / SavedModel export (keras_loading.INSTALL_HINT)
+    boosting    xgboost, lightgbm, catboost, onnxmltools    XGBoost / LightGBM / CatBoost export and native files
 """
 from __future__ import annotations
 

@@ -18,6 +18,8 @@ What edgeport trusts when it loads a model:
   variables `EDGEPORT_MAX_MODEL_BYTES` and `EDGEPORT_MAX_MODEL_MEMBERS`.
 - Pickles (`.pkl`, `.joblib`) run arbitrary code when loaded, so they load only
   with `allow_pickle=True` (`--allow-pickle`).
+- XGBoost `.json`/`.ubj`, LightGBM `.txt` and CatBoost `.cbm` files are data, not code: they load
+  without --allow-pickle (`boosting_loading.py`).
 - `.onnx` files are data too: read with onnx and checked by `onnx.checker`, refused over the size limit,
   with external data files, or with custom-op domains onnxruntime can't run (`onnx_loading.py`).
 - `.keras` files load with Keras' `safe_mode=True` (no code from Lambda layers).
@@ -74,6 +76,10 @@ def load_model(
         from .keras_loading import load_keras_model  # lazy: imports TensorFlow
 
         return load_keras_model(path, allow_ops=allow_ops)
+    if suffix in (".json", ".ubj", ".txt", ".cbm"):
+        from .boosting_loading import load_native  # lazy: XGBoost / LightGBM / CatBoost files are data, not code
+
+        return load_native(path)
     if suffix == ".onnx":
         from .onnx_loading import load_onnx_model  # "bring your own ONNX": data, checked before use
 
@@ -93,7 +99,8 @@ def load_model(
         return LoadedModel("sklearn", model, path, sha256_of(path), "pickle")
     raise ModelLoadError(
         f"don't know how to load {path.name}: supported model files are .skops (recommended), "
-        ".joblib/.pkl (with --allow-pickle), .keras, and TensorFlow SavedModel directories."
+        ".joblib/.pkl (with --allow-pickle), .keras, TensorFlow SavedModel directories, and XGBoost (.json/.ubj), "
+        "LightGBM (.txt) and CatBoost (.cbm) model files."
     )
 
 

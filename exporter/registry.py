@@ -18,7 +18,7 @@ from .parity import Tolerance
 from .progress import Progress
 
 # modules whose import registers the built-in converters
-BUILTIN_CONVERTERS = ("edgeport.converters.sklearn_onnx", "edgeport.converters.keras", "edgeport.converters.onnx_file")
+BUILTIN_CONVERTERS = ("edgeport.converters.sklearn_onnx", "edgeport.converters.keras", "edgeport.converters.onnx_file", "edgeport.converters.boosting")
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,10 @@ class SklearnToOnnx:
         import sklearn
 
         model = loaded.model
+        from .boosting import ensure_registered, libraries_in, repair_loaded  # XGBoost / LightGBM / CatBoost steps
+
+        ensure_registered(libraries_in(model))
+        repair_loaded(model)
         task = task_of(model)
         table, per_column = _prepare_table(model, sample)
         classes = [_plain(c) for c in model.classes_] if task == "classification" else None

@@ -1,0 +1,249 @@
+"""XGBoost, LightGBM and CatBoost → ONNX, alone, inside scikit-learn Pipelines, or from their native files.
+
+Their scikit-learn estimators (XGBClassifier, LGBMRegressor, CatBoostClassifier, ...) are taught to
+skl2onnx the documented way, `update_registered_converter`, so a Pipeline or ColumnTransformer around
+one converts through the ordinary sklearn path (`sklearn_onnx.py`): XGBoost and LightGBM with
+onnxmltools' shape calculators and converters; CatBoost with CatBoost's own ONNX export
+(`catboost.utils.convert_to_onnx_object`, what `save_model(format="onnx")` writes), whose one
+TreeEnsemble node is copied into skl2onnx's graph with its outputs bound to the label / probabilities /
+value roles. Registration happens on demand (`ensure_registered`), so neither the libraries nor
+onnxmltools load until a model needs them.
+
+Native model files (XGBoost `.json`/`.ubj`, LightGBM `.txt`, CatBoost `.cbm`) are loaded by
+`boosting_loading.py` as the library's scikit-learn estimator and exported by the converters below,
+which take `--classes`: a native file often knows only how many classes there are, not their names.
+
+Precision and tolerance: the default (atol 1e-5, rtol 1e-4), never loosened. The trees run in float32
+(onnxruntime has no double TreeEnsemble kernels), as in the libraries themselves: XGBoost and CatBoost turn
+features into float32 and compare them with float32 thresholds. Preprocessing runs in double and is cast to
+float32 just before the trees (`_trees_in_float32`), because XGBoost's thresholds are often exactly a
+training value: a scaler run in float32 lands an ulp off and sends the row down the other branch (max abs diff
+37 on diabetes in a scaled pipeline; 6e-5 with the cast). LightGBM keeps double thresholds, which onnxmltools
+rounds to float32: a feature lying between a threshold and its rounding would take the other branch. The
+test models don't hit that; a model that does fails parity on that row rather than being hidden.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import SampleError
+from ..extras import require
+from ..loading import LoadedModel
+from ..progress import Progress
+from ..registry import Converted, register
+from .sklearn_onnx import SklearnToOnnx, reference_outputs
+
+LIBRARIES = ("xgboost", "lightgbm", "catboost")
+_registered: set[str] = set()
+
+
+def libraries_in(model: Any) -> list[str]:
+    """The boosting libraries whose estimators appear in `model` (a Pipeline is walked)."""
+    from .sklearn_onnx import _walk
+
+    found = []
+    for est in _walk(model):
+        library = type(est).__module__.split(".")[0]
+        if library in LIBRARIES and library not in found:
+            found.append(library)
+    return found
+
+
+def ensure_registered(libraries: Sequence[str]) -> None:
+    """Register the skl2onnx converters for these libraries' estimators (once per process)."""
+    for library in libraries:
+        if library in _registered:
+            continue
+        what = f"exporting a {library} model"
+        require(library, "boosting", what)
+        if library != "catboost":
+            require("onnxmltools", "boosting", what)
+        {"xgboost": _register_xgboost, "lightgbm": _register_lightgbm, "catboost": _register_catboost}[library]()
+        _registered.add(library)
+
+
+def repair_loaded(model: Any) -> None:
+    """Put back what a saved CatBoost model forgets: its feature count (n_features_in_ reads 0 after joblib or .cbm)."""
+    from .sklearn_onnx import _walk
+
+    for est in _walk(model):
+        if type(est).__module__.split(".")[0] == "catboost" and not est.n_features_in_ and est.feature_names_:
+            est._n_features_in = len(est.feature_names_)
+
+
+_CLASSIFIER_OPTIONS = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
+
+
+class _Rewired:
+    """The operator as a converter sees it, with other input and output variables (skl2onnx's own lists re-parent
+    whatever is put in them)."""
+
+    def __init__(self, operator: Any, inputs: list, outputs: list) -> None:
+        self._operator, self.inputs, self.outputs = operator, inputs, outputs
+
+    @property
+    def input_full_names(self) -> list[str]:
+        return [v.full_name for v in self.inputs]
+
+    @property
+    def output_full_names(self) -> list[str]:
+        return [v.full_name for v in self.outputs]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._operator, name)
+
+
+def _trees_in_float32(convert: Any) -> Any:
+    """Wrap a converter so the trees run in float32 behind a double graph: Cast in, trees, Cast out.
+
+    The libraries themselves turn features into float32 before the trees (XGBoost's DMatrix, CatBoost), and their
+    thresholds are float32, often exactly a training value (XGBoost's histogram cuts). So preprocessing in a
+    Pipeline must run in double, as scikit-learn runs it, and only its result be rounded to float32: a scaler run
+    in float32 lands one ulp off such a threshold and sends the row down the other branch. onnxruntime has no
+    double TreeEnsemble kernels, hence the casts.
+    """
+
+    def converter(scope: Any, operator: Any, container: Any) -> None:
+        from onnx import TensorProto
+        from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
+
+        source = operator.inputs[0]
+        if not isinstance(source.type, DoubleTensorType):
+            return convert(scope, operator, container)
+        outputs = list(operator.outputs)
+        single = scope.declare_local_variable("trees_input", FloatTensorType(source.type.shape))
+        container.add_node("Cast", [source.full_name], [single.full_name], to=TensorProto.FLOAT,
+                           name=scope.get_unique_operator_name("Cast"))
+        inner = [scope.declare_local_variable(f"{v.raw_name}_float", FloatTensorType(v.type.shape))
+                 if isinstance(v.type, DoubleTensorType) else v for v in outputs]
+        convert(scope, _Rewired(operator, [single], inner), container)
+        for float_var, var in zip(inner, outputs):
+            if float_var is not var:
+                container.add_node("Cast", [float_var.full_name], [var.full_name], to=TensorProto.DOUBLE,
+                                   name=scope.get_unique_operator_name("Cast"))
+
+    return converter
+
+
+def _register_xgboost() -> None:
+    from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (calculate_linear_classifier_output_shapes,
+                                                  calculate_linear_regressor_output_shapes)
+    from xgboost import XGBClassifier, XGBRegressor
+
+    update_registered_converter(XGBClassifier, "XGBoostXGBClassifier", calculate_linear_classifier_output_shapes,
+                                _trees_in_float32(convert_xgboost), options=_CLASSIFIER_OPTIONS)
+    update_registered_converter(XGBRegressor, "XGBoostXGBRegressor", calculate_linear_regressor_output_shapes,
+                                _trees_in_float32(convert_xgboost))
+
+
+def _register_lightgbm() -> None:
+    from lightgbm import LGBMClassifier, LGBMRegressor
+    from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (calculate_linear_classifier_output_shapes,
+                                                  calculate_linear_regressor_output_shapes)
+
+    update_registered_converter(LGBMClassifier, "LightGbmLGBMClassifier", calculate_linear_classifier_output_shapes,
+                                _trees_in_float32(convert_lightgbm), options=_CLASSIFIER_OPTIONS)
+    update_registered_converter(LGBMRegressor, "LightGbmLGBMRegressor", calculate_linear_regressor_output_shapes,
+                                _trees_in_float32(convert_lightgbm), options={"split": None})
+
+
+def _register_catboost() -> None:
+    from catboost import CatBoostClassifier, CatBoostRegressor
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (calculate_linear_classifier_output_shapes,
+                                                  calculate_linear_regressor_output_shapes)
+
+    update_registered_converter(CatBoostClassifier, "CatBoostCatBoostClassifier",
+                                calculate_linear_classifier_output_shapes, _trees_in_float32(_convert_catboost),
+                                parser=_parse_catboost_classifier, options=_CLASSIFIER_OPTIONS)
+    update_registered_converter(CatBoostRegressor, "CatBoostCatBoostRegressor",
+                                calculate_linear_regressor_output_shapes, _trees_in_float32(_convert_catboost))
+
+
+def _parse_catboost_classifier(scope: Any, model: Any, inputs: list, custom_parsers: Any = None) -> list:
+    """Declare the operator's two outputs, label and probabilities (edgeport always turns zipmap off)."""
+    from skl2onnx._parse import _get_sklearn_operator_name
+    from skl2onnx.common.data_types import Int64TensorType, StringTensorType, guess_tensor_type
+
+    operator = scope.declare_local_operator(_get_sklearn_operator_name(type(model)), model)
+    operator.inputs = inputs
+    strings = np.asarray(model.classes_).dtype.kind in "OUS"
+    operator.outputs.append(scope.declare_local_variable("label", StringTensorType() if strings else Int64TensorType()))
+    operator.outputs.append(scope.declare_local_variable("probabilities", guess_tensor_type(inputs[0].type)))
+    return list(operator.outputs)
+
+
+def _convert_catboost(scope: Any, operator: Any, container: Any) -> None:
+    """Copy the TreeEnsemble node of CatBoost's own ONNX export into skl2onnx's graph."""
+    from catboost.utils import convert_to_onnx_object
+    from onnx.helper import get_attribute_value
+
+    onx = convert_to_onnx_object(operator.raw_operator)
+    nodes = [n for n in onx.graph.node if n.op_type != "ZipMap"]  # probabilities come from the tensor output
+    if len(nodes) != 1 or not nodes[0].op_type.startswith("TreeEnsemble") or len(onx.graph.initializer):
+        raise NotImplementedError(f"CatBoost's ONNX export has nodes {[n.op_type for n in onx.graph.node]}; edgeport "
+                                  "handles one TreeEnsemble node (no categorical features or text features)")
+    node = nodes[0]
+    opsets = {d.domain: d.version for d in onx.opset_import}
+    attributes = {a.name: get_attribute_value(a) for a in node.attribute}
+    container.add_node(node.op_type, [operator.inputs[0].full_name], [o.full_name for o in operator.outputs],
+                       op_domain=node.domain, op_version=opsets.get(node.domain), **attributes)
+
+
+class _NativeBoosting(SklearnToOnnx):
+    """A native XGBoost / LightGBM / CatBoost file, loaded as its scikit-learn estimator."""
+
+    options = ("classes",)
+
+    def convert(self, loaded: LoadedModel, sample: Any, progress: Progress,
+                classes: Sequence[Any] | None = None) -> Converted:
+        converted = super().convert(loaded, sample, progress)
+        library = importlib.import_module(loaded.framework)
+        converted = replace(converted, source={
+            **converted.source, "framework": loaded.framework, "framework_version": library.__version__,
+            "converter": "catboost" if loaded.framework == "catboost" else "onnxmltools (through skl2onnx)"})
+        if converted.task != "classification":
+            if classes:
+                raise SampleError("--classes names the classes of a classifier, but this model is a regressor")
+            return converted
+        known = converted.classes or []
+        if not classes:
+            return converted
+        if len(classes) != len(known):
+            raise SampleError(f"--classes names {len(classes)} classes, but the model predicts {len(known)}")
+        # the graph's label output holds the model's own class indices; with names given, the label is the named
+        # class with the highest probability (runtimes.with_labels, the JS client), so that output is left out
+        outputs = [o for o in converted.outputs if o["role"] != "label"]
+        return replace(converted, outputs=outputs, classes=list(classes))
+
+    def reference(self, loaded: LoadedModel, table: Any, classes: Any = None) -> dict[str, Any]:
+        outputs = reference_outputs(loaded.model, table)
+        own = getattr(loaded.model, "classes_", None)
+        own = [] if own is None else list(own)
+        if classes is not None and "label" in outputs and [str(c) for c in classes] != [str(c) for c in own]:
+            index = {str(c): i for i, c in enumerate(own)}
+            outputs["label"] = np.asarray(classes, dtype=object)[[index[str(v)] for v in outputs["label"]]]
+        return outputs
+
+
+@register("xgboost", "onnx")
+class XGBoostToOnnx(_NativeBoosting):
+    """An XGBoost .json / .ubj model file → ONNX (onnxmltools)."""
+
+
+@register("lightgbm", "onnx")
+class LightGBMToOnnx(_NativeBoosting):
+    """A LightGBM .txt model file → ONNX (onnxmltools)."""
+
+
+@register("catboost", "onnx")
+class CatBoostToOnnx(_NativeBoosting):
+    """A CatBoost .cbm model file → ONNX (CatBoost's own export)."""
