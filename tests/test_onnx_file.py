@@ -158,7 +158,7 @@ def _two_float_outputs(path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])
     a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [None, 1])
     b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [None, 1])
-    w = helper.make_tensor("w", TensorProto.FLOAT, [2, 1], [1.0, 2.0])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [2, 1], np.array([1.0, 2.0], np.float32).tobytes(), raw=True)
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("Neg", ["a"], ["b"])],
                               "two", [x], [a, b], [w])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
@@ -246,3 +246,17 @@ def test_installed_script_exports_an_onnx_file(files, tmp_path):
                            "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "b" / "manifest.json").is_file()
+
+
+def test_size_limit_and_external_data_are_refused(files, tmp_path, monkeypatch):
+    import onnx
+
+    monkeypatch.setenv("EDGEPORT_MAX_MODEL_BYTES", "100")
+    result = export([files / "iris.onnx", "--sample", files / "iris.csv", "--out", tmp_path / "b"])
+    assert result.exit_code == 1 and "EDGEPORT_MAX_MODEL_BYTES=" in result.output, result.output
+    monkeypatch.delenv("EDGEPORT_MAX_MODEL_BYTES")
+    onnx.save(onnx.load(_two_float_outputs(tmp_path / "two.onnx")), tmp_path / "ext.onnx",  # MatMul weights
+              save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    np.save(tmp_path / "x.npy", np.ones((4, 2), dtype=np.float32))
+    result = export([tmp_path / "ext.onnx", "--sample", tmp_path / "x.npy", "--out", tmp_path / "b", "--value-output", "b"])
+    assert result.exit_code == 1 and "save_as_external_data=False" in result.output, result.output
