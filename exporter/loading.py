@@ -99,7 +99,8 @@ def load_model(
         return LoadedModel("sklearn", model, path, sha256_of(path), "pickle")
     raise ModelLoadError(
         f"don't know how to load {path.name}: supported model files are .skops (recommended), "
-        ".joblib/.pkl (with --allow-pickle), .keras, TensorFlow SavedModel directories, and XGBoost (.json/.ubj), "
+        ".joblib/.pkl (with --allow-pickle), .keras, TensorFlow SavedModel directories, .onnx files, and XGBoost "
+        "(.json/.ubj), "
         "LightGBM (.txt) and CatBoost (.cbm) model files."
     )
 

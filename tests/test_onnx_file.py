@@ -92,6 +92,7 @@ def test_regressor_and_per_column_pipeline(bundles):
     assert {i["dtype"] for i in churn["inputs"]} == {"string", "float32"}  # no double Imputer kernel
     assert all(i["column"] == i["name"] for i in churn["inputs"])
     assert any(i["nullable"] for i in churn["inputs"]) and not all(i["nullable"] for i in churn["inputs"])
+    assert churn["classes"] == ["churn", "stay"]  # string labels, from the graph's classifier node
 
 
 @pytest.mark.browser
