@@ -104,7 +104,7 @@ def export(
     atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance (default: the converter's)."),
     rtol: Optional[float] = typer.Option(None, "--rtol", help="Relative tolerance (default: the converter's)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="Keras only. tfjs: float16|uint8; onnx: int8 (dynamic)."),
-    classes: Optional[str] = typer.Option(None, "--classes", help="Keras and ONNX-file classifiers: class names, comma-separated (default 0..k-1)."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Keras, ONNX-file and native XGBoost/LightGBM/CatBoost-file classifiers: class names, comma-separated (default 0..k-1)."),
     label_output: Optional[str] = typer.Option(None, "--label-output", help="ONNX file: the output that holds the label."),
     probabilities_output: Optional[str] = typer.Option(None, "--probabilities-output", help="ONNX file: the output that holds class probabilities."),
     value_output: Optional[str] = typer.Option(None, "--value-output", help="ONNX file: the output that holds a regression value."),

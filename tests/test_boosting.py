@@ -227,3 +227,49 @@ def test_cli_exports_a_native_file_with_classes(exported, tmp_path):
     _, pickled, sample, _ = exported("xgboost", "binary", "alone")
     refused = CliRunner().invoke(app, ["export", str(pickled), "--out", str(tmp_path / "c"), "--sample", str(sample)])
     assert refused.exit_code == 1 and "--allow-pickle" in refused.output
+
+
+@pytest.mark.parametrize("family,task", [("lightgbm", "binary"), ("catboost", "multiclass")])
+def test_string_class_labels_in_a_pipeline(family, task, tmp_path):
+    import joblib
+
+    from edgeport.export import export_model
+
+    X, y = _data(task)
+    X = _with_strings(X)
+    y = np.array(["no", "yes", "maybe"])[y.to_numpy()]
+    joblib.dump(_pipeline(family, task).fit(X, y), tmp_path / "m.joblib")
+    X.head(100).to_csv(tmp_path / "s.csv", index=False)
+    result = export_model(tmp_path / "m.joblib", tmp_path / "b", sample=tmp_path / "s.csv", allow_pickle=True)
+    assert_parity(result.report)
+    assert list(result.bundle.manifest.classes) == sorted(set(y))
+
+
+@pytest.mark.parametrize("suffix", [".json", ".txt", ".cbm"])
+def test_a_damaged_native_file_is_a_load_error(suffix, tmp_path):
+    from edgeport.errors import ModelLoadError
+    from edgeport.loading import load_model
+
+    path = tmp_path / f"model{suffix}"
+    path.write_text("this is not a model\n")
+    with pytest.raises(ModelLoadError, match=f"could not load model{suffix}"):
+        load_model(path)
+
+
+def test_xgboost_softmax_is_refused_with_the_fix_that_works(tmp_path):
+    import xgboost
+
+    from edgeport.errors import UnsupportedModelError
+    from edgeport.export import export_model
+
+    X, y = _data("multiclass")
+    xgboost.XGBClassifier(n_estimators=10, max_depth=3, objective="multi:softmax", n_jobs=1).fit(X, y).save_model(
+        str(tmp_path / "softmax.json"))
+    X.to_csv(tmp_path / "s.csv", index=False)
+    with pytest.raises(UnsupportedModelError, match="multi:softprob"):
+        export_model(tmp_path / "softmax.json", tmp_path / "b", sample=tmp_path / "s.csv")
+    model = xgboost.XGBClassifier()
+    model.load_model(str(tmp_path / "softmax.json"))
+    model.set_params(objective="multi:softprob")
+    model.save_model(str(tmp_path / "softprob.json"))
+    assert_parity(export_model(tmp_path / "softprob.json", tmp_path / "c", sample=tmp_path / "s.csv").report)

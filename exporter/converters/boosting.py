@@ -25,12 +25,13 @@ test models don't hit that; a model that does fails parity on that row rather th
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import replace
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import SampleError
+from ..errors import SampleError, UnsupportedModelError
 from ..extras import require
 from ..loading import LoadedModel
 from ..progress import Progress
@@ -67,12 +68,27 @@ def ensure_registered(libraries: Sequence[str]) -> None:
 
 
 def repair_loaded(model: Any) -> None:
-    """Put back what a saved CatBoost model forgets: its feature count (n_features_in_ reads 0 after joblib or .cbm)."""
+    """Put back what a saved CatBoost model forgets (its feature count: n_features_in_ reads 0 after joblib or .cbm),
+    and refuse what has no faithful export."""
     from .sklearn_onnx import _walk
 
     for est in _walk(model):
-        if type(est).__module__.split(".")[0] == "catboost" and not est.n_features_in_ and est.feature_names_:
+        library = type(est).__module__.split(".")[0]
+        if library == "catboost" and not est.n_features_in_ and est.feature_names_:
             est._n_features_in = len(est.feature_names_)
+        if library == "xgboost" and _xgboost_objective(est) == "multi:softmax":
+            # its predict_proba is not a probability distribution, while the ONNX graph's is: nothing to compare
+            raise UnsupportedModelError(
+                "this XGBoost classifier was trained with objective multi:softmax, which predicts labels only, so "
+                "its probabilities can't be checked. The trees are the same under multi:softprob: load it, call "
+                "model.set_params(objective='multi:softprob') and save it again.")
+
+
+def _xgboost_objective(est: Any) -> str | None:
+    try:
+        return json.loads(est.get_booster().save_config())["learner"]["objective"]["name"]
+    except Exception:  # not fitted, or not a booster-backed estimator: nothing to refuse
+        return None
 
 
 _CLASSIFIER_OPTIONS = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
