@@ -101,8 +101,10 @@ def export(
     trust: List[str] = typer.Option([], "--trust", help="Trust this extra type in a .skops file (repeatable)."),
     allow_op: List[str] = typer.Option([], "--allow-op", help="Allow this file/Python/network op in a SavedModel (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out (never a folder of other files)."),
-    atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance (default: the converter's)."),
-    rtol: Optional[float] = typer.Option(None, "--rtol", help="Relative tolerance (default: the converter's)."),
+    atol: Optional[float] = typer.Option(None, "--atol", callback=lambda v: _tolerance("--atol", v),
+                                         help="Absolute tolerance (default: the converter's)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", callback=lambda v: _tolerance("--rtol", v),
+                                         help="Relative tolerance (default: the converter's)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="Keras only. tfjs: float16|uint8; onnx: int8 (dynamic)."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Keras, ONNX-file and native XGBoost/LightGBM/CatBoost-file classifiers: class names, comma-separated (default 0..k-1)."),
     label_output: Optional[str] = typer.Option(None, "--label-output", help="ONNX file: the output that holds the label."),
@@ -144,8 +146,10 @@ def check(
         [], "--runtime", "-r", help="Runtime to check (repeatable). Default: python for ONNX bundles, server and node for tfjs."),
     model: Optional[Path] = typer.Option(None, "--model", help="Original model to compare against (with --data)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Rows to run the original and the bundle on."),
-    atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance (default: the bundle's)."),
-    rtol: Optional[float] = typer.Option(None, "--rtol", help="Relative tolerance (default: the bundle's)."),
+    atol: Optional[float] = typer.Option(None, "--atol", callback=lambda v: _tolerance("--atol", v),
+                                         help="Absolute tolerance (default: the bundle's)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", callback=lambda v: _tolerance("--rtol", v),
+                                         help="Relative tolerance (default: the bundle's)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report here."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML here, for CI systems."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow a pickled --model."),
@@ -221,6 +225,13 @@ def serve(
                   header_timeout_s=header_timeout, keep_alive_s=keep_alive, max_connections=max_connections,
                   drain_s=drain_seconds, allow_unverified=allow_unverified, progress=_progress,
                   on_listening=_announce)
+
+
+def _tolerance(option: str, value: Optional[float]) -> Optional[float]:
+    # NaN would make every comparison pass (a gate switched off), and ±inf or a negative one means nothing
+    if value is not None and not 0 <= value < float("inf"):
+        raise typer.BadParameter(f"{value} is not a tolerance: give a finite number, 0 or more.", param_hint=f"'{option}'")
+    return value
 
 
 def _above_zero(option: str, value: float) -> float:

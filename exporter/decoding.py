@@ -9,7 +9,8 @@ The contract, per value of an input:
                             allowed only where the input is `nullable` and a float, and fed as NaN;
                             otherwise `missing-value`. ±Inf, a float32 beyond 3.4e38, an int64 outside
                             [-2**63, 2**63) are `range`; a non-integer for int64 is `type`.
-  string                    any string ("" and unicode included) as is; null is "" where nullable,
+  string                    any well-formed string ("" and unicode included) as is, but none holding
+                            U+0000 (onnxruntime-web cuts strings there); null is "" where nullable,
                             otherwise `missing-value`; anything else is `type`. Unknown categories pass:
                             the model decides what they mean.
 Per row, by the manifest's layout:
@@ -187,6 +188,14 @@ def _value(spec: InputSpec, value: Any, where) -> Any:
     dtype = spec.dtype
     if dtype == "string":
         if isinstance(value, str):
+            # onnxruntime-web cuts a string at U+0000, and a lone surrogate is no UTF-8 at all: either would make
+            # the browser and the server read the value differently, so the contract refuses both
+            if "\x00" in value:
+                raise _fault(where(), "a string may not contain U+0000", "type")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _fault(where(), "a string must be well-formed Unicode (it has a lone surrogate)", "type") from None
             return value
         if value is None:
             if spec.nullable:

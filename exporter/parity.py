@@ -19,6 +19,12 @@ class Tolerance:
     atol: float
     rtol: float
 
+    def __post_init__(self) -> None:
+        for name in ("atol", "rtol"):
+            value = getattr(self, name)
+            if not 0 <= value < float("inf"):  # NaN would make every comparison pass
+                raise ValueError(f"{name} must be a finite number, 0 or more; got {value}")
+
 
 @dataclass(frozen=True)
 class OutputDiff:
@@ -113,7 +119,7 @@ def _compare_numeric(role: str, reference: Any, candidate: Any, tol: Tolerance) 
     abs_diff = np.where(both_nan, 0.0, np.abs(cand - ref))
     abs_diff = np.where(np.isnan(abs_diff), np.inf, abs_diff)
     allowed = tol.atol + tol.rtol * np.abs(np.nan_to_num(ref))
-    bad = abs_diff > allowed
+    bad = ~(abs_diff <= allowed)  # NaN anywhere (a tolerance, a diff) is a failure, never a silent pass
     # relative diff only where the reference is big enough for it to mean something
     meaningful = np.abs(ref) > tol.atol
     rel = np.where(meaningful, abs_diff / np.where(meaningful, np.abs(ref), 1.0), 0.0)

@@ -362,7 +362,13 @@ function flatten(value, dims, name, r) {
 function checkValue(value, input, r, field, i) {
   const { dtype } = input;
   if (dtype === 'string') {
-    if (typeof value === 'string') return value;
+    if (typeof value === 'string') {
+      // onnxruntime-web cuts a string at U+0000, and a lone surrogate is no UTF-8 at all: either would make the
+      // browser and the server read the value differently, so the contract refuses both
+      if (value.includes('\u0000')) throw valueError('type', 'a string may not contain U+0000', r, field, i);
+      if (!value.isWellFormed()) throw valueError('type', 'a string must be well-formed Unicode (it has a lone surrogate)', r, field, i);
+      return value;
+    }
     if (value === null || value === undefined) {
       if (input.nullable === true) return '';
       throw valueError('missing-value', 'a value is required (string); this model does not accept missing values here', r, field, i);
