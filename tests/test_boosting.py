@@ -1,8 +1,9 @@
 """XGBoost, LightGBM and CatBoost: alone (joblib), inside a Pipeline with a ColumnTransformer (joblib), and from
-each library's native file; binary, multi-class and regression; python parity at the default tolerances, node
-for one model of each library."""
+each library's native file; binary, multi-class and regression; python parity at the default tolerances, and
+node, Chromium and the fallback server for one model of each library."""
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -10,9 +11,11 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import assert_parity, need
+from conftest import IN_CI, assert_parity, need
 
-pytest.importorskip("onnxmltools")  # the boosting extra (make setup installs it)
+if importlib.util.find_spec("onnxmltools") is None:  # the boosting extra (make setup installs it); CI never skips
+    (pytest.fail if IN_CI else pytest.skip)("the boosting extra is not installed (pip install -e '.[boosting]')",
+                                            **({"pytrace": False} if IN_CI else {"allow_module_level": True}))
 
 FAMILIES = ("xgboost", "lightgbm", "catboost")
 TASKS = ("binary", "multiclass", "regression")
@@ -201,10 +204,11 @@ def test_cli_help_imports_no_boosting_library():
     assert out.stdout.strip() == "[]"
 
 
+JS_CASES = [("xgboost", "multiclass", "pipeline"), ("lightgbm", "binary", "native"), ("catboost", "regression", "alone")]
+
+
 @pytest.mark.browser
-@pytest.mark.parametrize("family,task,form", [("xgboost", "multiclass", "pipeline"),
-                                              ("lightgbm", "binary", "native"),
-                                              ("catboost", "regression", "alone")])
+@pytest.mark.parametrize("family,task,form", JS_CASES)
 def test_node(family, task, form, exported):
     from edgeport.check import check_bundle
     from edgeport.webassets import ORT_DIST, ORT_BROWSER_FILES
@@ -213,6 +217,18 @@ def test_node(family, task, form, exported):
     need((ORT_DIST / ORT_BROWSER_FILES[0]).is_file(), "web_demo/node_modules is missing (run make setup)")
     report = check_bundle(exported(family, task, form)[3].bundle.path, ["python", "node"])
     assert_parity(report, ("python", "node"))
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("family,task,form", JS_CASES)
+def test_chromium_and_the_fallback_server(family, task, form, exported):
+    from edgeport.check import check_bundle
+    from edgeport.webassets import ORT_DIST, ORT_BROWSER_FILES
+
+    need((ORT_DIST / ORT_BROWSER_FILES[0]).is_file(), "web_demo/node_modules is missing (run make setup)")
+    need(shutil.which("chromium") is not None, "chromium is not on PATH (apt-get install -y chromium)")
+    report = check_bundle(exported(family, task, form)[3].bundle.path, ["browser", "server"])
+    assert_parity(report, ("browser", "server"))
 
 
 def test_cli_exports_a_native_file_with_classes(exported, tmp_path):
