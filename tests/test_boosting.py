@@ -150,6 +150,7 @@ def test_xgboost_ubj(suffix, tmp_path):
 
 
 def test_native_classes_option_names_the_labels(exported, tmp_path):
+    from edgeport.check import check_bundle
     from edgeport.export import export_model
 
     _, path, sample, _ = exported("lightgbm", "multiclass", "native")
@@ -158,6 +159,8 @@ def test_native_classes_option_names_the_labels(exported, tmp_path):
     manifest = result.bundle.manifest.to_dict()
     assert manifest["classes"] == ["barolo", "grignolino", "barbera"]
     assert set(result.bundle.golden()["outputs"]["label"]) <= {"barolo", "grignolino", "barbera"}
+    # check --model reads the native file again and names its labels with the bundle's classes
+    assert_parity(check_bundle(result.bundle.path, ["python"], model=path, data=sample))
 
 
 def test_classes_option_refused_for_joblib_and_wrong_count(exported, tmp_path):
