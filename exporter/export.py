@@ -23,6 +23,7 @@ from .parity import ParityReport, Tolerance
 from .publish import publish, staging_dir
 from .progress import Progress
 from .registry import check_options, get_converter
+from .runtimes import with_labels
 from .samples import feature_stats, head, read_sample, rows_from_table, table_from_rows, table_len
 
 
@@ -83,6 +84,8 @@ def export_model(
         layout = converted.layout
         progress(f"computing golden outputs of the original model on {min(table_len(converted.table), GOLDEN_ROWS)} rows")
         rows = rows_from_table(head(converted.table, GOLDEN_ROWS), inputs, layout)
+        inputs = _nullable_where_the_graph_agrees(converter, loaded, converted, inputs, layout, rows, progress)
+        rows += missing_value_rows(rows, inputs, layout)
         reference = converter.reference(loaded, table_from_rows(rows, inputs, layout), classes=converted.classes)
         reference = {role: np.asarray(values).tolist() for role, values in reference.items()}
         write_json(staged / GOLDEN, {"rows": rows, "outputs": reference})
@@ -128,6 +131,62 @@ def export_model(
         raise
     bundle = Bundle(path=publish(staged, out), manifest=manifest)  # validated and hashed just now: no second read
     return ExportResult(bundle=bundle, report=report, seconds=time.perf_counter() - started)
+
+
+def _nullable_where_the_graph_agrees(converter: Any, loaded: Any, converted: Any, inputs: tuple[InputSpec, ...],
+                                     layout: str, rows: list, progress: Progress) -> tuple[InputSpec, ...]:
+    """Keep `nullable` only where the exported graph treats a missing value as the original model does.
+
+    The original accepting NaN is not enough: a tree the original routes NaN down one side may be routed down
+    the other in ONNX. Each nullable input's missing-value row is run through both (onnxruntime in Python, on
+    the server's artifact); where they disagree, missing values are refused there instead, so no runtime can
+    answer differently from the model."""
+    candidates = [spec for spec in inputs if spec.nullable]
+    if not candidates or not rows:
+        return inputs
+    import onnxruntime as ort
+
+    from .decoding import feeds_from_rows
+    from .parity import compare_outputs
+
+    onnx_file = converted.extra.get("server_model_file", converted.model_file)
+    session = ort.InferenceSession(converted.files[onnx_file], providers=["CPUExecutionProvider"])
+    tolerance = converted.tolerance
+    refused = set()
+    for spec in candidates:
+        probe = missing_value_rows(rows[:1], [spec], layout)
+        if not probe:
+            continue
+        try:
+            expected = converter.reference(loaded, table_from_rows(probe, inputs, layout), classes=converted.classes)
+            values = session.run([o["name"] for o in converted.outputs], feeds_from_rows(inputs, layout, probe))
+        except Exception:  # either side can't take it: refuse missing values there
+            refused.add(spec.name)
+            continue
+        got = with_labels({o["role"]: v for o, v in zip(converted.outputs, values)}, converted.classes)
+        expected = {role: np.asarray(v).tolist() for role, v in expected.items()}
+        if not all(d.passed for d in compare_outputs(expected, got, tolerance, converted.classes)):
+            refused.add(spec.name)
+    for name in sorted(refused):
+        progress(f"the exported graph does not treat a missing {name} as the original model does: the bundle "
+                 "refuses missing values there")
+    return tuple(replace(spec, nullable=False) if spec.name in refused else spec for spec in inputs)
+
+
+def missing_value_rows(rows: list, inputs: Sequence[InputSpec], layout: str) -> list:
+    """One more golden row per nullable input, the first row with that value missing: the path a missing value
+    takes (NaN through an imputer, or "" for a string) is then inside the parity gate, whatever the sample held."""
+    if not rows or layout == "tensors":
+        return []
+    extra = []
+    for spec in inputs:
+        if not spec.nullable:
+            continue
+        if layout == "columns":
+            extra.append({**rows[0], spec.key: None})
+        elif isinstance(rows[0], list) and rows[0] and not isinstance(rows[0][0], list):
+            extra.append([None, *rows[0][1:]])
+    return extra
 
 
 def quantization_cost(sizes: dict, report: ParityReport) -> dict:

@@ -75,7 +75,18 @@ def test_a_version_1_bundle_still_loads_checks_and_serves(iris_bundle, churn_mod
 
     _, churn_path, churn_sample = churn_model
     churn = export_model(churn_path, tmp_path / "churn", sample=churn_sample).bundle
+    from conftest import rehash_bundle
+
     for bundle, layout in ((iris_bundle, "matrix"), (churn, "columns")):
+        # version 1 had no golden rows with a missing string (those are version 2's rows for nullable inputs)
+        golden_path = bundle.path / "golden.json"
+        golden = json.loads(golden_path.read_text())
+        keep = [i for i, row in enumerate(golden["rows"]) if not (isinstance(row, dict) and None in (
+            row.get(spec.key) for spec in bundle.inputs if spec.dtype == "string"))]
+        golden = {"rows": [golden["rows"][i] for i in keep],
+                  "outputs": {role: [values[i] for i in keep] for role, values in golden["outputs"].items()}}
+        golden_path.write_text(json.dumps(golden))
+        rehash_bundle(bundle.path)
         path = bundle.path / "manifest.json"
         path.write_text(json.dumps(version_1(json.loads(path.read_text())), indent=2))
         read = read_bundle(bundle.path)
@@ -134,3 +145,57 @@ def test_rows_the_inputs_refuse_are_a_data_error_not_a_parity_failure(iris_model
     column = lines[0].split(",")[1]
     assert "row 2" in result.output and column in result.output and "No runtime was run" in result.output
     assert (iris_bundle.path / MANIFEST).read_text() == before
+
+
+def test_a_missing_string_is_only_accepted_where_the_model_reads_it_as_the_empty_string(tmp_path):
+    """The graph gets "" for a missing string. Where "" is a category of its own, None and "" mean different things
+    to the original, so that input is not nullable; elsewhere it is, and a golden row with the value missing
+    puts that path inside the parity gate."""
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    from conftest import save_model
+    from edgeport.export import export_model
+
+    rng = np.random.default_rng(0)
+    for name, plans in (("with-empty", ["", "basic", "premium"]), ("without", ["basic", "premium", "gold"])):
+        frame = pd.DataFrame({"age": rng.normal(40, 10, 300), "plan": rng.choice(plans, 300)})
+        target = np.where((frame.age > 40) ^ (frame.plan == plans[0]), "yes", "no")
+        model = Pipeline([("pre", ColumnTransformer([("age", "passthrough", ["age"]),
+                                                     ("plan", OneHotEncoder(handle_unknown="ignore"), ["plan"])])),
+                          ("clf", LogisticRegression())]).fit(frame, target)
+        model_path, _ = save_model(model, tmp_path, name, frame)
+        sample = tmp_path / f"{name}.parquet"  # parquet keeps "" (a CSV reader would read it as missing)
+        frame.to_parquet(sample)
+        result = export_model(model_path, tmp_path / f"{name}-bundle", sample=sample, runtimes=["python", "server"])
+        plan = next(i for i in result.bundle.inputs if i.name == "plan")
+        golden = result.bundle.golden()["rows"]
+        if name == "with-empty":
+            assert plan.nullable is False and all(r["plan"] is not None for r in golden)
+        else:
+            assert plan.nullable is True and any(r["plan"] is None for r in golden)
+        assert result.passed, result.report.to_dict()
+
+
+def test_missing_values_are_refused_where_the_graph_would_answer_differently_from_the_model(tmp_path):
+    """scikit-learn's forests route NaN down a side of their own choosing; the ONNX graph doesn't. The original accepts a missing
+    value, but the bundle refuses it rather than answer differently from the model (found by the golden row with a
+    missing value that export now adds for every nullable input)."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.ensemble import RandomForestRegressor
+
+    from conftest import save_model
+    from edgeport.export import export_model
+
+    X, y = load_diabetes(return_X_y=True, as_frame=True)
+    # trained without missing values, the forest still predicts on NaN: it sends it down the busier side
+    model = RandomForestRegressor(n_estimators=20, random_state=0).fit(X, y)
+    model_path, sample_path = save_model(model, tmp_path, "forest", X.head(100))
+    said = []
+    result = export_model(model_path, tmp_path / "bundle", sample=sample_path, progress=said.append)
+    assert result.passed, result.report.to_dict()
+    assert result.bundle.inputs[0].nullable is False
+    assert any("refuses missing values" in line for line in said), said

@@ -203,9 +203,19 @@ def _mark_nullable(model: Any, table: Any, inputs: list[dict]) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 result = np.asarray(model.predict(probe))
-            spec["nullable"] = bool(result.dtype.kind not in "fc" or np.isfinite(result).all())
+                spec["nullable"] = bool(result.dtype.kind not in "fc" or np.isfinite(result).all())
+                if spec["nullable"] and spec["dtype"] == "string":
+                    # the graph reads a missing string as "": nullable only if the model means the same by both
+                    # (not so where "" is a category of its own, or where an imputer fills None but keeps "")
+                    spec["nullable"] = _answers(model, probe) == _answers(model, probe.assign(**{spec["column"]: ""}))
         except (ValueError, TypeError):
             spec["nullable"] = False
+
+
+def _answers(model: Any, table: Any) -> list:
+    """What the model says about `table`: its probabilities where it has them, else its predictions."""
+    predict = model.predict_proba if hasattr(model, "predict_proba") else model.predict
+    return np.asarray(predict(table)).tolist()
 
 
 def _to_onnx(model: Any, inputs: list[dict], task: str) -> Any:
