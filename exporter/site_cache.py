@@ -44,7 +44,20 @@ def site_key(bundles: Sequence[tuple[str, str, Path]]) -> str:
     """The cache key of the site for (name, version, bundle directory) triples."""
     identity = [[name, version, hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()]
                 for name, version, path in sorted(bundles)]
-    return hashlib.sha256(json.dumps({"edgeport": __version__, "bundles": identity}).encode()).hexdigest()[:32]
+    return hashlib.sha256(json.dumps({"edgeport": __version__, "bundles": identity, "page": _page_hash()}).encode()
+                          ).hexdigest()[:32]
+
+
+def _page_hash() -> str:
+    """What the site is built from besides the bundles: the page, the client, and the runtime packages' lockfile.
+    A pull or an upgrade that changes any of them gets a new site, not yesterday's client."""
+    from .webassets import CLIENT_DIR, WEB_DEMO
+
+    digest = hashlib.sha256()
+    for path in sorted([*(WEB_DEMO / "demo").glob("*"), *CLIENT_DIR.glob("*"), WEB_DEMO / "package-lock.json"]):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def cached_site(bundles: Sequence[tuple[str, str, Path]], *, allow_unverified: bool = False,

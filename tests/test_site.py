@@ -111,6 +111,23 @@ def test_the_site_cache_builds_once_per_set_of_bundles(iris_bundle, tmp_path, mo
     assert site_cache.site_key([triple]) != first.name
 
 
+def test_a_changed_client_or_page_is_another_cached_site(iris_bundle, tmp_path, monkeypatch):
+    """After a pull or an upgrade that changes the JS client, serve must not keep serving yesterday's."""
+    import shutil
+
+    import edgeport.site_cache as site_cache
+    import edgeport.webassets as webassets
+
+    client = tmp_path / "client"
+    shutil.copytree(webassets.CLIENT_DIR, client)
+    monkeypatch.setattr(webassets, "CLIENT_DIR", client)
+    triple = (iris_bundle.name, iris_bundle.version, iris_bundle.path)
+    before = site_cache.site_key([triple])
+    assert site_cache.site_key([triple]) == before
+    (client / "edgeport.js").write_text((client / "edgeport.js").read_text() + "\n// a newer client\n")
+    assert site_cache.site_key([triple]) != before
+
+
 def test_the_cache_directory_follows_the_environment(tmp_path, monkeypatch):
     from edgeport.site_cache import cache_root
 
