@@ -131,6 +131,7 @@ class Manifest:
     def from_dict(cls, data: Any, where: str = MANIFEST) -> Manifest:
         data = upgrade(data, where)
         validate_manifest(data, where)
+        _check_consistency(data, where)
         return cls(
             name=data["name"], version=data["version"], format=data["format"], task=data["task"],
             layout=data["layout"], model_file=data["model_file"], server_model_file=data["server_model_file"],
@@ -189,9 +190,10 @@ def layout_of(inputs: Sequence[dict] | Sequence[InputSpec]) -> str:
 def upgrade(data: Any, where: str = MANIFEST) -> Any:
     """A version-1 manifest in today's form: its layout made explicit, `nullable` false where it was left out
     (the server's reading; the JS client's differed), server_model_file defaulting to model_file."""
-    if not isinstance(data, dict) or data.get("manifest_version") == MANIFEST_VERSION:
+    version = data.get("manifest_version") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or (type(version) is int and version == MANIFEST_VERSION):
         return data
-    if data.get("manifest_version") != 1:
+    if not (type(version) is int and version == 1):  # true == 1 in Python, not in a manifest
         raise BundleError(f"{where} has manifest_version {data.get('manifest_version')!r}; this edgeport reads "
                           f"versions 1 and {MANIFEST_VERSION}. Re-export the bundle with this edgeport "
                           "(edgeport export MODEL --sample DATA --out DIR --force).")
@@ -201,6 +203,24 @@ def upgrade(data: Any, where: str = MANIFEST) -> Any:
     return {**data, "manifest_version": MANIFEST_VERSION, "layout": layout_of(inputs),
             "inputs": [{"nullable": False, **i} for i in inputs],
             "server_model_file": data.get("server_model_file") or data.get("model_file")}
+
+
+def _check_consistency(data: dict, where: str) -> None:
+    """What the schema can't say: the layout fits the inputs, names are unique (the JS client checks the same)."""
+    inputs, layout = data["inputs"], data["layout"]
+    if layout == "matrix" and len(inputs) != 1:
+        raise BundleError(f"{where} is not a valid edgeport manifest: field layout: matrix takes one input, "
+                          f"and there are {len(inputs)}")
+    if layout == "columns" and any("column" not in i for i in inputs):
+        name = next(i["name"] for i in inputs if "column" not in i)
+        raise BundleError(f"{where} is not a valid edgeport manifest: field layout: columns, but input {name!r} "
+                          "names no column")
+    for field_name in ("inputs", "outputs"):
+        names = [item["name"] for item in data[field_name]]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise BundleError(f"{where} is not a valid edgeport manifest: field {field_name}: {repeated[0]!r} "
+                              "appears more than once")
 
 
 @dataclass(frozen=True)

@@ -199,3 +199,36 @@ def test_missing_values_are_refused_where_the_graph_would_answer_differently_fro
     assert result.passed, result.report.to_dict()
     assert result.bundle.inputs[0].nullable is False
     assert any("refuses missing values" in line for line in said), said
+
+
+def _inputs_renamed(manifest: dict) -> dict:
+    return {**manifest, "inputs": [{**i, "name": "same"} for i in manifest["inputs"]]}
+
+
+def _matrix_layout(manifest: dict) -> dict:
+    return {**manifest, "layout": "matrix"}
+
+
+def _negative_dim(manifest: dict) -> dict:
+    return {**manifest, "inputs": [{**i, "shape": [None, -3]} for i in manifest["inputs"]]}
+
+
+def _version_true(manifest: dict) -> dict:
+    return {**manifest, "manifest_version": True}
+
+
+def test_a_manifest_that_contradicts_itself_is_refused_naming_the_field(churn_model, tmp_path):
+    """What the JS client refuses, Python refuses too, with a one-paragraph error naming the field (not a row
+    error at warm-up, a 413 on every request, or an unexpected exception)."""
+    from edgeport.export import export_model
+
+    _, churn_path, churn_sample = churn_model
+    bundle = export_model(churn_path, tmp_path / "churn", sample=churn_sample).bundle
+    path = bundle.path / "manifest.json"
+    good = json.loads(path.read_text())
+    for edit, words in ((_matrix_layout, "field layout"), (_negative_dim, "shape"),
+                        (_inputs_renamed, "appears more than once"), (_version_true, "manifest_version")):
+        path.write_text(json.dumps(edit(good)))
+        result = runner.invoke(app, ["check", str(bundle.path), "-r", "python"])
+        assert result.exit_code == 1 and words in result.output, (edit.__name__, result.output)
+        assert "unexpected" not in result.output and "Traceback" not in result.output
