@@ -3,7 +3,7 @@
 Exit codes are decided in one place, `_fail`, which every command goes through
 (`@command`): 0 success, otherwise the `exit_code` of the EdgeportError raised
 (1 a domain error, one paragraph, no traceback unless --debug; 2 an option the
-model's converter doesn't take; 3 parity failed, a ParityError), and 2 for
+model's converter doesn't take; 3 parity failed: outputs differ, a ParityError; a runtime that could not run is 1), and 2 for
 Click's own usage errors.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import typer
 
-from edgeport.errors import InputFileError, ParityError
+from edgeport.errors import InputFileError
 
 app = typer.Typer(
     add_completion=False,
@@ -134,9 +134,9 @@ def export(
         _write_report(report, result.report.to_dict())
     typer.echo(format_report(result.report))
     typer.echo(format_export(result))
-    if not result.passed:
-        raise ParityError(f"parity failed: the exported model's outputs differ from the original's (the table above "
-                          f"says where); the bundle is kept at {result.bundle.path} for inspection")
+    failure = result.report.failure(result.bundle.name, kept=str(result.bundle.path))
+    if failure:
+        raise failure
 
 
 @command()
@@ -167,8 +167,9 @@ def check(
     if junit:
         _write_text(junit, format_junit(result))
     typer.echo(format_report(result))
-    if not result.passed:
-        raise ParityError(f"parity failed for {bundle}: see the table above")
+    failure = result.failure(str(bundle))
+    if failure:
+        raise failure
 
 
 @command()

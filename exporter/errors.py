@@ -15,7 +15,8 @@
     │   └── IntegrityError        a bundle file doesn't match its manifest hash
     ├── RuntimeUnavailableError   node / npm ci / chromium / TensorFlow is missing
     ├── RuntimeFailedError        a runtime ran but gave no outputs (recorded in the report)
-    └── ParityError               exit 3: the exported model disagrees with the original
+    ├── ParityUndecidedError      no numbers differ, but parity wasn't decided: a runtime couldn't run, or none applied
+    └── ParityError               exit 3: the exported model's outputs differ from the reference
 
 The CLI maps every EdgeportError to its `exit_code` in one place and prints the
 message without a traceback (unless --debug). Third-party exceptions are
@@ -94,16 +95,23 @@ class RuntimeUnavailableError(EdgeportError):
 
 
 class ParityError(EdgeportError):
-    """Raised when a parity check fails; the artifact is kept. Exit code 3."""
+    """Raised when outputs differ from the reference beyond the tolerance; the artifact is kept. Exit code 3.
+
+    Only differing numbers are a parity failure: a runtime that could not run is a ParityUndecidedError."""
 
     exit_code = 3
+
+
+class ParityUndecidedError(EdgeportError):
+    """Raised when no runtime found differing outputs but the gate decided nothing: a runtime could not run
+    (load failure, type error, page error, timeout), or no runtime asked for applies to the bundle. Exit 1."""
 
 
 class RuntimeFailedError(EdgeportError):
     """Raised when a runtime started but produced no outputs (load failure, page error, timeout).
 
-    `check` records it in that runtime's section of the report, so the verdict is
-    a failed parity check (exit 3) that says why, not a crash.
+    `check` records it in that runtime's section of the report, so the other runtimes still run; the
+    verdict is then undecided (ParityUndecidedError, exit 1) unless another runtime's numbers differ.
     """
 
     def __init__(self, message: str, diagnostics: tuple[str, ...] = ()):

@@ -19,12 +19,12 @@ def format_report(report: ParityReport) -> str:
     ]
     for runtime in report.runtimes:
         lines.extend(_runtime_lines(runtime))
-    if report.passed:
-        lines.append("PASSED")
-    elif all(r.passed for r in report.runtimes):
-        lines.append("FAILED: no runtime that applies to this bundle was checked (see above)")
-    else:
-        lines.append("FAILED: the exported model disagrees with the reference (see above)")
+    lines.append({
+        "passed": "PASSED",
+        "failed": "FAILED: the exported model's outputs differ from the reference (see above)",
+        "error": "UNDECIDED: a runtime could not run the bundle, so its outputs were not compared (see above)",
+        "nothing_compared": "UNDECIDED: no runtime that applies to this bundle was checked (see above)",
+    }[report.verdict])
     return "\n".join(lines)
 
 

@@ -13,6 +13,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .errors import EdgeportError, ParityError, ParityUndecidedError
+
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -71,7 +73,43 @@ class ParityReport:
     @property
     def passed(self) -> bool:
         """Every runtime passed or does not apply, and at least one actually compared outputs."""
-        return all(r.passed for r in self.runtimes) and any(r.status == "passed" for r in self.runtimes)
+        return self.verdict == "passed"
+
+    @property
+    def verdict(self) -> str:
+        """passed; failed (some runtime's numbers differ beyond the tolerance: the only parity failure);
+        error (nothing differs, but a runtime could not run); nothing_compared (no runtime applied)."""
+        statuses = {r.status for r in self.runtimes}
+        if "failed" in statuses:
+            return "failed"
+        if "error" in statuses:
+            return "error"
+        return "passed" if "passed" in statuses else "nothing_compared"
+
+    def failure(self, subject: str, kept: str | None = None) -> EdgeportError | None:
+        """The error this report means for `subject`, or None if it passed. Only differing numbers are a
+        ParityError (exit 3); a runtime that could not run, or a gate that compared nothing, decided nothing
+        about parity and says so (ParityUndecidedError, exit 1)."""
+        where = f"; the bundle is kept at {kept} for inspection" if kept else ""
+        errored = [r for r in self.runtimes if r.status == "error"]
+        also = "; " + "; ".join(f"the {r.runtime} runtime could not run: {r.error}" for r in errored) if errored else ""
+        if self.verdict == "failed":
+            differ = ", ".join(r.runtime for r in self.runtimes if r.status == "failed")
+            return ParityError(f"parity failed for {subject}: the outputs in {differ} differ from {self.reference} "
+                               f"beyond atol={self.tolerance.atol:g}, rtol={self.tolerance.rtol:g} (the table above "
+                               f"says where){also}{where}")
+        if self.verdict == "error":
+            names = ", ".join(r.runtime for r in errored)
+            return ParityUndecidedError(
+                f"parity of {subject} is undecided: {also[2:]}. No outputs were compared in {names}, so this is not a "
+                f"parity failure: fix what stopped the runtime (the table above shows its messages) and check again"
+                f"{where}")
+        if self.verdict == "nothing_compared":
+            applies = "; ".join(f"{r.runtime}: {r.error}" for r in self.runtimes if r.error)
+            return ParityUndecidedError(
+                f"nothing was compared for {subject}: no runtime asked for applies to it ({applies}). Choose a runtime "
+                f"that does with -r, or leave -r out for the bundle's defaults{where}")
+        return None
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -69,7 +69,8 @@ def quickstart(root: str | Path = "out", runtimes: Sequence[str] = ("python", "n
     build the demo site at ROOT/site, and serve it until interrupted (unless serve is false).
 
     on_built(result, site) is called once the verdict is in (site is None when parity failed), before serving.
-    Raises ParityError (exit 3) when an example fails parity; nothing is served then."""
+    Raises ParityError (exit 3) when an example's outputs differ, ParityUndecidedError (exit 1) when a runtime
+    could not run; nothing is served then."""
     from .site import build_site
 
     progress = progress or (lambda _msg: None)
@@ -85,9 +86,12 @@ def quickstart(root: str | Path = "out", runtimes: Sequence[str] = ("python", "n
     if not result.passed:
         if on_built:
             on_built(result, None)
-        failed = ", ".join(m.name for m in result.models if not m.report.passed)
-        raise ParityError(f"parity failed for {failed}: the exported bundles' outputs differ from the originals' "
-                          "(the table above says where); nothing is served")
+        failures = [m.report.failure(m.name) for m in result.models if not m.report.passed]
+        if any(isinstance(f, ParityError) for f in failures):
+            failed = ", ".join(m.name for m in result.models if m.report.verdict == "failed")
+            raise ParityError(f"parity failed for {failed}: the exported bundles' outputs differ from the originals' "
+                              "(the table above says where); nothing is served")
+        raise failures[0]  # undecided: a runtime could not run (its message says which and why)
     site = build_site([m.export.bundle.path for m in result.models], Path(root) / "site", fallback_url="",
                       progress=progress)
     if on_built:

@@ -46,7 +46,7 @@ def test_a_skew_in_the_servers_decoding_alone_is_caught_by_check_server(iris_bun
         assert statuses == {"server": "failed", "python": "passed"}, skewed.output
 
 
-def test_the_server_runtime_reports_a_refusal_by_the_server_as_a_failed_runtime(iris_bundle, tmp_path, monkeypatch):
+def test_the_server_runtime_reports_a_refusal_by_the_server_as_undecided_not_as_differing_numbers(iris_bundle, tmp_path, monkeypatch):
     import edgeport.server.oip as oip
     from edgeport.errors import RowValidationError
 
@@ -55,8 +55,9 @@ def test_the_server_runtime_reports_a_refusal_by_the_server_as_a_failed_runtime(
 
     monkeypatch.setattr(oip, "tensor_from_values", refuses)
     result = runner.invoke(app, ["check", str(iris_bundle.path), "-r", "server"])
-    assert result.exit_code == 3, result.output
+    assert result.exit_code == 1, result.output  # no outputs were compared: not a parity failure (exit 3)
     assert "answered 400" in result.output and "refused by a stricter server" in result.output
+    assert "undecided" in result.output and "not a parity failure" in result.output
 
 
 def version_1(manifest: dict) -> dict:
@@ -232,3 +233,24 @@ def test_a_manifest_that_contradicts_itself_is_refused_naming_the_field(churn_mo
         result = runner.invoke(app, ["check", str(bundle.path), "-r", "python"])
         assert result.exit_code == 1 and words in result.output, (edit.__name__, result.output)
         assert "unexpected" not in result.output and "Traceback" not in result.output
+
+
+def test_a_model_onnxruntime_cannot_run_is_undecided_not_a_parity_failure(iris_bundle, tmp_path):
+    """A type error in the runtime compares no numbers: exit 1 naming the runtime's error, never exit 3."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from conftest import rehash_bundle
+
+    # the manifest says float32 rows; this graph wants doubles, so onnxruntime refuses every feed
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], [o.name]) for o in iris_bundle.outputs[:1]],
+                              "wants_double", [helper.make_tensor_value_info("input", TensorProto.DOUBLE, [None, 4])],
+                              [helper.make_tensor_value_info(iris_bundle.outputs[0].name, TensorProto.DOUBLE, [None, 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), iris_bundle.model_path)
+    rehash_bundle(iris_bundle.path)
+    report = tmp_path / "r.json"
+    result = runner.invoke(app, ["check", str(iris_bundle.path), "-r", "python", "--report", str(report)])
+    assert result.exit_code == 1, result.output
+    assert "onnxruntime failed" in result.output and "not a parity failure" in result.output, result.output
+    assert "UNDECIDED" in result.output and "FAILED" not in result.output, result.output
+    assert json.loads(report.read_text())["runtimes"][0]["status"] == "error"
