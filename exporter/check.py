@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .bundle import Bundle, InputSpec, read_bundle
-from .errors import RowValidationError, RuntimeFailedError, SampleError
+from .errors import RowValidationError, RuntimeFailedError, SampleError, UnusedOptionError
 from .parity import ParityReport, RuntimeResult, Tolerance, compare_outputs
 from .progress import Progress
 from .runtimes import get_runtime
@@ -32,6 +32,7 @@ def check_bundle(
     allow_pickle: bool = False,
     trust: Sequence[str] = (),
     allow_ops: Sequence[str] = (),
+    imports: Sequence[str] = (),
     progress: Progress | None = None,
 ) -> ParityReport:
     """Verify the bundle's hashes, then run it in each runtime against its reference.
@@ -39,6 +40,9 @@ def check_bundle(
     Without `runtimes`, the ones that apply to the bundle's format: python for ONNX, server and node for tfjs.
     """
     progress = progress or (lambda _msg: None)
+    if imports and model is None:
+        raise UnusedOptionError("--import applies to an original --model that needs your code to load; this check "
+                                "runs the bundle only. Leave it out.")
     bundle = read_bundle(bundle_dir)
     runtimes = runtimes or bundle.manifest.default_runtimes
     tolerance = Tolerance(
@@ -48,7 +52,7 @@ def check_bundle(
     if (model is None) != (data is None):
         raise SampleError("--model and --data go together: the original model is run on the data as the reference")
     if model is not None:
-        rows, reference, label = _reference_from_model(bundle, model, data, allow_pickle, trust, allow_ops)
+        rows, reference, label = _reference_from_model(bundle, model, data, allow_pickle, trust, allow_ops, imports)
     else:
         golden = bundle.golden()
         rows, reference, label = golden["rows"], golden["outputs"], "golden outputs"
@@ -102,12 +106,12 @@ def run_parity(
 
 
 def _reference_from_model(bundle: Bundle, model_path: Any, data_path: Any, allow_pickle: bool,
-                          trust: Sequence[str], allow_ops: Sequence[str]) -> tuple[list, dict, str]:
+                          trust: Sequence[str], allow_ops: Sequence[str], imports: Sequence[str] = ()) -> tuple[list, dict, str]:
     from .loading import load_model
     from .registry import get_converter
     from .samples import read_sample, rows_from_table, table_from_rows
 
-    loaded = load_model(model_path, allow_pickle=allow_pickle, trust=trust, allow_ops=allow_ops)
+    loaded = load_model(model_path, allow_pickle=allow_pickle, trust=trust, allow_ops=allow_ops, imports=imports)
     converter = get_converter(loaded.framework, bundle.manifest.format.split("-")[0])
     layout = bundle.manifest.layout
     rows = rows_from_table(_align(read_sample(data_path), bundle.inputs), bundle.inputs, layout)

@@ -27,6 +27,11 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
+IMPORT_HELP = ("Import this module of yours first (repeatable; a module name or a .py file). It RUNS that code; "
+               "its custom Keras layers and scikit-learn transformers can then load, and the classes it defines "
+               "are trusted in .skops files.")
+
+
 class Target(str, Enum):
     onnx = "onnx"
     tfjs = "tfjs"
@@ -100,6 +105,7 @@ def export(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .pkl/.joblib files. Pickles run code when loaded."),
     trust: List[str] = typer.Option([], "--trust", help="Trust this extra type in a .skops file (repeatable)."),
     allow_op: List[str] = typer.Option([], "--allow-op", help="Allow this file/Python/network op in a SavedModel (repeatable)."),
+    import_: List[str] = typer.Option([], "--import", help=IMPORT_HELP),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out (never a folder of other files)."),
     atol: Optional[float] = typer.Option(None, "--atol", callback=lambda v: _tolerance("--atol", v),
                                          help="Absolute tolerance (default: the converter's)."),
@@ -127,7 +133,7 @@ def export(
                    task=task.value if task else None, nullable=nullable or None)  # None: not given
     result = export_model(
         model, out, to=to.value, sample=sample, name=name, version=version, allow_pickle=allow_pickle,
-        trust=trust, allow_ops=allow_op, force=force, atol=atol, rtol=rtol, confidence_threshold=confidence_threshold,
+        trust=trust, allow_ops=allow_op, imports=import_, force=force, atol=atol, rtol=rtol, confidence_threshold=confidence_threshold,
         on_low_confidence=on_low_confidence.value, progress=_progress, **options,
     )
     if report:
@@ -155,13 +161,14 @@ def check(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow a pickled --model."),
     trust: List[str] = typer.Option([], "--trust", help="Trust this extra type in a .skops --model (repeatable)."),
     allow_op: List[str] = typer.Option([], "--allow-op", help="Allow this file/Python/network op in a SavedModel --model (repeatable)."),
+    import_: List[str] = typer.Option([], "--import", help=IMPORT_HELP),
 ) -> None:
     """Re-run a bundle in each runtime against its golden outputs (or the original model)."""
     from edgeport.check import check_bundle
     from edgeport.formatting import format_junit, format_report
 
     result = check_bundle(bundle, [r.value for r in runtime] or None, model=model, data=data, atol=atol, rtol=rtol,
-                          allow_pickle=allow_pickle, trust=trust, allow_ops=allow_op, progress=_progress)
+                          allow_pickle=allow_pickle, trust=trust, allow_ops=allow_op, imports=import_, progress=_progress)
     if report:
         _write_report(report, result.to_dict())
     if junit:

@@ -6,6 +6,7 @@
     │   ├── PickleRefusedError    a pickle was given without --allow-pickle
     │   ├── UntrustedTypesError   a .skops file holds types nobody trusted
     │   └── UnsafeGraphError      a SavedModel's graph has ops that touch files, Python or the network
+    ├── UserCodeError             an --import module or a converter plugin can't be found, or fails as it loads
     ├── SampleError               the sample doesn't fit the model (columns, shape, format)
     │   └── RowValidationError    a row or tensor value doesn't fit the manifest's inputs (decoding.py)
     ├── UnsupportedModelError     no converter for this estimator / (framework, target)
@@ -49,6 +50,10 @@ class UntrustedTypesError(ModelLoadError):
 
 class UnsafeGraphError(ModelLoadError):
     """Raised when a SavedModel's graph can run ops that reach outside the model, unless --allow-op names them."""
+
+
+class UserCodeError(EdgeportError):
+    """Raised when an --import module or an `edgeport.converters` plugin can't be found or fails while it loads."""
 
 
 class SampleError(EdgeportError):

@@ -50,6 +50,7 @@ def export_model(
     allow_pickle: bool = False,
     trust: Sequence[str] = (),
     allow_ops: Sequence[str] = (),
+    imports: Sequence[str] = (),
     force: bool = False,
     atol: float | None = None,
     rtol: float | None = None,
@@ -64,7 +65,7 @@ def export_model(
     started = time.perf_counter()
     out = Path(out)
     progress(f"loading {Path(model_path).name}")
-    loaded = load_model(model_path, allow_pickle=allow_pickle, trust=trust, allow_ops=allow_ops)
+    loaded = load_model(model_path, allow_pickle=allow_pickle, trust=trust, allow_ops=allow_ops, imports=imports)
     converter = get_converter(loaded.framework, to)
     check_options(converter, converter_options)
     converter_options = {k: v for k, v in converter_options.items() if v is not None}

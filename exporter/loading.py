@@ -65,10 +65,17 @@ DEFAULT_MAX_MODEL_MEMBERS = 100_000
 
 
 def load_model(
-    path: str | Path, *, allow_pickle: bool = False, trust: Sequence[str] = (), allow_ops: Sequence[str] = ()
+    path: str | Path, *, allow_pickle: bool = False, trust: Sequence[str] = (), allow_ops: Sequence[str] = (),
+    imports: Sequence[str] = (),
 ) -> LoadedModel:
-    """Load a model file, refusing pickles, untrusted skops types and unsafe SavedModel ops unless allowed."""
+    """Load a model file, refusing pickles, untrusted skops types and unsafe SavedModel ops unless allowed.
+
+    `imports` (--import) are the user's modules, imported first (plugins.import_user_modules): their custom
+    layers and transformers can then load, and classes defined in them are trusted in a .skops file."""
     path = Path(path)
+    from .plugins import import_user_modules
+
+    modules = import_user_modules(imports)  # before the path check too: a typo in --import is named first
     if not path.exists():
         raise InputFileError(f"model file not found: {path}. Check the path, or train one with the recipes in models/.")
     suffix = path.suffix.lower()
@@ -85,7 +92,7 @@ def load_model(
 
         return load_onnx_model(path)
     if suffix == ".skops":
-        model = _load_skops(path, trust)
+        model = _load_skops(path, trust, modules)
         return LoadedModel("sklearn", model, path, sha256_of(path), "skops")
     if suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
@@ -145,7 +152,9 @@ def _resolve(name: str) -> Any:
     return None
 
 
-def _load_skops(path: Path, trust: Sequence[str]) -> Any:
+def _load_skops(path: Path, trust: Sequence[str], modules: Sequence[Any] = ()) -> Any:
+    from .plugins import defined_in
+
     _check_archive(path)
     import skops.io as sio
 
@@ -156,18 +165,22 @@ def _load_skops(path: Path, trust: Sequence[str]) -> Any:
             f"{path.name} is not a valid .skops file ({type(exc).__name__}: {_first_line(exc)}). "
             "Re-save the model with skops.io.dump."
         ) from exc
-    refused = [t for t in untrusted if t not in trust and not trusted_by_default(t)]
+    refused = [t for t in untrusted if t not in trust and not trusted_by_default(t) and not defined_in(t, modules)]
     if refused:
         raise UntrustedTypesError(
             f"{path.name} contains types that are not trusted by default: {', '.join(refused)}. "
             "skops will only build them if you name each one, e.g. "
             + " ".join(f"--trust {t}" for t in refused)
             + ". Only do so if you trust where the file came from: a function or builtin such as "
-            "builtins.exec can run any code."
+            "builtins.exec can run any code. Classes of your own load with --import MODULE, which trusts the "
+            "classes that module defines (and runs its code)."
         )
     try:
         return sio.load(path, trusted=untrusted)
     except Exception as exc:  # skops raises many types for damaged files
+        missing = _missing_code(exc)
+        if missing:
+            raise ModelLoadError(f"{path.name} needs {missing}. {_IMPORT_HINT}") from exc
         raise ModelLoadError(
             f"could not load {path.name} with skops ({type(exc).__name__}: {_first_line(exc)}). "
             "The file may be damaged or saved by an incompatible scikit-learn; re-save it with skops.io.dump."
@@ -259,7 +272,34 @@ def _load_pickle(path: Path) -> Any:
         with path.open("rb") as handle:
             return pickle.load(handle)  # noqa: S301 - the user passed --allow-pickle
     except Exception as exc:
+        missing = _missing_code(exc)
+        if missing:
+            raise ModelLoadError(f"{path.name} needs {missing}. {_IMPORT_HINT}") from exc
         raise ModelLoadError(
-            f"could not unpickle {path.name} ({type(exc).__name__}: {exc}). "
-            "It may be damaged or need packages that are not installed."
+            f"could not unpickle {path.name} ({type(exc).__name__}: {_first_line(exc)}). It may be damaged, or "
+            "saved by incompatible versions of the libraries it uses."
         ) from exc
+
+
+_IMPORT_HINT = ("Install the package that defines it, or, if it is your own code, pass --import MODULE (a module "
+                "name importable from the current directory, or a .py file), which runs that module's code first.")
+
+
+def _missing_code(exc: BaseException) -> str | None:
+    """What code a model file names that isn't importable here, from the exception (or one it was raised from)."""
+    import re
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ModuleNotFoundError) and exc.name:
+            return f"the module {exc.name!r}, which is not importable here"
+        text = str(exc)
+        match = re.search(r"Can't get attribute '([^']+)' on <module '([^']+)'", text)  # pickle: class gone
+        if match:
+            return f"the class {match.group(2)}.{match.group(1)}, which its module does not define here"
+        match = re.search(r"module '([\w.]+)' has no attribute '(\w+)'", text)  # skops: class gone
+        if isinstance(exc, AttributeError) and match:
+            return f"the class {match.group(1)}.{match.group(2)}, which its module does not define here"
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -3,8 +3,10 @@
 A converter turns a loaded model plus its sample into bundle artifacts, and
 says how to run the original model for reference outputs. Converters register
 with `@register(framework, target)`; registering a key twice is an error, and a
-failed lookup lists what is registered. Converter modules import their heavy
-frameworks inside their functions, so importing the registry stays cheap.
+failed lookup lists what is registered. Installed packages add converters through
+the `edgeport.converters` entry-point group (plugins.py), loaded once after the
+built-ins. Converter modules import their heavy frameworks inside their
+functions, so importing the registry stays cheap.
 """
 from __future__ import annotations
 
@@ -102,15 +104,22 @@ def check_options(converter: Converter, given: dict[str, Any]) -> None:
 
 
 _loading = False
+_plugins_loaded = False
 
 
 def _load_builtins() -> None:
-    global _loading
-    if _loading:  # a built-in module registering itself while they load
+    """Import the built-in converters, then (once) every installed converter plugin (plugins.load_plugins)."""
+    global _loading, _plugins_loaded
+    if _loading:  # a built-in module or a plugin registering itself while they load
         return
     _loading = True
     try:
         for module in BUILTIN_CONVERTERS:
             importlib.import_module(module)
+        if not _plugins_loaded:
+            from .plugins import load_plugins
+
+            load_plugins()  # a plugin that fails raises here at every lookup: no converter goes missing in silence
+            _plugins_loaded = True
     finally:
         _loading = False
