@@ -140,6 +140,8 @@ def export(
         _write_report(report, result.report.to_dict())
     typer.echo(format_report(result.report))
     typer.echo(format_export(result))
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     failure = result.report.failure(result.bundle.name, kept=str(result.bundle.path))
     if failure:
         raise failure

@@ -28,11 +28,17 @@ from .samples import feature_stats, head, read_sample, rows_from_table, table_fr
 
 
 
+# Fewer sample rows than this prove little: parity on them is a smoke test, not a gate (a warning, not an error:
+# a model may really take one kind of row)
+MIN_SAMPLE_ROWS = 20
+
+
 @dataclass(frozen=True)
 class ExportResult:
     bundle: Bundle
     report: ParityReport
     seconds: float
+    warnings: tuple[str, ...] = ()  # true but not fatal: a tiny sample, a quantization that made the model bigger
 
     @property
     def passed(self) -> bool:
@@ -131,7 +137,25 @@ def export_model(
         shutil.rmtree(staged, ignore_errors=True)
         raise
     bundle = Bundle(path=publish(staged, out), manifest=manifest)  # validated and hashed just now: no second read
-    return ExportResult(bundle=bundle, report=report, seconds=time.perf_counter() - started)
+    return ExportResult(bundle=bundle, report=report, seconds=time.perf_counter() - started,
+                        warnings=export_warnings(table_len(converted.table), report.meta.get("quantization")))
+
+
+def export_warnings(sample_rows: int, quantization: dict | None) -> tuple[str, ...]:
+    """What an export should tell its user even though it succeeded."""
+    warnings = []
+    if sample_rows < MIN_SAMPLE_ROWS:
+        warnings.append(
+            f"the sample has {sample_rows} row{'s' if sample_rows != 1 else ''}: parity on so few rows proves little "
+            f"(a skew that shows on other values goes unseen). Give --sample at least {MIN_SAMPLE_ROWS} real rows, "
+            "ideally a few hundred that cover the values the model will see.")
+    if quantization and quantization.get("quantized_weight_bytes", 0) >= quantization.get("float_weight_bytes", 1):
+        before, after = quantization["float_weight_bytes"], quantization["quantized_weight_bytes"]
+        warnings.append(
+            f"quantizing to {quantization['mode']} made the weights bigger, not smaller ({before / 1024:.1f} KB → "
+            f"{after / 1024:.1f} KB): this model is too small for the scales and casts that quantization adds to pay "
+            "off. Export it without --quantize.")
+    return tuple(warnings)
 
 
 def _nullable_where_the_graph_agrees(converter: Any, loaded: Any, converted: Any, inputs: tuple[InputSpec, ...],

@@ -87,7 +87,9 @@ def format_export(result) -> str:
     if cost:
         lines.append(
             f"quantized {cost['mode']}: weights {cost['float_weight_bytes'] / 1024:.1f} KB → "
-            f"{cost['quantized_weight_bytes'] / 1024:.1f} KB (saved {100 * cost['saved_fraction']:.0f}%)"
+            f"{cost['quantized_weight_bytes'] / 1024:.1f} KB "
+            + (f"(saved {100 * cost['saved_fraction']:.0f}%)" if cost['saved_fraction'] > 0
+               else f"(grew {-100 * cost['saved_fraction']:.0f}%: see the warning)")
         )
         for runtime, c in cost["against_float_model"].items():
             agreement = "-" if c["label_agreement"] is None else f"{100 * c['label_agreement']:.1f}%"

@@ -159,3 +159,25 @@ def test_installed_console_script_runs(iris_model, tmp_path):
     assert "converting" in result.stderr  # progress goes to stderr
     bad = subprocess.run([str(script), "check", str(tmp_path / "missing")], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and "bundle directory not found" in bad.stderr
+
+
+def test_a_tiny_sample_exports_with_a_warning_that_it_proves_little(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = iris_frame()
+    model_path, sample = save_model(LogisticRegression(max_iter=500).fit(X, y), tmp_path, "m", X.iloc[:5])
+    result = export(model_path, "--out", tmp_path / "b", "--sample", sample)
+    assert result.exit_code == 0, result.output
+    assert "warning: the sample has 5 rows: parity on so few rows proves little" in result.output, result.output
+    enough, _ = save_model(LogisticRegression(max_iter=500).fit(X, y), tmp_path, "n", X.iloc[:20])
+    quiet = export(enough, "--out", tmp_path / "c", "--sample", tmp_path / "n.csv")
+    assert quiet.exit_code == 0 and "warning:" not in quiet.output, quiet.output
+
+
+def test_a_quantization_that_made_the_model_bigger_is_a_warning_not_a_saving():
+    from edgeport.export import export_warnings
+
+    grew = {"mode": "int8", "float_weight_bytes": 2048, "quantized_weight_bytes": 2090, "saved_fraction": -0.0205}
+    (warning,) = export_warnings(200, grew)
+    assert "made the weights bigger" in warning and "2.0 KB → 2.0 KB" in warning and "without --quantize" in warning
+    assert export_warnings(200, {**grew, "quantized_weight_bytes": 600, "saved_fraction": 0.7}) == ()
