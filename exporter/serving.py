@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import shutil
 import signal
 import socket
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Callable, Optional
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol  # h11, or httptools when it is installed
 
-from .errors import EdgeportError
+from .errors import BundleError, EdgeportError
 from .progress import Progress
 from .server.app import DEFAULT_TIMEOUT_S, create_app
 from .server.connections import CloseWhileDraining, ConnectionGuard
@@ -34,13 +35,26 @@ def build_app(path: str | Path, *, site: Optional[Path] = None, site_cache: Opti
     """The app for a bundle or folder of bundles, with `site` at /: when none is given, a same-origin demo site
     for the latest version of each model, from the site cache under site_cache (default: site_cache.cache_root())."""
     repository = Repository(path, allow_unverified=allow_unverified)
-    if site is None:
-        from .site_cache import cached_site  # only when serving a site of its own: the site builder's imports
+    if site is not None:
+        return create_app(repository, site_dir=site, **limits)
+    from .site_cache import cached_site, discard_site, is_temporary  # only for a site of its own: the builder's imports
 
-        latest = [repository.get(name) for name in sorted(repository.models)]
-        site = cached_site([(m.name, m.version, m.bundle.path) for m in latest], allow_unverified=allow_unverified,
-                           progress=progress, root=site_cache)
-    return create_app(repository, site_dir=site, **limits)
+    latest = [repository.get(name) for name in sorted(repository.models)]
+    triples = [(m.name, m.version, m.bundle.path) for m in latest]
+    site = cached_site(triples, allow_unverified=allow_unverified, progress=progress, root=site_cache)
+    try:
+        try:
+            return create_app(repository, site_dir=site, **limits)
+        except BundleError as exc:
+            if is_temporary(site) or not (str(site) in str(exc) or "site.json" in str(exc)):
+                raise  # not about the cached site (static.Snapshot.of_site names it or its site.json)
+            (progress or (lambda _m: None))(f"the cached demo site failed its check ({exc}); building it again")
+            discard_site(site)
+            site = cached_site(triples, allow_unverified=allow_unverified, progress=progress, root=site_cache)
+            return create_app(repository, site_dir=site, **limits)
+    finally:
+        if is_temporary(site):  # built for this run only: the app holds it in memory now
+            shutil.rmtree(site.parent, ignore_errors=True)
 
 
 def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, site: Optional[Path] = None,

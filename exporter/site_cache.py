@@ -11,6 +11,13 @@ the first server to finish wins: a server starting beside another one serves
 either nothing yet or a whole site, never half of one. These sites are not
 precompressed: that takes seconds, and `edgeport demo` is the command for a
 site to publish.
+
+A cached site that fails its check at start-up (a file changed or went missing
+since it was built) is discarded and built again, once. Each use touches the
+site; past KEEP_SITES sites, the least recently used are removed (a running
+server holds its site in memory, so removing one never breaks it). When the cache
+can't be written, the site is built in a temporary directory that the caller
+removes once the server has read it (`is_temporary`).
 """
 from __future__ import annotations
 
@@ -29,6 +36,9 @@ from .errors import BundleError
 from .progress import Progress
 from .publish import clean_stale
 from .site import SITE_JSON, build_site
+
+KEEP_SITES = 8  # about 16 MB each: a few bundles' worth of history without growing forever
+TEMPORARY_PREFIX = "edgeport-site-"
 
 
 def cache_root() -> Path:
@@ -67,6 +77,7 @@ def cached_site(bundles: Sequence[tuple[str, str, Path]], *, allow_unverified: b
     sites = (root or cache_root()) / "sites"
     final = sites / site_key(bundles)
     if (final / SITE_JSON).is_file():
+        _touch(final)
         progress(f"demo site: {final} (cached)")
         return final
     paths = [path for _name, _version, path in sorted(bundles)]
@@ -76,7 +87,7 @@ def cached_site(bundles: Sequence[tuple[str, str, Path]], *, allow_unverified: b
         # named as publish names its staging directories, so that a killed build is cleaned up the next time
         private = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-{os.getpid()}-", dir=sites))
     except OSError as exc:
-        fallback = Path(tempfile.mkdtemp(prefix="edgeport-site-"))
+        fallback = Path(tempfile.mkdtemp(prefix=TEMPORARY_PREFIX))
         progress(f"cannot write the site cache at {sites} ({exc.strerror or exc}); building the demo site in "
                  f"{fallback} for this run (set EDGEPORT_CACHE to a writable directory to keep it)")
         return build_site(paths, fallback / "site", fallback_url="", allow_unverified=allow_unverified,
@@ -93,4 +104,34 @@ def cached_site(bundles: Sequence[tuple[str, str, Path]], *, allow_unverified: b
     finally:
         shutil.rmtree(private, ignore_errors=True)
     progress(f"demo site: {final} (built, cached for the next start)")
+    _evict(sites, keep=final)
     return final
+
+
+def is_temporary(site: Path) -> bool:
+    """Whether `site` was built outside the cache for this run only (the caller removes it once it's read)."""
+    return site.parent.name.startswith(TEMPORARY_PREFIX) and site.parent.parent == Path(tempfile.gettempdir())
+
+
+def discard_site(site: Path) -> None:
+    """Remove a cached site that failed its check: renamed aside first, so no reader sees half of it."""
+    aside = site.with_name(f".{site.name}.damaged-{os.getpid()}")
+    try:
+        os.rename(site, aside)
+    except OSError:
+        return  # another server discarded it first
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _touch(site: Path) -> None:
+    try:
+        os.utime(site)  # the eviction order: last used, not last built
+    except OSError:
+        pass  # a read-only cache still serves
+
+
+def _evict(sites: Path, keep: Path) -> None:
+    finished = [p for p in sites.iterdir() if p.is_dir() and not p.name.startswith(".") and p != keep]
+    finished.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in finished[KEEP_SITES - 1:]:
+        discard_site(old)

@@ -161,3 +161,49 @@ def test_serve_reuses_its_cached_site_and_never_precompresses(iris_bundle, tmp_p
     assert len(sites[0]) == 1 and sites[1] == sites[0]  # the same directory, not a rebuilt one
     site = tmp_path / "cache" / "sites" / next(iter(sites[0]))
     assert _variants(site) == [] and "precompress" not in outputs[0] + outputs[1]
+
+
+def test_a_damaged_cached_site_is_built_again_not_served_or_fatal(iris_bundle, tmp_path):
+    """A cached site changed after it was built fails its check; serve rebuilds it once and starts."""
+    from edgeport.serving import build_app
+    from edgeport.site_cache import site_key
+
+    said = []
+    build_app(iris_bundle.path, site_cache=tmp_path / "cache", progress=said.append)
+    site = tmp_path / "cache" / "sites" / site_key([(iris_bundle.name, iris_bundle.version, iris_bundle.path)])
+    (site / "index.html").write_text("<p>changed by someone else</p>")
+    app = build_app(iris_bundle.path, site_cache=tmp_path / "cache", progress=said.append)
+    assert any("failed its check" in m and "building it again" in m for m in said), said
+    assert "changed by someone else" not in (site / "index.html").read_text()
+    assert app is not None and [p.name for p in (tmp_path / "cache" / "sites").iterdir()] == [site.name]
+
+
+def test_the_site_cache_keeps_the_most_recently_used_sites(iris_bundle, tmp_path, monkeypatch):
+    import os
+
+    import edgeport.site_cache as site_cache
+
+    monkeypatch.setattr(site_cache, "KEEP_SITES", 2)
+    sites = tmp_path / "cache" / "sites"
+    sites.mkdir(parents=True)
+    for age, name in enumerate(["newest", "older", "oldest"]):
+        (sites / name).mkdir()
+        os.utime(sites / name, (1e9 - age * 1000, 1e9 - age * 1000))
+    triple = (iris_bundle.name, iris_bundle.version, iris_bundle.path)
+    built = site_cache.cached_site([triple], root=tmp_path / "cache")
+    assert sorted(p.name for p in sites.iterdir()) == sorted([built.name, "newest"])
+
+
+def test_an_unwritable_cache_builds_a_site_for_this_run_and_leaves_nothing_behind(iris_bundle, tmp_path, monkeypatch):
+    import tempfile
+
+    from edgeport.serving import build_app
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # this test's own temporary directory
+    (tmp_path / "tmp").mkdir()
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache should be")
+    said = []
+    build_app(iris_bundle.path, site_cache=blocker, progress=said.append)
+    assert any("cannot write the site cache" in m for m in said), said
+    assert list((tmp_path / "tmp").iterdir()) == []  # the run's site was read into memory, then removed
