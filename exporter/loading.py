@@ -39,7 +39,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import InputFileError, ModelLoadError, PickleRefusedError, UntrustedTypesError
+from .errors import InputFileError, ModelLoadError, PickleRefusedError, UnusedOptionError, UntrustedTypesError
 from .model_file import LoadedModel, sha256_of
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
@@ -79,6 +79,7 @@ def load_model(
     if not path.exists():
         raise InputFileError(f"model file not found: {path}. Check the path, or train one with the recipes in models/.")
     suffix = path.suffix.lower()
+    _refuse_unused_load_options(path, suffix, trust, allow_ops)
     if path.is_dir() or suffix in KERAS_SUFFIXES:
         from .keras_loading import load_keras_model  # lazy: imports TensorFlow
 
@@ -110,6 +111,17 @@ def load_model(
         "(.json/.ubj), "
         "LightGBM (.txt) and CatBoost (.cbm) model files."
     )
+
+
+def _refuse_unused_load_options(path: Path, suffix: str, trust: Sequence[str], allow_ops: Sequence[str]) -> None:
+    """--trust names types in a .skops file, --allow-op ops in a SavedModel: given for another file, they would be
+    silently ignored, and the user would believe something was allowed (or checked) that wasn't."""
+    if trust and suffix != ".skops":
+        raise UnusedOptionError(f"--trust applies to .skops files (the types skops may build); {path.name} is not "
+                                "one. Leave it out.")
+    if allow_ops and not path.is_dir():
+        raise UnusedOptionError(f"--allow-op applies to TensorFlow SavedModel directories (the ops their graph may "
+                                f"run); {path.name} is not one. Leave it out.")
 
 
 def trusted_by_default(name: str) -> bool:

@@ -181,3 +181,20 @@ def test_a_quantization_that_made_the_model_bigger_is_a_warning_not_a_saving():
     (warning,) = export_warnings(200, grew)
     assert "made the weights bigger" in warning and "2.0 KB → 2.0 KB" in warning and "without --quantize" in warning
     assert export_warnings(200, {**grew, "quantized_weight_bytes": 600, "saved_fraction": 0.7}) == ()
+
+
+def test_load_options_for_another_kind_of_file_are_refused_not_ignored(iris_model, tmp_path):
+    """--trust is for .skops types and --allow-op for SavedModel ops: on any other file they would allow nothing."""
+    import joblib
+
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = iris_frame()
+    pickled = tmp_path / "m.joblib"
+    joblib.dump(LogisticRegression(max_iter=500).fit(X, y), pickled)
+    _, skops_path, sample = iris_model
+    trust = export(pickled, "--allow-pickle", "--out", tmp_path / "a", "--sample", sample, "--trust", "x.Y")
+    assert trust.exit_code == 2 and "--trust applies to .skops files" in trust.output, trust.output
+    allow_op = export(skops_path, "--out", tmp_path / "b", "--sample", sample, "--allow-op", "WriteFile")
+    assert allow_op.exit_code == 2 and "--allow-op applies to TensorFlow SavedModel" in allow_op.output, allow_op.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
