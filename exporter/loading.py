@@ -22,6 +22,9 @@ What edgeport trusts when it loads a model:
   without --allow-pickle (`boosting_loading.py`).
 - `.onnx` files are data too: read with onnx and checked by `onnx.checker`, refused over the size limit,
   with external data files, or with custom-op domains onnxruntime can't run (`onnx_loading.py`).
+- PyTorch: `.pt2` (torch.export) programs load once every member torch would unpickle is shown to hold only
+  tensors; TorchScript runs torch operators, not Python; a whole module saved with torch.save is a pickle and
+  needs --allow-pickle (`torch_loading.py`).
 - `.keras` files load with Keras' `safe_mode=True` (no code from Lambda layers).
 - TensorFlow SavedModel directories are inspected before anything in them runs:
   a graph that reads or writes files, runs Python or uses the network is
@@ -92,6 +95,10 @@ def load_model(
         from .onnx_loading import load_onnx_model  # "bring your own ONNX": data, checked before use
 
         return load_onnx_model(path)
+    if suffix in (".pt2", ".pt", ".pth"):
+        from .torch_loading import load_torch_model  # lazy: imports torch; .pt2 audited, pickled modules need the flag
+
+        return load_torch_model(path, allow_pickle=allow_pickle)
     if suffix == ".skops":
         model = _load_skops(path, trust, modules)
         return LoadedModel("sklearn", model, path, sha256_of(path), "skops")
@@ -107,7 +114,8 @@ def load_model(
         return LoadedModel("sklearn", model, path, sha256_of(path), "pickle")
     raise ModelLoadError(
         f"don't know how to load {path.name}: supported model files are .skops (recommended), "
-        ".joblib/.pkl (with --allow-pickle), .keras, TensorFlow SavedModel directories, .onnx files, and XGBoost "
+        ".joblib/.pkl (with --allow-pickle), .keras, TensorFlow SavedModel directories, .onnx files, PyTorch .pt2 "
+        "(torch.export), TorchScript .pt/.pth, and XGBoost "
         "(.json/.ubj), "
         "LightGBM (.txt) and CatBoost (.cbm) model files."
     )

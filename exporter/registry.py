@@ -20,7 +20,8 @@ from .parity import Tolerance
 from .progress import Progress
 
 # modules whose import registers the built-in converters
-BUILTIN_CONVERTERS = ("edgeport.converters.sklearn_onnx", "edgeport.converters.keras", "edgeport.converters.onnx_file", "edgeport.converters.boosting")
+BUILTIN_CONVERTERS = ("edgeport.converters.sklearn_onnx", "edgeport.converters.keras", "edgeport.converters.onnx_file", "edgeport.converters.boosting",
+                      "edgeport.converters.pytorch")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,14 @@ def register(framework: str, target: str) -> Callable[[type], type]:
     return decorate
 
 
+_REFUSED: dict[tuple[str, str], str] = {}
+
+
+def refuse(framework: str, target: str, why: str) -> None:
+    """Say why no converter takes (framework, target) and what to do instead: get_converter raises `why` for it."""
+    _REFUSED[(framework, target)] = why
+
+
 def registered() -> list[tuple[str, str]]:
     _load_builtins()
     return sorted(_REGISTRY)
@@ -85,6 +94,8 @@ def get_converter(framework: str, target: str) -> Converter:
     try:
         return _REGISTRY[(framework, target)]
     except KeyError:
+        if (framework, target) in _REFUSED:
+            raise UnsupportedModelError(_REFUSED[(framework, target)]) from None
         supported = ", ".join(f"{f} → {t}" for f, t in sorted(_REGISTRY))
         raise UnsupportedModelError(
             f"no converter exports {framework} models to {target}. Supported: {supported}."
