@@ -48,12 +48,13 @@ class InputSpec:
     """One graph input. `key` is what a row names it by: its column, or the input name."""
 
     name: str
-    dtype: str  # float32, float64, int64, string
+    dtype: str  # float32, float64, int32, int64, string
     shape: tuple[int | None, ...]
     nullable: bool = False  # the original model accepts a missing value (null/NaN) here
     column: str | None = None
     columns: tuple[str, ...] | None = None  # a matrix input's column names, in order
     categories: tuple | None = None
+    kind: str | None = None  # what an input holds, for forms: "sequence" (steps x features), "image" or "text" (free text)
 
     @property
     def key(self) -> str:
@@ -64,7 +65,8 @@ class InputSpec:
         return cls(name=data["name"], dtype=data["dtype"], shape=tuple(data["shape"]),
                    nullable=bool(data.get("nullable", False)), column=data.get("column"),
                    columns=tuple(data["columns"]) if data.get("columns") is not None else None,
-                   categories=tuple(data["categories"]) if data.get("categories") is not None else None)
+                   categories=tuple(data["categories"]) if data.get("categories") is not None else None,
+                   kind=data.get("kind"))
 
     def to_dict(self) -> dict:
         out = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "nullable": self.nullable}
@@ -74,6 +76,8 @@ class InputSpec:
             out["columns"] = list(self.columns)
         if self.categories is not None:
             out["categories"] = list(self.categories)
+        if self.kind is not None:
+            out["kind"] = self.kind
         return out
 
 

@@ -5,10 +5,12 @@ all go through here, and the JS client's `buildInputs` follows the same
 contract; tests/corpus/decoding.json holds both languages to it, case by case.
 
 The contract, per value of an input:
-  float32, float64, int64   a number (never a bool or a string). null (None) or NaN is a missing value:
-                            allowed only where the input is `nullable` and a float, and fed as NaN;
-                            otherwise `missing-value`. ±Inf, a float32 beyond 3.4e38, an int64 outside
-                            [-2**63, 2**63) are `range`; a non-integer for int64 is `type`.
+  float32, float64,         a number (never a bool or a string). null (None) or NaN is a missing value:
+  int32, int64              allowed only where the input is `nullable` and a float, and fed as NaN;
+                            otherwise `missing-value`. ±Inf, a float32 beyond 3.4e38, an int32 outside
+                            [-2**31, 2**31), an int64 outside [-2**63, 2**63) are `range`; a non-integer
+                            for an integer input is `type`. (int32 is what TF.js has: Keras integer inputs,
+                            token ids into an Embedding, are int32 in every artifact and on every path.)
   string                    any well-formed string ("" and unicode included) as is, but none holding
                             U+0000 (onnxruntime-web cuts strings there); null is "" where nullable,
                             otherwise `missing-value`; anything else is `type`. Unknown categories pass:
@@ -39,10 +41,10 @@ class Place(NamedTuple):
     field: str | None
 
 
-NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "string": object}
+NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64, "int32": np.int32, "int64": np.int64, "string": object}
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 FLOAT64_MAX = float(np.finfo(np.float64).max)
-INT64_MIN, INT64_END = -(2**63), 2**63
+INT_RANGES = {"int32": (-(2**31), 2**31), "int64": (-(2**63), 2**63)}  # [low, end)
 # measured: below about this many values, checking each in Python beats numpy's per-call overhead
 BULK_VALUES = 16
 
@@ -204,7 +206,7 @@ def _value(spec: InputSpec, value: Any, where) -> Any:
                          "values here", "missing-value")
         raise _fault(where(), f"expected a string, got {_describe(value)}", "type")
     if value is None or (type(value) is float and math.isnan(value)):
-        if spec.nullable and dtype != "int64":
+        if spec.nullable and dtype not in INT_RANGES:
             return math.nan
         raise _fault(where(), f"a value is required ({dtype}); this model does not accept missing "
                      "values here", "missing-value")
@@ -212,11 +214,12 @@ def _value(spec: InputSpec, value: Any, where) -> Any:
         raise _fault(where(), f"expected a number ({dtype}), got {_describe(value)}", "type")
     if isinstance(value, float) and math.isinf(value):
         raise _fault(where(), f"an infinite value ({value}) does not fit {dtype}", "range")
-    if dtype == "int64":
+    if dtype in INT_RANGES:
         if isinstance(value, float) and not value.is_integer():
-            raise _fault(where(), f"expected an integer (int64), got {value!r}", "type")
-        if not INT64_MIN <= value < INT64_END:
-            raise _fault(where(), f"{value} does not fit int64", "range")
+            raise _fault(where(), f"expected an integer ({dtype}), got {value!r}", "type")
+        low, end = INT_RANGES[dtype]
+        if not low <= value < end:
+            raise _fault(where(), f"{value} does not fit {dtype}", "range")
         return int(value)
     try:
         magnitude = abs(float(value))

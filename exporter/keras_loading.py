@@ -98,8 +98,13 @@ def load_keras_model(path: Path, *, allow_ops: Sequence[str] = ()) -> LoadedMode
         try:
             layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
             model = _wrap_saved_model(keras, layer)
+        except ModelLoadError:
+            raise
         except Exception as exc:
             raise ModelLoadError(f"could not load the SavedModel at {path}: {str(exc).splitlines()[0][:300]}") from exc
+        # the wrapper's last layer is the whole SavedModel: whether it ends in a softmax or a sigmoid (a classifier)
+        # is read from the graph instead
+        model._edgeport_head = saved_model_head(path)
         return LoadedModel("keras", model, path, sha256_of(path), "savedmodel")
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=True)
@@ -153,6 +158,54 @@ def audit_saved_model(path: Path, *, allow_ops: Sequence[str] = ()) -> None:
             "Inference doesn't need them; export the model again without them, or, if you trust where it came "
             "from, allow each one with " + " ".join(f"--allow-op {op}" for op in ops) + "."
         )
+
+
+# ops that hand a tensor on unchanged, and ops that call a library function, between a signature's output and
+# the op that computed it
+PASS_THROUGH_OPS = frozenset({"Identity", "IdentityN", "Snapshot", "StopGradient", "PreventGradient"})
+CALL_OPS = frozenset({"StatefulPartitionedCall", "PartitionedCall"})
+HEAD_OPS = {"Softmax": "softmax", "Sigmoid": "sigmoid"}
+
+
+def saved_model_head(path: Path) -> str:
+    """'softmax' or 'sigmoid' where the serving signature's one output is computed by that op (through identities
+    and function calls), else ''. Read from saved_model.pb, like the audit: nothing runs."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((path / "saved_model.pb").read_bytes())
+    for meta_graph in saved_model.meta_graphs:
+        signature = meta_graph.signature_def.get("serving_default")
+        if signature is None or len(signature.outputs) != 1:
+            continue
+        (info,) = signature.outputs.values()
+        if info.WhichOneof("encoding") == "name":
+            return HEAD_OPS.get(_producing_op(meta_graph.graph_def, info.name), "")
+    return ""
+
+
+def _producing_op(graph_def: Any, tensor: str) -> str:
+    """The type of the op that computes `tensor` ("node:index" in the graph), seen through PASS_THROUGH_OPS and
+    into the functions CALL_OPS call ("node:output_arg:index" inside them); '' where the trail is lost."""
+    library = {function.signature.name: function for function in graph_def.library.function}
+    nodes = {node.name: node for node in graph_def.node}
+    for _ in range(1000):  # a malformed graph could loop
+        name, _, rest = tensor.lstrip("^").partition(":")
+        index = int(rest.rsplit(":", 1)[-1]) if rest else 0
+        node = nodes.get(name)
+        if node is None:
+            return ""
+        if node.op in PASS_THROUGH_OPS:
+            tensor = node.input[index if node.op == "IdentityN" else 0]
+        elif node.op in CALL_OPS and node.attr["f"].func.name in library:
+            function = library[node.attr["f"].func.name]
+            if index >= len(function.signature.output_arg):
+                return ""
+            tensor = function.ret[function.signature.output_arg[index].name]
+            nodes = {inner.name: inner for inner in function.node_def}
+        else:
+            return node.op
+    return ""
 
 
 def _tensor_names(info: Any) -> list[str]:

@@ -52,7 +52,7 @@ def test_the_python_decoder_gives_each_corpus_case_its_verdict(case):
         if expected["dtype"] == "string":
             assert got.dtype == object and got.ravel().tolist() == want, name
             continue
-        assert got.dtype == {"float32": np.float32, "float64": np.float64, "int64": np.int64}[expected["dtype"]], name
+        assert got.dtype == {"float32": np.float32, "float64": np.float64, "int32": np.int32, "int64": np.int64}[expected["dtype"]], name
         dtype = np.float32 if expected["dtype"] == "float32" else got.dtype
         np.testing.assert_array_equal(got.ravel(), np.array(want, dtype=dtype), err_msg=name)  # NaN equals NaN
 
@@ -60,7 +60,7 @@ def test_the_python_decoder_gives_each_corpus_case_its_verdict(case):
 def test_the_corpus_covers_every_layout_dtype_and_code():
     cases = CORPUS["cases"]
     assert {c["layout"] for c in cases} == {"matrix", "columns", "tensors"}
-    assert {i["dtype"] for c in cases for i in c["inputs"]} == {"float32", "float64", "int64", "string"}
+    assert {i["dtype"] for c in cases for i in c["inputs"]} == {"float32", "float64", "int32", "int64", "string"}
     assert {c["code"] for c in cases if c["verdict"] == "refuse"} == {
         "rows", "row-type", "extra-column", "missing-column", "row-length", "type", "missing-value", "range"}
 

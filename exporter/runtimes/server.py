@@ -1,7 +1,7 @@
 """The `server` runtime: the fallback server's own app, in this process, answering real OIP v2 requests.
 
 The rows are encoded the way the JS client's fallback encodes them (decoded into tensors, then sent as
-OIP v2 JSON: FP32/FP64/INT64/BYTES, a missing number as null), posted to the app that `edgeport serve`
+OIP v2 JSON: FP32/FP64/INT32/INT64/BYTES, a missing number as null), posted to the app that `edgeport serve`
 runs (create_app over a Repository of this one bundle) through httpx's ASGI transport, and the answer is
 read back by output name. So the server's request parsing, its decoder, its session and its response
 encoding are all inside the parity gate: a skew between the fallback path and the browser is caught by
@@ -21,7 +21,7 @@ from ..errors import RowValidationError, RuntimeFailedError
 from ..extras import require
 from . import RuntimeOutput, with_labels
 
-DATATYPES = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "string": "BYTES"}
+DATATYPES = {"float32": "FP32", "float64": "FP64", "int32": "INT32", "int64": "INT64", "string": "BYTES"}
 HOST = "http://edgeport.in-process"
 
 
@@ -70,7 +70,7 @@ def infer_request(bundle: Bundle, feeds: dict[str, np.ndarray]) -> bytes:
         value = feeds[spec.name]
         if spec.dtype == "string":
             data = [str(v) for v in value.ravel()]
-        elif spec.dtype == "int64":
+        elif spec.dtype in ("int32", "int64"):
             data = [int(v) for v in value.ravel()]
         else:
             data = [None if math.isnan(v) else v for v in value.ravel().tolist()]

@@ -23,7 +23,7 @@ from ..decoding import tensor_from_values
 from ..errors import RowValidationError
 from .metrics import FALLBACK_REASONS
 
-DATATYPE_OF = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "string": "BYTES"}
+DATATYPE_OF = {"float32": "FP32", "float64": "FP64", "int32": "INT32", "int64": "INT64", "string": "BYTES"}
 # numeric datatypes a client may send for a numeric input; values are cast to the model's dtype
 NUMERIC_DATATYPES = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 

@@ -1,13 +1,14 @@
 // Types for edgeport.js, the edgeport JS client.
 
-export type DType = 'float32' | 'float64' | 'int64' | 'string';
+export type DType = 'float32' | 'float64' | 'int32' | 'int64' | 'string';
 /** How rows map to inputs: one matrix input, one [n, 1] input per column, or several named tensor inputs. */
 export type Layout = 'matrix' | 'columns' | 'tensors';
 /** A row: an object keyed by column (columns, or a matrix input with columns), an array nested like the input's
  * shape[1:] or flat (matrix), or an object of such arrays keyed by input name (tensors). null is a missing value. */
 export type Row = Record<string, number | string | null | undefined | unknown[]> | ArrayLike<number | string | null> | unknown[];
 
-export interface ManifestInput { name: string; dtype: DType; shape: (number | null)[]; nullable: boolean; column?: string; columns?: string[]; categories?: (string | number)[]; }
+export interface ManifestInput { name: string; dtype: DType; shape: (number | null)[]; nullable: boolean; column?: string; columns?: string[]; categories?: (string | number)[];
+  /** what an input holds, for forms: steps x features, an image, or free text */ kind?: 'sequence' | 'image' | 'text'; }
 export interface ManifestOutput { name: string; dtype: DType; shape: (number | null)[]; role: 'label' | 'probabilities' | 'value'; }
 export interface Manifest {
   manifest_version: 2; name: string; version: string; format: 'onnx' | 'tfjs-graph'; task: 'classification' | 'regression';

@@ -86,7 +86,7 @@ function resolvePolicy(manifest, options) {
 
 const MANIFEST_VERSION = 2;
 const LAYOUTS = ['matrix', 'columns', 'tensors'];
-const DTYPES = ['float32', 'float64', 'int64', 'string'];
+const DTYPES = ['float32', 'float64', 'int32', 'int64', 'string'];
 
 /**
  * A parsed manifest in today's form (version 2). Version 1 left the layout, `nullable` and
@@ -188,10 +188,11 @@ export async function verifyFile(manifest, path, bytes) {
 // ---------------------------------------------------------------- rows into tensors
 //
 // The decoding contract, shared with exporter/decoding.py and held by tests/corpus/decoding.json:
-//   float32/float64/int64  a number (not a boolean, string or array). null, undefined or NaN is a missing
-//                          value: NaN where the input is nullable and a float, else `missing-value`.
-//                          ±Infinity, a float32 beyond 3.4e38, an int64 outside [-2^63, 2^63): `range`;
-//                          a non-integer for int64: `type`.
+//   float32/float64/       a number (not a boolean, string or array). null, undefined or NaN is a missing
+//   int32/int64            value: NaN where the input is nullable and a float, else `missing-value`.
+//                          ±Infinity, a float32 beyond 3.4e38, an int32 outside [-2^31, 2^31), an int64
+//                          outside [-2^63, 2^63): `range`; a non-integer for an integer input: `type`.
+//                          (int32 is TF.js's integer type: Keras integer inputs are int32 everywhere.)
 //   string                 any string as is; null/undefined is "" where nullable, else `missing-value`;
 //                          anything else `type`. Unknown categories pass: the model decides.
 // Per row, by manifest.layout: columns (an object keyed by exactly the columns), matrix (an array, flat
@@ -199,10 +200,10 @@ export async function verifyFile(manifest, path, bytes) {
 // by exactly the input names, each value flat or nested like its shape[1:]). The first fault in row
 // order wins; within a row, inputs in manifest order and values in row-major order.
 
-const TYPED = { float32: Float32Array, float64: Float64Array };
-const OIP_DATATYPE = { float32: 'FP32', float64: 'FP64', int64: 'INT64', string: 'BYTES' };
+const TYPED = { float32: Float32Array, float64: Float64Array, int32: Int32Array };
+const OIP_DATATYPE = { float32: 'FP32', float64: 'FP64', int32: 'INT32', int64: 'INT64', string: 'BYTES' };
 const FLOAT32_MAX = 3.4028234663852886e38;
-const INT64_END = 2 ** 63; // exact as a double; int64 holds [-INT64_END, INT64_END)
+const INT_END = { int32: 2 ** 31, int64: 2 ** 63 }; // exact as doubles; intN holds [-end, end)
 
 /** Column names the model takes, in order, with their dtypes (the demo builds its form from these). */
 export function describeColumns(manifest) {
@@ -376,14 +377,14 @@ function checkValue(value, input, r, field, i) {
     throw valueError('type', `expected a string, got ${describe(value)}`, r, field, i);
   }
   if (value === null || value === undefined || Number.isNaN(value)) {
-    if (input.nullable === true && dtype !== 'int64') return NaN;
+    if (input.nullable === true && !Object.hasOwn(INT_END, dtype)) return NaN;
     throw valueError('missing-value', `a value is required (${dtype}); this model does not accept missing values here`, r, field, i);
   }
   if (typeof value !== 'number') throw valueError('type', `expected a number (${dtype}), got ${describe(value)}`, r, field, i);
   if (!Number.isFinite(value)) throw valueError('range', `an infinite value (${value}) does not fit ${dtype}`, r, field, i);
-  if (dtype === 'int64') {
-    if (!Number.isInteger(value)) throw valueError('type', `expected an integer (int64), got ${value}`, r, field, i);
-    if (value < -INT64_END || value >= INT64_END) throw valueError('range', `${value} does not fit int64`, r, field, i);
+  if (Object.hasOwn(INT_END, dtype)) {
+    if (!Number.isInteger(value)) throw valueError('type', `expected an integer (${dtype}), got ${value}`, r, field, i);
+    if (value < -INT_END[dtype] || value >= INT_END[dtype]) throw valueError('range', `${value} does not fit ${dtype}`, r, field, i);
   } else if (dtype === 'float32' && Math.abs(value) > FLOAT32_MAX) {
     throw valueError('range', `${value} does not fit float32`, r, field, i);
   }
@@ -463,6 +464,11 @@ async function createOnnxBackend(manifest, modelBytes, options) {
   };
 }
 
+/** TF.js has no int64 or float64 tensors: integers run as int32 (Keras bundles declare int32), floats as float32. */
+function tfDtype(dtype) {
+  return dtype === 'int32' || dtype === 'int64' ? 'int32' : 'float32';
+}
+
 async function createTfjsBackend(manifest, manifestUrl, modelJsonBytes, options, progress) {
   const tf = options.tf ?? (await import('@tensorflow/tfjs'));
   if (options.tfBackend) await tf.setBackend(options.tfBackend);
@@ -487,12 +493,24 @@ async function createTfjsBackend(manifest, manifestUrl, modelJsonBytes, options,
   const artifacts = { ...modelJson, weightSpecs, weightData: weightData.buffer };
   delete artifacts.weightsManifest;
   const model = await tf.loadGraphModel({ load: async () => artifacts });
-  // execute() is synchronous and enough for models without control flow; executeAsync() for the rest
-  const needsAsync = JSON.stringify(modelJson.modelTopology).match(/"op":\s*"(Enter|Exit|Merge|Switch|NextIteration|LoopCond|If|StatelessIf|While|StatelessWhile|NonMaxSuppression\w*|Where)"/) !== null;
-  const execute = (feeds) => (needsAsync ? model.executeAsync(feeds) : model.execute(feeds));
+  // execute() is synchronous and enough for models without control flow; executeAsync() for the rest (RNN
+  // loops). A model whose dynamic ops the scan misses switches on TF.js's own "dynamic op" refusal, which
+  // is no error of the user's and must never reach them.
+  let needsAsync = JSON.stringify(modelJson.modelTopology).match(/"op":\s*"(Enter|Exit|Merge|Switch|NextIteration|LoopCond|If|StatelessIf|While|StatelessWhile|NonMaxSuppression\w*|Where)"/) !== null;
+  const execute = async (feeds) => {
+    if (!needsAsync) {
+      try {
+        return model.execute(feeds);
+      } catch (err) {
+        if (!/dynamic op/i.test(err?.message ?? '')) throw err;
+        needsAsync = true;
+      }
+    }
+    return model.executeAsync(feeds);
+  };
   // one warm-up run on zeros: TF.js compiles kernels on first use, which would otherwise land on the user's first prediction
   if (options.warmup !== false) {
-    const zeros = Object.fromEntries(manifest.inputs.map((i) => [i.name, tf.zeros([1, ...i.shape.slice(1).map((d) => d ?? 1)])]));
+    const zeros = Object.fromEntries(manifest.inputs.map((i) => [i.name, tf.zeros([1, ...i.shape.slice(1).map((d) => d ?? 1)], tfDtype(i.dtype))]));
     const out = await execute(zeros);
     tf.dispose([out, ...Object.values(zeros)]);
   }
@@ -501,7 +519,7 @@ async function createTfjsBackend(manifest, manifestUrl, modelJsonBytes, options,
     name: `tfjs-${tf.getBackend()}`,
     async run(inputs) {
       const feeds = {};
-      for (const [name, t] of Object.entries(inputs)) feeds[name] = tf.tensor(t.data, t.dims, t.type === 'int64' ? 'int32' : 'float32');
+      for (const [name, t] of Object.entries(inputs)) feeds[name] = tf.tensor(t.data, t.dims, tfDtype(t.type));
       try {
         const result = await execute(feeds);
         const tensor = Array.isArray(result) ? result[0] : result;
@@ -641,7 +659,7 @@ export function toInferRequest(manifest, inputs, parameters) {
     inputs: manifest.inputs.map((spec) => {
       const t = inputs[spec.name];
       const data = spec.dtype === 'string' ? Array.from(t.data)
-        : spec.dtype === 'int64' ? Array.from(t.data, Number) // exact: every int64 came from a JS number
+        : spec.dtype === 'int64' || spec.dtype === 'int32' ? Array.from(t.data, Number) // exact: every integer came from a JS number
           : Array.from(t.data, (v) => (Number.isNaN(v) ? null : v));
       return { name: spec.name, shape: t.dims, datatype: OIP_DATATYPE[spec.dtype], data };
     }),

@@ -81,7 +81,7 @@ async function open(entry) {
     return;
   }
   $('progress').hidden = true;
-  columns = describeColumns(model.manifest);
+  columns = formColumns(model.manifest);
   buildForm(model.manifest);
   fetch(new URL('golden.json', new URL(entry.manifest, location.href))).then((r) => r.json()).then((g) => { golden = g; $('sample').disabled = false; }).catch(() => {});
   $('predict').disabled = false;
@@ -99,8 +99,23 @@ function progress(event) {
 
 // ------------------------------------------------------------------ the form, built from the manifest
 
+// a tensor input says what it holds (`kind`); one without a kind and of rank 3 or more is taken for an image
 function isImage(manifest) {
-  return manifest.layout === 'matrix' && manifest.inputs[0].shape.length >= 3;
+  const [input] = manifest.inputs;
+  return manifest.layout === 'matrix' && input.shape.length >= 3 && (input.kind ?? 'image') === 'image';
+}
+
+function isSequence(manifest) {
+  const [input] = manifest.inputs;
+  return manifest.layout === 'matrix' && input.shape.length === 3 && input.kind === 'sequence';
+}
+
+// a matrix input without column names (a .npy sample) still gets one field per value: f0, f1, ...
+function formColumns(manifest) {
+  const described = describeColumns(manifest);
+  const [input] = manifest.inputs;
+  if (described.length || manifest.layout !== 'matrix' || input.shape.length !== 2 || !(input.shape[1] > 0)) return described;
+  return Array.from({ length: input.shape[1] }, (_, i) => ({ name: `f${i}`, stat: `x${i}`, dtype: input.dtype, nullable: input.nullable }));
 }
 
 function buildForm(manifest) {
@@ -110,12 +125,16 @@ function buildForm(manifest) {
     form.append(imageField(manifest));
     return;
   }
+  if (isSequence(manifest)) {
+    form.append(sequenceField(manifest));
+    return;
+  }
   const stats = manifest.feature_stats ?? {};
   for (const column of columns) {
     const label = document.createElement('label');
     label.textContent = column.name;
     let field;
-    const stat = stats[column.name] ?? {};
+    const stat = stats[column.stat ?? column.name] ?? {}; // samples.py names unnamed columns x0, x1, ...
     if (column.dtype === 'string') {
       field = document.createElement('select');
       const options = column.categories ?? Object.keys(stat.frequencies ?? {});
@@ -125,7 +144,7 @@ function buildForm(manifest) {
     } else {
       field = document.createElement('input');
       field.type = 'number';
-      field.step = 'any';
+      field.step = column.dtype.startsWith('int') ? '1' : 'any';
       if (stat.mean !== null && stat.mean !== undefined) field.value = roundish(stat.mean);
       if (stat.min !== null && stat.min !== undefined) field.placeholder = `${roundish(stat.min)} – ${roundish(stat.max)}`;
       if (!column.nullable) field.required = true;
@@ -135,6 +154,35 @@ function buildForm(manifest) {
     label.append(field);
     form.append(label);
   }
+}
+
+// [steps, features]: a grid typed as text, one step per line (steps may be any number where the shape says null)
+function sequenceField(manifest) {
+  const input = manifest.inputs[0];
+  const [steps, features] = input.shape.slice(1);
+  const mean = manifest.feature_stats?.[input.name]?.mean ?? 0;
+  const label = document.createElement('label');
+  label.className = 'sequence-field';
+  const caption = document.createElement('span');
+  caption.textContent = `${input.name}: ${steps ?? 'any number of'} steps × ${features} features. One step per line, ` +
+    'its values separated by commas or spaces.';
+  const area = document.createElement('textarea');
+  area.name = input.name;
+  area.id = 'sequence';
+  area.rows = Math.min(12, (steps ?? 4) + 1);
+  area.spellcheck = false;
+  area.wrap = 'off'; // a step is a line
+  area.value = paintSequence(Array.from({ length: steps ?? 1 }, () => Array(features).fill(roundish(mean))));
+  label.append(caption, area);
+  return label;
+}
+
+function paintSequence(steps) { return steps.map((step) => step.join(', ')).join('\n'); }
+
+// text stays text where it isn't a number, so the client's message names the value ("expected a number, got ...")
+function readSequence() {
+  return $('sequence').value.split('\n').map((line) => line.trim()).filter(Boolean)
+    .map((line) => line.split(/[\s,;]+/).filter(Boolean).map((v) => (Number.isNaN(Number(v)) ? v : Number(v))));
 }
 
 function roundish(x) { return Math.abs(x) >= 100 ? x.toFixed(1) : Number(x.toPrecision(4)); }
@@ -201,6 +249,7 @@ function imageField(manifest) {
 
 function readRow() {
   if (isImage(model.manifest)) return $('canvas').readPixels();
+  if (isSequence(model.manifest)) return readSequence();
   const row = {};
   for (const field of $('form').elements) {
     if (!field.name) continue;
@@ -216,6 +265,10 @@ function fillSample() {
   const row = golden.rows[Math.floor(Math.random() * golden.rows.length)];
   if (isImage(model.manifest)) {
     $('canvas').paintPixels(row.flat(Infinity));
+    return;
+  }
+  if (isSequence(model.manifest)) {
+    $('sequence').value = paintSequence(row);
     return;
   }
   const values = Array.isArray(row) ? Object.fromEntries(columns.map((c, i) => [c.name, row[i]])) : row;

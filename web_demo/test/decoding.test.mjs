@@ -9,7 +9,7 @@ import { buildInputs, RowValidationError, toInferRequest } from '../client/edgep
 
 const CORPUS = new URL('../../tests/corpus/decoding.json', import.meta.url);
 const CODES = ['rows', 'row-type', 'extra-column', 'missing-column', 'row-length', 'type', 'missing-value', 'range'];
-const TYPED = { float32: Float32Array, float64: Float64Array };
+const TYPED = { float32: Float32Array, float64: Float64Array, int32: Int32Array };
 
 /** The corpus with its {"$number": "NaN" | "Infinity" | "-Infinity"} markers replaced by the values. */
 function readCorpus() {
@@ -52,7 +52,7 @@ test('the corpus is well formed and covers every code in every layout where it a
   }
   const dtypes = new Set(cases.flatMap((c) => c.inputs.map((i) => `${c.layout}/${i.dtype}`)));
   for (const layout of ['matrix', 'columns', 'tensors']) {
-    for (const dtype of ['float32', 'float64', 'int64', 'string']) assert.ok(dtypes.has(`${layout}/${dtype}`), `no ${layout} case with ${dtype}`);
+    for (const dtype of ['float32', 'float64', 'int32', 'int64', 'string']) assert.ok(dtypes.has(`${layout}/${dtype}`), `no ${layout} case with ${dtype}`);
   }
 });
 
