@@ -4,6 +4,7 @@ from __future__ import annotations
 import platform
 import sys
 
+import families_bench
 import keras_bench
 import runtime_bench
 import server_bench
@@ -12,9 +13,10 @@ import zoo_bench
 
 
 def main() -> None:
-    sections = sys.argv[1:] or ["zoo", "runtimes", "keras", "server"]
+    sections = sys.argv[1:] or ["zoo", "runtimes", "keras", "families", "server"]
     print(f"# edgeport bench on {platform.node()} ({platform.machine()}, python {platform.python_version()})")
-    benches = {"zoo": zoo_bench.main, "runtimes": runtime_bench.main, "keras": keras_bench.main, "server": server_bench.main}
+    benches = {"zoo": zoo_bench.main, "runtimes": runtime_bench.main, "keras": keras_bench.main,
+               "families": families_bench.main, "server": server_bench.main}
     for name in sections:
         print(benches[name](), flush=True)
 
