@@ -95,7 +95,9 @@ def rows_from_table(table: Any, inputs: Sequence[InputSpec], layout: str) -> lis
         row = {}
         for spec in inputs:
             value = record[spec.key]
-            if spec.dtype == "string":
+            if getattr(spec, "kind", None) == "text":  # CSV can't tell an empty text from a missing one
+                row[spec.key] = "" if _is_missing(value) else str(value)
+            elif spec.dtype == "string":
                 row[spec.key] = None if _is_missing(value) else str(value)
             else:
                 row[spec.key] = _json_number(value)
@@ -138,7 +140,9 @@ def feature_stats(table: Any, inputs: Sequence[InputSpec], layout: str) -> dict:
     stats = {}
     for spec in inputs:
         column = table[spec.key]
-        if spec.dtype == "string":
+        if getattr(spec, "kind", None) == "text":
+            stats[spec.key] = _text_stats(column)
+        elif spec.dtype == "string":
             counts = column.astype(object).where(column.notna(), None).value_counts(dropna=True)
             stats[spec.key] = {
                 "count": int(column.notna().sum()),
@@ -148,6 +152,20 @@ def feature_stats(table: Any, inputs: Sequence[InputSpec], layout: str) -> dict:
         else:
             stats[spec.key] = _numeric_stats(column.astype(np.float64))
     return stats
+
+
+def _text_stats(column: Any) -> dict:
+    """Free text: how much there is, and how long, never the texts themselves (the manifest is public, and no
+    two texts repeat the way categories do)."""
+    present = column.dropna().astype(str)
+    lengths = present.str.len()
+    return {
+        "count": int(present.size),
+        "missing": int(column.isna().sum()),
+        "min_length": int(lengths.min()) if present.size else None,
+        "mean_length": float(lengths.mean()) if present.size else None,
+        "max_length": int(lengths.max()) if present.size else None,
+    }
 
 
 def _numeric_stats(series: Any) -> dict:

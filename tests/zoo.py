@@ -46,4 +46,49 @@ def zoo() -> dict:
     fitted = {name: (model.fit(*data), data[0]) for name, (model, data) in specs.items()}
     churn_frame, churn_target = make_frame(n=400, seed=1)
     fitted["mixed-churn-pipeline"] = (build_pipeline().fit(churn_frame, churn_target), churn_frame)
+    fitted["text-column-pipeline"] = text_column_pipeline()
     return fitted
+
+
+def text_column_pipeline():
+    """A review's text (TF-IDF with bigrams) beside a number and a category, in one ColumnTransformer."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    frame, target = reviews(n=240, seed=2)
+    columns = ColumnTransformer([
+        ("text", TfidfVectorizer(ngram_range=(1, 2), max_df=0.6), "review"),
+        ("stars", StandardScaler(), ["stars"]),
+        ("channel", OneHotEncoder(handle_unknown="ignore"), ["channel"]),
+    ])
+    return make_pipeline(columns, LogisticRegression(max_iter=1000)).fit(frame, target), frame
+
+
+POSITIVE = "good great loved fun wonderful excellent superb charming café naïve".split()
+NEGATIVE = "bad terrible hated boring awful dull worst clumsy".split()
+FILLER = "the movie film plot acting it was so very a I this über Straße ταινία 2024 x_y".split()
+
+
+def reviews(n: int = 200, seed: int = 0):
+    """Seeded short reviews (a DataFrame with review, stars, channel) and their 0/1 sentiment. Mixed case,
+    accented and Greek words (no capital sigma: see README), one-letter words, numbers, punctuation and empty texts: what a tokenizer can
+    get wrong."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    target = rng.integers(0, 2, size=n)
+    texts = []
+    for label in target:
+        words = list(rng.choice(POSITIVE if label else NEGATIVE, size=rng.integers(1, 4)))
+        words += list(rng.choice(FILLER, size=rng.integers(0, 9)))
+        rng.shuffle(words)
+        words = [w.upper() if rng.random() < 0.15 else w.capitalize() if rng.random() < 0.15 else w for w in words]
+        texts.append(" ".join(words) + str(rng.choice(["", ".", "!", ", really?"])))
+    texts[::37] = [""] * len(texts[::37])
+    frame = pd.DataFrame({"review": texts, "stars": np.round(rng.uniform(1, 5, n) + target, 1),
+                          "channel": rng.choice(["web", "app", "store"], n)})
+    return frame, target

@@ -23,6 +23,13 @@ from ..parity import Tolerance
 from ..progress import Progress
 from ..registry import Converted, register
 from ..samples import is_string_dtype
+from . import sklearn_text as text
+from .sklearn_steps import (categories_by_column, check_hist_gradient_boosting, check_supported, check_text_columns,
+                            estimator_name, final_estimator, is_nan, plain, selects_columns_by_name,
+                            supported_estimators, walk)
+
+# the names other converters (boosting.py) import
+_walk, _final_estimator, _estimator_name, _plain, _is_nan = walk, final_estimator, estimator_name, plain, is_nan
 
 # float32 graphs carry ~1e-7 relative error per op, and a 100-tree sum or a
 # regression on values in the hundreds compounds it to ~1e-5 abs / ~1e-6 rel.
@@ -46,6 +53,10 @@ class SklearnToOnnx:
         ensure_registered(libraries_in(model))
         repair_loaded(model)
         task = task_of(model)
+        # refusals that need no conversion: say what isn't supported and what to do, before skl2onnx says less
+        text.check_text_steps(model, walk)
+        check_supported(model)
+        check_hist_gradient_boosting(model)
         table, per_column = _prepare_table(model, sample)
         classes = [_plain(c) for c in model.classes_] if task == "classification" else None
         has_proba = task == "classification" and hasattr(model, "predict_proba")
@@ -85,10 +96,7 @@ class SklearnToOnnx:
                 table=table,
                 classes=classes,
             )
-        raise ConversionError(
-            f"could not turn {_estimator_name(model)} into an ONNX graph that onnxruntime runs "
-            f"({'; '.join(failures)}). If a step is custom code, replace it with a scikit-learn transformer."
-        )
+        raise ConversionError(_conversion_failure(model, failures))
 
     def reference(self, loaded: LoadedModel, table: Any, classes: Any = None) -> dict[str, Any]:
         return reference_outputs(loaded.model, table)
@@ -96,16 +104,25 @@ class SklearnToOnnx:
 
 def reference_outputs(model: Any, table: Any) -> dict[str, Any]:
     """The original model's outputs keyed by role (label, probabilities / value)."""
-    if isinstance(table, np.ndarray) and hasattr(model, "feature_names_in_"):
-        import pandas as pd
-
-        table = pd.DataFrame(table, columns=list(model.feature_names_in_))
+    table = model_input(model, table)
     if task_of(model) == "regression":
         return {"value": np.asarray(model.predict(table), dtype=np.float64).reshape(len(table), -1)}
     outputs = {"label": np.asarray(model.predict(table))}
     if hasattr(model, "predict_proba"):
         outputs["probabilities"] = np.asarray(model.predict_proba(table), dtype=np.float64)
     return outputs
+
+
+def model_input(model: Any, table: Any) -> Any:
+    """`table` as the original model takes it: a model that starts with a text vectorizer takes the texts
+    themselves (a DataFrame would hand it the column names), a model fit on a DataFrame takes named columns."""
+    if text.text_at_root(model) and hasattr(table, "iloc"):
+        return table.iloc[:, 0]
+    if isinstance(table, np.ndarray) and hasattr(model, "feature_names_in_"):
+        import pandas as pd
+
+        return pd.DataFrame(table, columns=list(model.feature_names_in_))
+    return table
 
 
 def task_of(model: Any) -> str:
@@ -116,7 +133,7 @@ def task_of(model: Any) -> str:
     if is_regressor(model):
         return "regression"
     raise UnsupportedModelError(
-        f"{_estimator_name(model)} is neither a classifier nor a regressor; edgeport exports models that predict "
+        f"{estimator_name(model)} is neither a classifier nor a regressor; edgeport exports models that predict "
         "(a Pipeline is fine as long as its last step is a classifier or regressor)."
     )
 
@@ -125,9 +142,11 @@ def _prepare_table(model: Any, sample: Any) -> tuple[Any, bool]:
     """Check the sample against the model and decide matrix vs per-column inputs."""
     import pandas as pd
 
+    if text.text_at_root(model):
+        return _text_table(model, sample), True
     expected = getattr(model, "feature_names_in_", None)
     n_features = getattr(model, "n_features_in_", None)
-    needs_names = _selects_columns_by_name(model)
+    needs_names = selects_columns_by_name(model)
     if isinstance(sample, np.ndarray):
         if needs_names:
             raise SampleError(
@@ -159,24 +178,49 @@ def _prepare_table(model: Any, sample: Any) -> tuple[Any, bool]:
         sample = sample[expected]
     elif n_features is not None and len(columns) != n_features:
         raise SampleError(f"sample has {len(columns)} columns, but the model was trained on {n_features}")
-    has_strings = any(is_string_dtype(sample[c]) for c in sample.columns)
-    if has_strings and not needs_names:
-        bad = [c for c in sample.columns if is_string_dtype(sample[c])]
-        raise SampleError(f"column(s) {', '.join(map(repr, bad))} hold text, but the model takes numbers only")
-    return sample, has_strings or needs_names
+    texts = text.text_columns(model, walk)
+    if texts:  # free text is text even where every value in the sample happens to read as a number
+        sample = sample.assign(**{c: _as_text(sample[c]) for c in texts if c in sample.columns})
+    strings = [str(c) for c in sample.columns if is_string_dtype(sample[c])]
+    check_text_columns(model, sample, strings, texts)
+    # strings that reach an encoder: one input per column, as with a ColumnTransformer
+    return sample, bool(strings) or needs_names
+
+
+def _text_table(model: Any, sample: Any) -> Any:
+    """The sample of a model that takes texts: one column of strings."""
+    if isinstance(sample, np.ndarray):
+        raise SampleError(f"{estimator_name(model)} takes texts, and a .npy sample has no column name to give the "
+                          "input: pass a CSV or Parquet sample with one text column and a header row")
+    if len(sample.columns) != 1:
+        raise SampleError(
+            f"{estimator_name(model)} takes one text per row, but the sample has {len(sample.columns)} columns "
+            f"({', '.join(map(repr, map(str, sample.columns)))}). Keep only the text column in the sample (drop the "
+            "target and id columns).")
+    column = str(sample.columns[0])
+    return sample.set_axis([column], axis=1).assign(**{column: _as_text(sample.iloc[:, 0])})
+
+
+def _as_text(values: Any) -> Any:
+    """A column of text as strings (pandas reads a column of "42"s as numbers); an empty cell is the empty text,
+    as CSV can't tell them apart (a text step can't take a missing value at all)."""
+    return values.astype(object).where(values.notna(), "").map(str)
 
 
 def _input_specs(model: Any, table: Any, per_column: bool, precision: str) -> list[dict]:
     if not per_column:
         columns = [str(c) for c in table.columns] if hasattr(table, "columns") else [f"x{i}" for i in range(table.shape[1])]
         return [{"name": "input", "dtype": precision, "shape": [None, len(columns)], "columns": columns}]
-    categories = _categories_by_column(model)
+    categories = categories_by_column(model)
+    texts = {str(table.columns[0])} if text.text_at_root(model) else text.text_columns(model, walk)
     specs = []
     for column in table.columns:
         dtype = "string" if is_string_dtype(table[column]) else precision
         spec = {"name": str(column), "dtype": dtype, "shape": [None, 1], "column": str(column)}
         if str(column) in categories:
             spec["categories"] = categories[str(column)]
+        if str(column) in texts:
+            spec["kind"] = "text"  # free text: a form shows a text box, not a list of the sample's values
         specs.append(spec)
     return specs
 
@@ -202,20 +246,20 @@ def _mark_nullable(model: Any, table: Any, inputs: list[dict]) -> None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                result = np.asarray(model.predict(probe))
+                result = np.asarray(model.predict(model_input(model, probe)))
                 spec["nullable"] = bool(result.dtype.kind not in "fc" or np.isfinite(result).all())
                 if spec["nullable"] and spec["dtype"] == "string":
                     # the graph reads a missing string as "": nullable only if the model means the same by both
                     # (not so where "" is a category of its own, or where an imputer fills None but keeps "")
                     spec["nullable"] = _answers(model, probe) == _answers(model, probe.assign(**{spec["column"]: ""}))
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, AttributeError):  # a text step calls None.lower()
             spec["nullable"] = False
 
 
 def _answers(model: Any, table: Any) -> list:
     """What the model says about `table`: its probabilities where it has them, else its predictions."""
     predict = model.predict_proba if hasattr(model, "predict_proba") else model.predict
-    return np.asarray(predict(table)).tolist()
+    return np.asarray(predict(model_input(model, table))).tolist()
 
 
 def _to_onnx(model: Any, inputs: list[dict], task: str) -> Any:
@@ -225,15 +269,42 @@ def _to_onnx(model: Any, inputs: list[dict], task: str) -> Any:
 
     types = {"float64": DoubleTensorType, "float32": FloatTensorType, "int64": Int64TensorType, "string": StringTensorType}
     initial_types = [(spec["name"], types[spec["dtype"]](spec["shape"])) for spec in inputs]
-    options = {id(_final_estimator(model)): {"zipmap": False}} if task == "classification" else None
+    options = text.converter_options(model, walk)
+    if task == "classification":
+        options[id(final_estimator(model))] = {"zipmap": False}
     try:
-        return to_onnx(model, initial_types=initial_types, options=options, target_opset=TARGET_OPSET)
+        with text.tuple_vocabularies(model, walk):
+            onx = to_onnx(model, initial_types=initial_types, options=options or None, target_opset=TARGET_OPSET)
     except (MissingConverter, MissingShapeCalculator, RuntimeError) as exc:
         if isinstance(exc, RuntimeError) and "Unable to find" not in str(exc):
             raise
+        check_supported(model)  # names the step and what to do
         raise UnsupportedModelError(
-            f"skl2onnx cannot convert {_unsupported_part(model)}. Supported estimators: {', '.join(supported_estimators())}."
+            f"skl2onnx has no converter for a step of {estimator_name(model)} ({_first_line(exc)}). Replace the step "
+            "with one skl2onnx converts, or register a converter for it with skl2onnx's update_registered_converter."
         ) from exc
+    text.repair_graph(onx, model, walk)
+    if any(getattr(est, "sublinear_tf", False) for est in walk(model)):
+        text.repair_sublinear_tf(onx)
+    return onx
+
+
+def _conversion_failure(model: Any, failures: list[str]) -> str:
+    """Why no graph came out, in words that point at the cause."""
+    joined = "; ".join(failures)
+    locale = text.locale_failure(joined)
+    if locale:
+        return f"could not export {estimator_name(model)}: {locale} ({failures[-1]})."
+    custom = [type(est).__name__ for est in walk(model) if type(est).__module__.split(".")[0] != "sklearn"]
+    hint = (f" {', '.join(custom)} {'is' if len(custom) == 1 else 'are'} not scikit-learn's own: if the failure is in "
+            "that code, replace it with a scikit-learn transformer or register a converter for it." if custom else "")
+    return (f"could not turn {estimator_name(model)} into an ONNX graph that onnxruntime runs ({joined}). skl2onnx "
+            f"converted it, but onnxruntime could not load or run the result.{hint}")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def _rename_outputs(onx: Any, task: str, has_proba: bool) -> list[dict]:
@@ -255,80 +326,15 @@ def _rename_outputs(onx: Any, task: str, has_proba: bool) -> list[dict]:
 
 
 def _short_reason(exc: Exception) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    kernel = text.split("Could not find an implementation for ")
-    return f"onnxruntime has no double kernel for {kernel[1].split(' node')[0]}" if len(kernel) > 1 else text[:120]
+    text_ = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    kernel = text_.split("Could not find an implementation for ")
+    return f"onnxruntime has no double kernel for {kernel[1].split(' node')[0]}" if len(kernel) > 1 else text_[:120]
 
 
 def _smoke_test(onx: Any) -> None:
     import onnxruntime as ort
 
     ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
-
-
-def _selects_columns_by_name(model: Any) -> bool:
-    from sklearn.compose import ColumnTransformer
-
-    for est in _walk(model):
-        if isinstance(est, ColumnTransformer):
-            return any(isinstance(c, str) or (isinstance(c, list) and c and isinstance(c[0], str))
-                       for _, _, c in est.transformers_)
-    return False
-
-
-def _categories_by_column(model: Any) -> dict[str, list]:
-    """Categories the fitted encoders know, keyed by the input column they came from."""
-    from sklearn.compose import ColumnTransformer
-    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
-
-    found: dict[str, list] = {}
-    for est in _walk(model):
-        if not isinstance(est, ColumnTransformer):
-            continue
-        for _, transformer, columns in est.transformers_:
-            if not isinstance(columns, list) or not columns or not isinstance(columns[0], str):
-                continue
-            for part in _walk(transformer):
-                if isinstance(part, (OneHotEncoder, OrdinalEncoder)):
-                    for column, cats in zip(columns, part.categories_):
-                        found[column] = [_plain(c) for c in cats if not _is_nan(c)]
-    return found
-
-
-def _walk(est: Any):
-    """The estimator and every estimator nested in it (pipelines, column transformers)."""
-    yield est
-    for _, child in getattr(est, "steps", None) or []:
-        if hasattr(child, "fit"):
-            yield from _walk(child)
-    for _, child, _ in getattr(est, "transformers_", None) or []:
-        if hasattr(child, "fit"):
-            yield from _walk(child)
-
-
-def _final_estimator(model: Any) -> Any:
-    return model.steps[-1][1] if hasattr(model, "steps") else model
-
-
-def _unsupported_part(model: Any) -> str:
-    supported = set(supported_estimators())
-    for est in _walk(model):
-        if type(est).__name__ not in supported:
-            return type(est).__name__ if est is model else f"{type(est).__name__} (in {_estimator_name(model)})"
-    return _estimator_name(model)
-
-
-def supported_estimators() -> list[str]:
-    """Class names skl2onnx has a converter for (its alias table is keyed by the classes)."""
-    from skl2onnx._supported_operators import sklearn_operator_name_map
-
-    return sorted({cls.__name__ for cls in sklearn_operator_name_map})
-
-
-def _estimator_name(model: Any) -> str:
-    if hasattr(model, "steps"):
-        return "Pipeline(" + ", ".join(type(step).__name__ for _, step in model.steps) + ")"
-    return type(model).__name__
 
 
 def _skl2onnx_version() -> str:
@@ -348,9 +354,4 @@ def _onnx_shape(value_info: Any) -> list:
     return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
 
 
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _is_nan(value: Any) -> bool:
-    return isinstance(value, float) and np.isnan(value)
+__all__ = ["SklearnToOnnx", "reference_outputs", "model_input", "task_of", "supported_estimators"]

@@ -79,7 +79,7 @@ export declare class EdgeportModel {
 
 export declare function loadModel(manifestUrlOrPath: string | URL, options?: LoadOptions): Promise<EdgeportModel>;
 export declare function buildInputs(manifest: Manifest, rows: Row[]): Record<string, { type: DType; data: ArrayLike<unknown>; dims: number[] }>;
-export interface ColumnInfo { name: string; dtype: DType; nullable: boolean; categories?: (string | number)[]; }
+export interface ColumnInfo { name: string; dtype: DType; nullable: boolean; categories?: (string | number)[]; /** 'text': free text, not a category */ kind?: 'sequence' | 'image' | 'text'; }
 export declare function describeColumns(manifest: Manifest): ColumnInfo[];
 /** A parsed manifest as version 2: version 1 upgraded (layout inferred, nullable false, server_model_file = model_file). */
 export declare function upgradeManifest(manifest: unknown): Manifest;

@@ -214,6 +214,7 @@ export function describeColumns(manifest) {
   }
   return inputs.map((input) => ({
     name: layout === 'columns' ? input.column : input.name, dtype: input.dtype, nullable: input.nullable, categories: input.categories,
+    ...(input.kind ? { kind: input.kind } : {}), // 'text': free text the model tokenizes, not a category
   }));
 }
 

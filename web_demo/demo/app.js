@@ -135,7 +135,13 @@ function buildForm(manifest) {
     label.textContent = column.name;
     let field;
     const stat = stats[column.stat ?? column.name] ?? {}; // samples.py names unnamed columns x0, x1, ...
-    if (column.dtype === 'string') {
+    if (column.kind === 'text') {
+      // free text the model tokenizes: a text box, never a list of the sample's texts
+      field = document.createElement('textarea');
+      field.rows = 4;
+      field.placeholder = 'Type or paste text';
+      label.className = 'text-field';
+    } else if (column.dtype === 'string') {
       field = document.createElement('select');
       const options = column.categories ?? Object.keys(stat.frequencies ?? {});
       for (const value of options) field.append(new Option(value, value));
