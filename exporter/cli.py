@@ -96,7 +96,7 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks inst
 
 @command()
 def export(
-    model: Path = typer.Argument(..., help="Trained model: .skops (recommended), .joblib/.pkl, .keras, a SavedModel dir, or an .onnx file."),
+    model: Path = typer.Argument(..., help="Trained model: .skops (recommended), .joblib/.pkl, .keras, a SavedModel dir, an .onnx file, or PyTorch .pt2 (recommended) / TorchScript .pt / torch.save .pt (--allow-pickle)."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
     to: Target = typer.Option(Target.onnx, "--to", help="Export format."),
     sample: Optional[Path] = typer.Option(None, "--sample", help="Sample input rows: CSV with header, Parquet or .npy."),
@@ -112,11 +112,11 @@ def export(
     rtol: Optional[float] = typer.Option(None, "--rtol", callback=lambda v: _tolerance("--rtol", v),
                                          help="Relative tolerance (default: the converter's)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="Keras only. tfjs: float16|uint8; onnx: int8 (dynamic)."),
-    classes: Optional[str] = typer.Option(None, "--classes", help="Keras, ONNX-file and native XGBoost/LightGBM/CatBoost-file classifiers: class names, comma-separated (default 0..k-1)."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Keras, ONNX-file, PyTorch and native XGBoost/LightGBM/CatBoost-file classifiers: class names, comma-separated (default 0..k-1)."),
     label_output: Optional[str] = typer.Option(None, "--label-output", help="ONNX file: the output that holds the label."),
     probabilities_output: Optional[str] = typer.Option(None, "--probabilities-output", help="ONNX file: the output that holds class probabilities."),
     value_output: Optional[str] = typer.Option(None, "--value-output", help="ONNX file: the output that holds a regression value."),
-    task: Optional[Task] = typer.Option(None, "--task", help="ONNX file: classification or regression, where the outputs don't say."),
+    task: Optional[Task] = typer.Option(None, "--task", help="ONNX file or PyTorch: classification or regression, where the outputs don't say (PyTorch logits: classification adds a softmax)."),
     nullable: List[str] = typer.Option([], "--nullable", help="ONNX file: this input accepts missing values (repeatable)."),
     confidence_threshold: float = typer.Option(0.6, "--confidence-threshold", min=0.0, max=1.0, help="Below this the client falls back."),
     on_low_confidence: LowConfidence = typer.Option(LowConfidence.server, "--on-low-confidence", help="Ask the server, or abstain."),

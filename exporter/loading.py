@@ -37,6 +37,7 @@ import importlib
 import json
 import os
 import pickle
+import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -111,6 +112,10 @@ def load_model(
                 "without running code: `import skops.io as sio; sio.dump(model, 'model.skops')`."
             )
         model = _load_pickle(path)
+        if "torch" in sys.modules and isinstance(model, sys.modules["torch"].nn.Module):  # a pickled module
+            from .torch_loading import TorchModel
+
+            return LoadedModel("torch", TorchModel("module", model.eval()), path, sha256_of(path), "pickle")
         return LoadedModel("sklearn", model, path, sha256_of(path), "pickle")
     raise ModelLoadError(
         f"don't know how to load {path.name}: supported model files are .skops (recommended), "

@@ -25,6 +25,7 @@ torch is imported here, on demand; without it the error names the torch extra.
 from __future__ import annotations
 
 import io
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,7 +161,9 @@ def _load_torchscript(path: Path) -> Any:
     import torch
 
     try:
-        model = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; the README says to prefer .pt2
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise ModelLoadError(f"could not load {path.name} as TorchScript ({type(exc).__name__}: {_first_line(exc)}). "
                              f"The file may be damaged or need a custom-op library that isn't loaded. {SAVE_AS_PT2}"

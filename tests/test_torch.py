@@ -26,6 +26,8 @@ if importlib.util.find_spec("torch") is None or importlib.util.find_spec("onnxsc
 import torch  # noqa: E402 - after the extra check
 
 runner = CliRunner()
+# TorchScript is deprecated in torch 2.13 (in favour of torch.export), and still what many teams have saved
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:DeprecationWarning")
 
 
 class Classifier(torch.nn.Module):
@@ -102,7 +104,7 @@ def _iris():
 def _fit(model, X, y, loss, steps=150):
     torch.manual_seed(0)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    inputs, target = torch.from_numpy(np.asarray(X, np.float32)), torch.from_numpy(y)
+    inputs, target = torch.from_numpy(np.array(X, np.float32)), torch.from_numpy(np.array(y))
     for _ in range(steps):
         optimizer.zero_grad()
         loss(model(inputs), target).backward()
@@ -129,7 +131,7 @@ def files(tmp_path_factory):
     torch.manual_seed(0)
     X, y = _iris()
     X.to_csv(root / "iris.csv", index=False)
-    example = (torch.from_numpy(X.to_numpy()[:8]),)
+    example = (torch.from_numpy(X.to_numpy()[:8].copy()),)
     nll = lambda out, target: torch.nn.functional.nll_loss(torch.log(out + 1e-9), target)  # noqa: E731
     classifier = _fit(Classifier(), X.to_numpy(), y, nll)
     _save_pt2(classifier, example, root / "classifier.pt2")
@@ -155,6 +157,9 @@ def files(tmp_path_factory):
     _save_pt2(regressor, (torch.from_numpy(R[:8]),), root / "regressor.pt2")
     torch.jit.script(regressor).save(str(root / "regressor-ts.pt"))
     torch.save(regressor, root / "regressor-pickle.pt")
+    import joblib
+
+    joblib.dump(regressor, root / "regressor.joblib")  # a module pickled the scikit-learn way
 
     two = TwoInputs().eval()
     numbers, ids = rng.normal(size=(60, 3)).astype(np.float32), rng.integers(0, 10, size=(60, 5)).astype(np.int64)
@@ -183,7 +188,8 @@ def exported(files, tmp_path_factory):
 CASES = [("classifier.pt2", "iris.csv", {}), ("classifier-ts.pt", "iris.csv", {}),
          ("classifier-pickle.pt", "iris.csv", {"allow_pickle": True}),
          ("regressor.pt2", "reg.npy", {}), ("regressor-ts.pt", "reg.npy", {}),
-         ("regressor-pickle.pt", "reg.npy", {"allow_pickle": True})]
+         ("regressor-pickle.pt", "reg.npy", {"allow_pickle": True}),
+         ("regressor.joblib", "reg.npy", {"allow_pickle": True})]
 
 
 @pytest.mark.parametrize("model,sample,options", CASES, ids=[c[0] for c in CASES])

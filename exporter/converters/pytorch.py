@@ -39,16 +39,12 @@ from ..parity import Tolerance
 from ..progress import Progress
 from ..registry import Converted, refuse, register
 from .onnx_file import _layout_and_table, _mark_nullable, graph_inputs, graph_outputs
-from .onnx_roles import _sums_to_one
+from .torch_heads import add_head, apply_head, last_operator, settle_task
 
 # float32 in torch and in onnxruntime (C++ and WASM): kernels differ in summation order and fusion (~1e-7
 # relative per op, ~1e-6 after a few layers); different weights or a missing layer show up at 1e-2 and more.
 DEFAULT_TOLERANCE = Tolerance(atol=1e-5, rtol=1e-4)
 EXAMPLE_ROWS = 16  # rows of the sample traced by torch.export (at least 2: a batch of 1 would be specialized)
-# operators that pass values through unchanged, looked past to find the model's last real operator
-PASS_THROUGH = {"view", "reshape", "unsafe_view", "clone", "contiguous", "alias", "detach", "to_copy", "to",
-                "squeeze", "flatten", "dropout", "identity"}
-HEADS = ("none", "exp", "softmax", "binary", "sigmoid_binary")
 
 
 refuse("torch", "tfjs",
@@ -98,7 +94,8 @@ class TorchToOnnx:
         source = {"framework": "torch", "framework_version": torch.__version__,
                   "converter": "torch.onnx.export (dynamo)",
                   "converter_version": f"torch {torch.__version__}, onnxscript {_version('onnxscript')}",
-                  "estimator": f"{model_name(tm)} ({tm.kind.replace('_', ' ')})", "precision": dtypes[names[0]]}
+                  "estimator": model_name(tm),
+                  "precision": next((d for d in dtypes.values() if d.startswith("float")), "float32")}
         return Converted(files={"model.onnx": onnx_bytes}, model_file="model.onnx", format="onnx", task=task,
                          inputs=inputs, outputs=described, layout=layout, source=source,
                          tolerance=DEFAULT_TOLERANCE, table=table, classes=classes)
@@ -217,6 +214,7 @@ def dynamic_batch_program(tm: Any, args: tuple) -> Any:
             if _batch_is_dynamic(tm.model):
                 return tm.model
             module = tm.model.module(check_guards=False)  # its guards pin the batch it was exported with
+            args = _rows(args, _fixed_batch(tm.model))  # traced at that batch, so only a fixed one can fail
         elif tm.kind == "torchscript":
             from torch._export.converter import TS2EPConverter
 
@@ -235,12 +233,15 @@ def dynamic_batch_program(tm: Any, args: tuple) -> Any:
             text = str(exc)
             if "batch" in text and ("specialized" in text or "Constraints violated" in text):
                 size = args[0].shape[0]
+                saved = (f" The .pt2 was exported with a fixed batch of {size}; after the fix, export it with "
+                         "dynamic_shapes={'x': {0: torch.export.Dim('batch')}}." if tm.kind == "exported_program" else "")
                 raise UnsupportedModelError(
                     f"the model can't take a batch of any size: torch.export found that its code fixes the first "
                     f"(batch) dimension to the {size} rows it was traced with. The browser client and the fallback "
                     "server run any number of rows at once, so edgeport needs that dimension free. The usual cause "
                     "is flattening the batch into the features, torch.flatten(x) or x.view(N, -1): flatten from "
-                    "dim 1 instead, torch.flatten(x, 1) or x.view(x.size(0), -1), and save the model again.") from exc
+                    f"dim 1 instead, torch.flatten(x, 1) or x.view(x.size(0), -1), and save the model again.{saved}"
+                ) from exc
             raise ConversionError(f"torch.export could not capture the model ({type(exc).__name__}: "
                                   f"{_first_line(exc)}). See https://pytorch.org/docs/stable/export.html for what it "
                                   "supports.") from exc
@@ -258,40 +259,6 @@ def _batch_is_dynamic(program: Any) -> bool:
     return True
 
 
-def last_operator(program: Any) -> tuple[str, tuple]:
-    """The name of the program's last real operator (softmax, log_softmax, sigmoid, linear...) and its output shape
-    (None for the batch). Several outputs are refused."""
-    import torch
-
-    output = next(n for n in program.graph.nodes if n.op == "output")
-    results = output.args[0]
-    results = results if isinstance(results, (list, tuple)) else [results]
-    if len(results) != 1:
-        raise UnsupportedModelError(f"the model returns {len(results)} values; edgeport exports models with one "
-                                    "output tensor (a classifier's scores or a regressor's values). Wrap it in a "
-                                    "module whose forward returns only the prediction.")
-    node = results[0]
-    value = getattr(node, "meta", {}).get("val")
-    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-        raise UnsupportedModelError(f"the model's output is {getattr(value, 'dtype', type(value).__name__)}; "
-                                    "edgeport exports models whose output is a float tensor")
-    shape = tuple(None if isinstance(d, torch.SymInt) else int(d) for d in value.shape)
-    while getattr(node, "op", None) == "call_function" and _op_name(node) in PASS_THROUGH and node.args:
-        node = node.args[0]
-    name = _op_name(node) if getattr(node, "op", None) == "call_function" else ""
-    if name in ("softmax", "log_softmax"):
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        rank = len(getattr(node.meta.get("val"), "shape", ()))
-        if dim not in (-1, rank - 1):
-            name = f"{name} over dim {dim}"  # not over the classes: not recognized as probabilities
-    return name, shape
-
-
-def _op_name(node: Any) -> str:
-    """aten.softmax.int and aten._softmax.default are both "softmax"."""
-    return getattr(node.target, "__name__", str(node.target)).split(".")[0].lstrip("_")
-
-
 def run_original(tm: Any, args: tuple) -> Any:
     """The original model on `args`: the program's module, the TorchScript module or the nn.Module, in eval mode."""
     import torch
@@ -303,13 +270,19 @@ def run_original(tm: Any, args: tuple) -> Any:
             return _single(model(*args))
         # a program saved with a fixed batch takes exactly that many rows: run it so, the last chunk padded with
         # copies of its last row (the bundle runs the same graph re-exported with a dynamic batch)
-        outputs, total = [], len(args[0])
-        for start in range(0, total, fixed):
-            chunk = [a[start:start + fixed] for a in args]
-            short = fixed - len(chunk[0])
-            chunk = [torch.cat([c, c[-1:].expand(short, *c.shape[1:])]) if short else c for c in chunk]
-            outputs.append(_single(model(*chunk))[:fixed - short])
+        outputs = []
+        for start in range(0, len(args[0]), fixed):
+            chunk = tuple(a[start:start + fixed] for a in args)
+            outputs.append(_single(model(*_rows(chunk, fixed)))[:len(chunk[0])])
         return torch.cat(outputs)
+
+
+def _rows(args: tuple, n: int) -> tuple:
+    """The first n rows of each tensor, the last row repeated where there are fewer."""
+    import torch
+
+    short = max(0, n - len(args[0]))
+    return tuple(torch.cat([a[:n], a[-1:].expand(short, *a.shape[1:])]) if short else a[:n] for a in args)
 
 
 def _fixed_batch(program: Any) -> int:
@@ -319,64 +292,6 @@ def _fixed_batch(program: Any) -> int:
 
 def _single(out: Any) -> Any:
     return out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
-
-
-# ---------------------------------------------------------------- task and head
-
-def settle_task(last: str, shape: tuple, values: np.ndarray, task: str | None,
-                classes: Sequence[Any] | None) -> tuple[str, str]:
-    """(task, head): what the model is, and what the bundle adds after its output (see the module docstring)."""
-    width = 1 if len(shape) == 1 else shape[1] if len(shape) == 2 else None
-    if task == "regression":
-        if classes:
-            raise SampleError("--classes names a classifier's classes; it doesn't go with --task regression")
-        return "regression", "none"
-    if len(shape) > 2 or width is None:
-        if task == "classification" or classes:
-            raise UnsupportedModelError(f"the model's output has shape {_shape_text(shape)}; a classifier's is "
-                                        "(N, classes). Export it as --task regression to bundle the values as they are.")
-        return "regression", "none"
-    wants_classes = task == "classification" or bool(classes)
-    if last == "softmax" and width > 1:
-        return "classification", "none"
-    if last == "log_softmax" and width > 1:
-        return "classification", "exp"
-    if last == "sigmoid":
-        if width == 1:
-            return "classification", "binary"
-        if wants_classes:
-            raise UnsupportedModelError(
-                f"the model ends in a sigmoid over {width} units: each is a yes/no score of its own (multi-label), not "
-                "one distribution over classes, so there is no single label to show. Export it with --task regression "
-                "to bundle the scores as values.")
-        return "regression", "none"
-    if width > 1 and _sums_to_one(values):
-        return "classification", "none"
-    if wants_classes:
-        return "classification", "softmax" if width > 1 else "sigmoid_binary"
-    if width == 1:
-        return "regression", "none"
-    raise SampleError(
-        f"can't tell whether the model's {width} outputs are a classifier's logits or {width} regression targets: it "
-        "doesn't end in a softmax and its rows don't sum to 1. Say which with --task classification (the bundle adds "
-        "a softmax, so the browser shows probabilities; the label is the same class as the logits' argmax; name the "
-        "classes with --classes) or --task regression.")
-
-
-def apply_head(out: Any, head: str) -> Any:
-    """The head the bundle's graph ends in, computed in torch on the original's output (see to_onnx)."""
-    import torch
-
-    if out.ndim == 1:
-        out = out.unsqueeze(1)
-    if head == "exp":
-        return out.exp()
-    if head == "softmax":
-        return torch.softmax(out, dim=-1)
-    if head in ("binary", "sigmoid_binary"):
-        p = torch.sigmoid(out) if head == "sigmoid_binary" else out
-        return torch.cat([1 - p, p], dim=1)
-    return out
 
 
 # ---------------------------------------------------------------- ONNX
@@ -395,7 +310,7 @@ def to_onnx(program: Any, args: tuple, names: list[str], head: str, role: str) -
                               f"{_onnx_error(exc)}). An operator without an ONNX translation needs a "
                               "custom_translation_table, or a replacement by standard layers.") from exc
     proto = exported.model_proto
-    _add_head(proto, head, role)
+    add_head(proto, head, role)
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:
@@ -403,55 +318,14 @@ def to_onnx(program: Any, args: tuple, names: list[str], head: str, role: str) -
     return proto.SerializeToString()
 
 
-def _add_head(proto: Any, head: str, role: str) -> None:
-    """End the graph in `head` (HEADS) and name its one output `role`."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = proto.graph
-    output = graph.output[0]
-    tensor = output.type.tensor_type
-    dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
-    batch = dims[0] if dims else "batch"
-    current = output.name
-    nodes = []
-
-    def add(op: str, inputs: list[str], **attributes: Any) -> str:
-        name = f"edgeport_{op.lower()}_{len(nodes)}"
-        nodes.append(helper.make_node(op, inputs, [name], name=name, **attributes))
-        return name
-
-    if len(dims) == 1:
-        graph.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "edgeport_axis_1"))
-        current = add("Unsqueeze", [current, "edgeport_axis_1"])
-        dims = [batch, 1]
-    if head == "exp":
-        current = add("Exp", [current])
-    elif head == "softmax":
-        current = add("Softmax", [current], axis=-1)
-    elif head in ("binary", "sigmoid_binary"):
-        if head == "sigmoid_binary":
-            current = add("Sigmoid", [current])
-        one = np.array(1, dtype=np.float64 if tensor.elem_type == TensorProto.DOUBLE else np.float32)
-        graph.initializer.append(numpy_helper.from_array(one, "edgeport_one"))
-        complement = add("Sub", ["edgeport_one", current])
-        current = add("Concat", [complement, current], axis=1)
-        dims = [batch, 2]
-    if nodes:
-        nodes[-1].output[0] = role
-        graph.node.extend(nodes)
-    else:  # rename the output where it is made
-        for node in graph.node:
-            node.output[:] = [role if name == current else name for name in node.output]
-    graph.output.pop()
-    graph.output.append(helper.make_tensor_value_info(role, tensor.elem_type, dims))
-
-
 # ---------------------------------------------------------------- helpers
 
 def model_name(tm: Any) -> str:
+    """What the manifest calls the model: the module's class where the file keeps it, and how it was saved."""
     if tm.kind == "exported_program":
-        return "ExportedProgram"
-    return getattr(tm.model, "original_name", None) or type(tm.model).__name__
+        return "torch.export program (.pt2)"
+    name = getattr(tm.model, "original_name", None) or type(tm.model).__name__
+    return f"{name} ({'TorchScript' if tm.kind == 'torchscript' else 'pickled nn.Module'})"
 
 
 @contextlib.contextmanager
@@ -479,10 +353,6 @@ def _version(distribution: str) -> str:
         return version(distribution)
     except PackageNotFoundError:
         return "unknown"
-
-
-def _shape_text(shape: tuple) -> str:
-    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
 
 
 def _onnx_error(exc: BaseException) -> str:
