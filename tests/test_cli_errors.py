@@ -146,7 +146,7 @@ def test_invalid_manifest_names_the_field(iris_bundle):
 def test_help_is_fast_and_does_not_import_tensorflow():
     code = ("import sys, time; t=time.perf_counter(); from typer.testing import CliRunner; import cli; "
             "r = CliRunner().invoke(cli.app, ['--help']); assert r.exit_code == 0, r.output; "
-            "heavy = [m for m in ('tensorflow', 'onnxruntime', 'sklearn', 'skl2onnx') if m in sys.modules]; "
+            "heavy = [m for m in ('tensorflow', 'onnxruntime', 'sklearn', 'skl2onnx', 'torch') if m in sys.modules]; "
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
