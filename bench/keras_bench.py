@@ -18,9 +18,9 @@ from runtime_bench import browser_timings, node_timings, python_timings
 
 def model_bytes(bundle) -> tuple[int, int]:
     """Bytes of the model files the browser fetches (not golden/parity/manifest), raw and gzipped."""
-    files = [e["path"] for e in bundle.manifest["files"] if e["path"].endswith((".onnx", ".json", ".bin"))
-             and e["path"] not in ("golden.json", "parity.json")
-             and not (bundle.manifest["format"] == "tfjs-graph" and e["path"] == "model.onnx")]
+    files = [e.path for e in bundle.manifest.files if e.path.endswith((".onnx", ".json", ".bin"))
+             and e.path not in ("golden.json", "parity.json")
+             and not (bundle.manifest.format == "tfjs-graph" and e.path == "model.onnx")]
     data = [(bundle.path / f).read_bytes() for f in files]
     return sum(map(len, data)), sum(len(gzip.compress(d, 6)) for d in data)
 

@@ -97,7 +97,7 @@ def main() -> str:
         out, data = [], {}
         for model in result.models:
             bundle = read_bundle(model.export.bundle.path)
-            if bundle.manifest["format"] != "onnx":
+            if bundle.manifest.format != "onnx":
                 continue  # the Keras example has its own bench (keras_bench.py)
             timings = {"python": python_timings(bundle), "node": node_timings(bundle), "browser": browser_timings(bundle)}
             data[model.name] = timings

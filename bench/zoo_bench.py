@@ -40,7 +40,7 @@ def main() -> str:
             sk_ms = median_ms(lambda: predict(one))
             ort_ms = median_ms(lambda: session.run(None, feeds))
             size_kb = result.bundle.model_path.stat().st_size / 1024
-            rows.append([name, result.bundle.manifest["source"]["precision"], export_s, size_kb, parity_s, sk_ms, ort_ms,
+            rows.append([name, result.bundle.manifest.source["precision"], export_s, size_kb, parity_s, sk_ms, ort_ms,
                          f"{sk_ms / ort_ms:.1f}x"])
             data.append(dict(zip(["model", "precision", "export_s", "onnx_kb", "parity_s", "sklearn_ms", "ort_ms"], rows[-1])))
     save("zoo", data)
