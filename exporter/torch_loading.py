@@ -57,6 +57,14 @@ def load_torch_model(path: Path, *, allow_pickle: bool = False) -> LoadedModel:
     require("torch", "torch", f"loading {path.name}")
     _check_size(path)
     members = _members(path)
+    if not members:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+        if head.startswith(b"PK"):
+            raise ModelLoadError(f"{path.name} is a damaged zip archive (truncated, or cut short while saving): neither "
+                                 f"torch.export, TorchScript nor torch.load can read it. Save the model again. {SAVE_AS_PT2}")
+        if path.suffix.lower() != ".pt2" and not head.startswith(b"\x80"):  # a legacy torch.save starts with a pickle
+            raise ModelLoadError(f"{path.name} is not a PyTorch file (neither a zip archive nor a pickle). {SAVE_AS_PT2}")
     if path.suffix.lower() == ".pt2" or any(m.endswith("models/model.json") or m.endswith("archive_format")
                                             for m in members):
         return _loaded(path, "exported_program", _load_exported_program(path, members, allow_pickle))

@@ -335,6 +335,11 @@ def test_a_damaged_pt2_is_a_load_error(files, tmp_path):
     text.write_text("not a model\n")
     with pytest.raises(ModelLoadError, match="not a torch.export archive"):
         load_model(text)
+    for name in ("classifier-ts.pt", "classifier-pickle.pt"):
+        cut = tmp_path / f"cut-{name}"
+        cut.write_bytes((files / name).read_bytes()[:3000])
+        with pytest.raises(ModelLoadError, match="damaged zip archive"):
+            load_model(cut, allow_pickle=True)
     missing_program = tmp_path / "no-program.pt2"
     with zipfile.ZipFile(files / "classifier.pt2") as source, zipfile.ZipFile(missing_program, "w") as target:
         for item in source.infolist():
