@@ -290,6 +290,23 @@ def test_a_model_that_fixes_the_batch_is_refused(model, options, files, tmp_path
     assert "batch" in str(refused.value)
 
 
+class TwoOutputs(Regressor):
+    def forward(self, x):
+        y = self.net(x)
+        return y, -y
+
+
+def test_wrong_class_count_and_several_outputs_are_refused(files, tmp_path):
+    from edgeport.errors import SampleError, UnsupportedModelError
+    from edgeport.export import export_model
+
+    with pytest.raises(SampleError, match="--classes names 2 classes, but the model outputs 3"):
+        export_model(files / "classifier.pt2", tmp_path / "a", sample=files / "iris.csv", classes=["a", "b"])
+    _save_pt2(TwoOutputs().eval(), (torch.randn(8, 3),), tmp_path / "two-outputs.pt2")
+    with pytest.raises(UnsupportedModelError, match="returns 2 values"):
+        export_model(tmp_path / "two-outputs.pt2", tmp_path / "b", sample=files / "reg.npy")
+
+
 def test_check_against_the_torch_model_itself(exported, files):
     for model, options in (("classifier.pt2", {}), ("logits.pt2", {"task": "classification"})):
         bundle = exported(model, "iris.csv", **options).bundle
