@@ -279,3 +279,32 @@ test('low confidence with the server policy asks the server and keeps the browse
     assert.deepEqual(requests[0].body.parameters, { fallback_reason: 'low-confidence' });
   } finally { server.close(); }
 });
+
+test('TF.js: int32 inputs stay int32, and a dynamic-op refusal switches to executeAsync instead of reaching the user', async () => {
+  const topology = Buffer.from(JSON.stringify({ modelTopology: { node: [{ op: 'MatMul' }] }, weightsManifest: [] }));
+  const { dir } = await writeBundle(topology, { manifest: {
+    format: 'tfjs-graph', layout: 'matrix', inputs: [{ name: 'tokens', dtype: 'int32', shape: [null, 3], nullable: false }],
+  } });
+  const calls = { execute: 0, executeAsync: 0, dtypes: [] };
+  const fakeTf = {
+    ready: async () => {}, getBackend: () => 'cpu', dispose: () => {},
+    zeros: (shape, dtype) => { calls.dtypes.push(`zeros:${dtype}`); return { shape, dtype }; },
+    tensor: (data, dims, dtype) => { calls.dtypes.push(`tensor:${dtype}`); return { data, dims, dtype }; },
+    loadGraphModel: async () => ({
+      execute: () => { calls.execute += 1; throw new Error("This execution contains the node 'lstm/while', which has the dynamic op 'While'. Please use model.executeAsync() instead."); },
+      executeAsync: async (feeds) => {
+        calls.executeAsync += 1;
+        const n = feeds.tokens.shape?.[0] ?? feeds.tokens.dims[0];
+        return { shape: [n, 1], data: async () => Float32Array.from({ length: n }, () => 0.25) };
+      },
+      dispose: () => {},
+    }),
+  };
+  const model = await loadModel(path.join(dir, 'manifest.json'), { tf: fakeTf });
+  const results = await model.predict([[1, 2, 3], [4, 5, 6]]);
+  assert.deepEqual(results.map((r) => [r.value, r.served_by]), [[0.25, 'browser'], [0.25, 'browser']]);
+  assert.equal(calls.execute, 1, 'execute is tried once, at the warm-up; then executeAsync');
+  assert.equal(calls.executeAsync, 2);
+  assert.deepEqual(calls.dtypes, ['zeros:int32', 'tensor:int32']);
+  await assert.rejects(model.predict([[1, 2, 2 ** 31]]), (err) => err instanceof RowValidationError && /does not fit int32/.test(err.message));
+});
