@@ -116,7 +116,7 @@ def export(
     label_output: Optional[str] = typer.Option(None, "--label-output", help="ONNX file: the output that holds the label."),
     probabilities_output: Optional[str] = typer.Option(None, "--probabilities-output", help="ONNX file: the output that holds class probabilities."),
     value_output: Optional[str] = typer.Option(None, "--value-output", help="ONNX file: the output that holds a regression value."),
-    task: Optional[Task] = typer.Option(None, "--task", help="ONNX file or PyTorch: classification or regression, where the outputs don't say (PyTorch logits: classification adds a softmax)."),
+    task: Optional[Task] = typer.Option(None, "--task", help="ONNX file, PyTorch or Keras: classification or regression, where the outputs don't say (PyTorch logits: classification adds a softmax; Keras: outputs must be probabilities)."),
     nullable: List[str] = typer.Option([], "--nullable", help="ONNX file: this input accepts missing values (repeatable)."),
     confidence_threshold: float = typer.Option(0.6, "--confidence-threshold", min=0.0, max=1.0, help="Below this the client falls back."),
     on_low_confidence: LowConfidence = typer.Option(LowConfidence.server, "--on-low-confidence", help="Ask the server, or abstain."),
