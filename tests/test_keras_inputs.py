@@ -166,7 +166,7 @@ def test_a_softmax_savedmodel_with_a_gru_is_a_classifier_in_every_runtime(saved,
 
 def test_task_and_classes_decide_over_the_head(saved):
     """--task overrides what the head says; --classes must fit the classes the head gives."""
-    from edgeport.converters.keras import keras_task
+    from edgeport.converters.keras_contract import keras_task
     from edgeport.errors import SampleError, UnusedOptionError
     from edgeport.keras_loading import load_keras_model
 
