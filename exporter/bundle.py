@@ -86,7 +86,7 @@ class OutputSpec:
     name: str
     dtype: str
     shape: tuple[int | None, ...]
-    role: str  # label, probabilities, value
+    role: str  # label, probabilities, value, score (anomaly detection), distances (clustering)
 
     @classmethod
     def from_dict(cls, data: dict) -> OutputSpec:
@@ -114,7 +114,7 @@ class Manifest:
     name: str
     version: str
     format: str  # onnx, tfjs-graph
-    task: str  # classification, regression
+    task: str  # classification, regression, multi-output-classification, anomaly-detection, clustering, transformation
     layout: str  # matrix, columns, tensors: how rows map to inputs (see decoding.py)
     model_file: str
     server_model_file: str  # the ONNX file the fallback server runs; model_file itself for ONNX bundles

@@ -23,6 +23,7 @@ from ..parity import Tolerance
 from ..progress import Progress
 from ..registry import Converted, register
 from ..samples import is_string_dtype
+from . import sklearn_tasks as tasks
 from . import sklearn_text as text
 from .sklearn_steps import (categories_by_column, check_hist_gradient_boosting, check_supported, check_text_columns,
                             estimator_name, final_estimator, is_nan, plain, selects_columns_by_name,
@@ -58,6 +59,8 @@ class SklearnToOnnx:
         check_supported(model)
         check_hist_gradient_boosting(model)
         table, per_column = _prepare_table(model, sample)
+        widths = {role: np.shape(values)[1] for role, values in reference_outputs(model, table.iloc[:2] if hasattr(
+            table, "iloc") else table[:2]).items() if np.ndim(values) == 2}
         classes = [_plain(c) for c in model.classes_] if task == "classification" else None
         has_proba = task == "classification" and hasattr(model, "predict_proba")
         failures: list[str] = []
@@ -66,7 +69,7 @@ class SklearnToOnnx:
             _mark_nullable(model, table, inputs)
             try:
                 onx = _to_onnx(model, inputs, task)
-                outputs = _rename_outputs(onx, task, has_proba)
+                outputs = tasks.name_outputs(onx, task, has_proba, widths)
                 _smoke_test(onx)
             except UnsupportedModelError:
                 raise
@@ -103,14 +106,9 @@ class SklearnToOnnx:
 
 
 def reference_outputs(model: Any, table: Any) -> dict[str, Any]:
-    """The original model's outputs keyed by role (label, probabilities / value)."""
+    """The original model's outputs keyed by role (see sklearn_tasks.py)."""
     table = model_input(model, table)
-    if task_of(model) == "regression":
-        return {"value": np.asarray(model.predict(table), dtype=np.float64).reshape(len(table), -1)}
-    outputs = {"label": np.asarray(model.predict(table))}
-    if hasattr(model, "predict_proba"):
-        outputs["probabilities"] = np.asarray(model.predict_proba(table), dtype=np.float64)
-    return outputs
+    return tasks.reference_outputs(model, table, task_of(model))
 
 
 def model_input(model: Any, table: Any) -> Any:
@@ -126,16 +124,7 @@ def model_input(model: Any, table: Any) -> Any:
 
 
 def task_of(model: Any) -> str:
-    from sklearn.base import is_classifier, is_regressor
-
-    if is_classifier(model):
-        return "classification"
-    if is_regressor(model):
-        return "regression"
-    raise UnsupportedModelError(
-        f"{estimator_name(model)} is neither a classifier nor a regressor; edgeport exports models that predict "
-        "(a Pipeline is fine as long as its last step is a classifier or regressor)."
-    )
+    return tasks.task_of(model)
 
 
 def _prepare_table(model: Any, sample: Any) -> tuple[Any, bool]:
@@ -246,7 +235,7 @@ def _mark_nullable(model: Any, table: Any, inputs: list[dict]) -> None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                result = np.asarray(model.predict(model_input(model, probe)))
+                result = _primary(model, probe)
                 spec["nullable"] = bool(result.dtype.kind not in "fc" or np.isfinite(result).all())
                 if spec["nullable"] and spec["dtype"] == "string":
                     # the graph reads a missing string as "": nullable only if the model means the same by both
@@ -256,10 +245,18 @@ def _mark_nullable(model: Any, table: Any, inputs: list[dict]) -> None:
             spec["nullable"] = False
 
 
+def _primary(model: Any, table: Any) -> np.ndarray:
+    """The model's main answer on `table`: predict, or transform for a transformer."""
+    table = model_input(model, table)
+    values = model.transform(table) if task_of(model) == "transformation" else model.predict(table)
+    return np.asarray(values.toarray() if hasattr(values, "toarray") else values)
+
+
 def _answers(model: Any, table: Any) -> list:
-    """What the model says about `table`: its probabilities where it has them, else its predictions."""
-    predict = model.predict_proba if hasattr(model, "predict_proba") else model.predict
-    return np.asarray(predict(model_input(model, table))).tolist()
+    """What the model says about `table`: its probabilities where it has them, else its main answer."""
+    if hasattr(model, "predict_proba"):
+        return np.asarray(model.predict_proba(model_input(model, table))).tolist()
+    return _primary(model, table).tolist()
 
 
 def _to_onnx(model: Any, inputs: list[dict], task: str) -> Any:
@@ -270,7 +267,7 @@ def _to_onnx(model: Any, inputs: list[dict], task: str) -> Any:
     types = {"float64": DoubleTensorType, "float32": FloatTensorType, "int64": Int64TensorType, "string": StringTensorType}
     initial_types = [(spec["name"], types[spec["dtype"]](spec["shape"])) for spec in inputs]
     options = text.converter_options(model, walk)
-    if task == "classification":
+    if task in ("classification", "multi-output-classification"):
         options[id(final_estimator(model))] = {"zipmap": False}
     try:
         with text.tuple_vocabularies(model, walk):
@@ -283,10 +280,29 @@ def _to_onnx(model: Any, inputs: list[dict], task: str) -> Any:
             f"skl2onnx has no converter for a step of {estimator_name(model)} ({_first_line(exc)}). Replace the step "
             "with one skl2onnx converts, or register a converter for it with skl2onnx's update_registered_converter."
         ) from exc
+    _keep_input_names(onx, inputs)
     text.repair_graph(onx, model, walk)
     if any(getattr(est, "sublinear_tf", False) for est in walk(model)):
         text.repair_sublinear_tf(onx)
     return onx
+
+
+def _keep_input_names(onx: Any, inputs: list[dict]) -> None:
+    """Give the graph's inputs back the names edgeport chose (the columns'): skl2onnx renames 'a/b' to 'a_b', and
+    a feed keyed by the manifest's names would miss it. ONNX names may hold any characters."""
+    graph = onx.graph
+    if len(graph.input) != len(inputs):
+        return
+    for spec, graph_input in zip(inputs, graph.input):
+        old, new = graph_input.name, spec["name"]
+        if old == new:
+            continue
+        graph_input.name = new
+        for node in graph.node:
+            node.input[:] = [new if name == old else name for name in node.input]
+        for out in graph.output:
+            if out.name == old:
+                out.name = new
 
 
 def _conversion_failure(model: Any, failures: list[str]) -> str:
@@ -298,31 +314,13 @@ def _conversion_failure(model: Any, failures: list[str]) -> str:
     custom = [type(est).__name__ for est in walk(model) if type(est).__module__.split(".")[0] != "sklearn"]
     hint = (f" {', '.join(custom)} {'is' if len(custom) == 1 else 'are'} not scikit-learn's own: if the failure is in "
             "that code, replace it with a scikit-learn transformer or register a converter for it." if custom else "")
-    return (f"could not turn {estimator_name(model)} into an ONNX graph that onnxruntime runs ({joined}). skl2onnx "
-            f"converted it, but onnxruntime could not load or run the result.{hint}")
+    return (f"could not turn {estimator_name(model)} into an ONNX graph that onnxruntime runs, in float64 or "
+            f"float32 ({joined}).{hint}")
 
 
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0][:200] if lines else type(exc).__name__
-
-
-def _rename_outputs(onx: Any, task: str, has_proba: bool) -> list[dict]:
-    """Name graph outputs by role (label, probabilities, value) and describe them."""
-    graph = onx.graph
-    wanted = ["value"] if task == "regression" else ["label", "probabilities"]
-    renames = {out.name: new for out, new in zip(graph.output, wanted) if out.name != new}
-    for node in graph.node:
-        node.output[:] = [renames.get(name, name) for name in node.output]
-    for out in graph.output:
-        out.name = renames.get(out.name, out.name)
-    described = []
-    for out in graph.output:
-        if out.name == "probabilities" and not has_proba:
-            continue  # without predict_proba skl2onnx emits decision scores; they have no reference to match
-        described.append({"name": out.name, "dtype": _onnx_dtype(out.type.tensor_type.elem_type),
-                          "shape": _onnx_shape(out), "role": out.name})
-    return described
 
 
 def _short_reason(exc: Exception) -> str:
@@ -341,17 +339,6 @@ def _skl2onnx_version() -> str:
     import skl2onnx
 
     return skl2onnx.__version__
-
-
-def _onnx_dtype(elem_type: int) -> str:
-    from onnx import TensorProto
-
-    return {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64", TensorProto.INT64: "int64",
-            TensorProto.STRING: "string"}.get(elem_type, "float32")
-
-
-def _onnx_shape(value_info: Any) -> list:
-    return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
 
 
 __all__ = ["SklearnToOnnx", "reference_outputs", "model_input", "task_of", "supported_estimators"]

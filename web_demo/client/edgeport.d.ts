@@ -1,5 +1,7 @@
 // Types for edgeport.js, the edgeport JS client.
 
+/** What the outputs mean: see manifest.schema.json's task. */
+export type Task = 'classification' | 'regression' | 'multi-output-classification' | 'anomaly-detection' | 'clustering' | 'transformation';
 export type DType = 'float32' | 'float64' | 'int32' | 'int64' | 'string';
 /** How rows map to inputs: one matrix input, one [n, 1] input per column, or several named tensor inputs. */
 export type Layout = 'matrix' | 'columns' | 'tensors';
@@ -9,9 +11,9 @@ export type Row = Record<string, number | string | null | undefined | unknown[]>
 
 export interface ManifestInput { name: string; dtype: DType; shape: (number | null)[]; nullable: boolean; column?: string; columns?: string[]; categories?: (string | number)[];
   /** what an input holds, for forms: steps x features, an image, or free text */ kind?: 'sequence' | 'image' | 'text'; }
-export interface ManifestOutput { name: string; dtype: DType; shape: (number | null)[]; role: 'label' | 'probabilities' | 'value'; }
+export interface ManifestOutput { name: string; dtype: DType; shape: (number | null)[]; role: 'label' | 'probabilities' | 'value' | 'score' | 'distances'; }
 export interface Manifest {
-  manifest_version: 2; name: string; version: string; format: 'onnx' | 'tfjs-graph'; task: 'classification' | 'regression';
+  manifest_version: 2; name: string; version: string; format: 'onnx' | 'tfjs-graph'; task: Task;
   layout: Layout; model_file: string; server_model_file: string; inputs: ManifestInput[]; outputs: ManifestOutput[]; classes?: (string | number | boolean)[];
   files: { path: string; bytes: number; sha256: string }[];
   feature_stats: Record<string, unknown>; tolerance: { atol: number; rtol: number };
@@ -22,10 +24,12 @@ export interface Manifest {
 export type FallbackReason = 'no-wasm' | 'load-error' | 'integrity' | 'inference-error' | 'timeout' | 'low-confidence';
 
 export interface Prediction {
-  label?: string | number | boolean;
   probabilities?: number[];      // aligned with manifest.classes
   confidence?: number;           // max(probabilities)
-  value?: number | number[];
+  label?: string | number | boolean | (string | number | boolean)[]; // an array for multi-output-classification
+  value?: number | number[];     // regression (an array for several targets), transformation
+  score?: number;                // anomaly-detection: decision_function, below 0 is an outlier (label -1)
+  distances?: number[];          // clustering: distance to each cluster centre (label is the nearest)
   low_confidence: boolean;
   browser_confidence?: number;  // the browser's confidence, when low confidence sent the row to the server
   served_by: 'browser' | 'server';

@@ -411,15 +411,23 @@ function makeTensor(dtype, values, dims) {
   return { type: dtype, data: TYPED[dtype].from(values), dims };
 }
 
-/** Turn raw outputs (`{role: {data, dims}}`) into one result per row. */
+/**
+ * Turn raw outputs (`{role: {data, dims}}`) into one result per row: `label` (an array where the model gives one
+ * per target), `probabilities` + `confidence`, `value` (a number, or an array for several targets or features),
+ * `score` (anomaly detection: below 0 is an outlier), `distances` (clustering: to each centre).
+ */
 export function toResults(manifest, raw, rowCount) {
   const results = [];
   const probs = raw.probabilities;
   const width = probs ? (probs.dims.at(-1) ?? 1) : 0;
-  const valueWidth = raw.value ? raw.value.data.length / rowCount : 0;
+  const rowOf = (out, r) => {
+    const n = out.data.length / rowCount;
+    const slice = Array.from(out.data.slice(r * n, (r + 1) * n), plain);
+    return slice.length === 1 ? slice[0] : slice;
+  };
   for (let r = 0; r < rowCount; r++) {
     const result = {};
-    if (raw.label) result.label = plain(raw.label.data[r]);
+    if (raw.label) result.label = rowOf(raw.label, r);
     if (probs) {
       result.probabilities = Array.from(probs.data.slice(r * width, (r + 1) * width), Number);
       result.confidence = Math.max(...result.probabilities);
@@ -427,9 +435,11 @@ export function toResults(manifest, raw, rowCount) {
       if (!raw.label && manifest.classes) result.label = manifest.classes[result.probabilities.indexOf(result.confidence)];
     }
     if (raw.value) {
-      const slice = Array.from(raw.value.data.slice(r * valueWidth, (r + 1) * valueWidth), Number);
-      result.value = slice.length === 1 ? slice[0] : slice;
+      const value = rowOf(raw.value, r);
+      result.value = Array.isArray(value) ? value.map(Number) : Number(value);
     }
+    if (raw.score) result.score = Number(rowOf(raw.score, r));
+    if (raw.distances) result.distances = [rowOf(raw.distances, r)].flat().map(Number);
     results.push(result);
   }
   return results;

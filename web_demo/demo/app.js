@@ -305,9 +305,9 @@ async function predict() {
 
 function render(result) {
   const classes = model.classes ?? [];
-  const regression = result.value !== undefined;
-  $('label').textContent = regression ? format(result.value) : String(result.label);
-  $('confidence').textContent = regression ? '' : `${pct(result.confidence)} confident`;
+  const [headline, detail] = describeResult(model.manifest.task, result);
+  $('label').textContent = headline;
+  $('confidence').textContent = detail;
   $('bars').replaceChildren(...(result.probabilities ?? []).map((p, i) => {
     const row = document.createElement('div');
     row.className = `prob${p === result.confidence ? ' top' : ''}`;
@@ -341,6 +341,20 @@ function render(result) {
   }
   notice.dataset.reason = result.fallback_reason ?? '';
   show('result');
+}
+
+// the headline and the line under it, by what the outputs mean (the manifest's task)
+function describeResult(task, result) {
+  if (task === 'anomaly-detection') {
+    return [Number(result.label) === -1 ? 'Outlier' : 'Inlier', `score ${format(result.score)} (below 0 is an outlier)`];
+  }
+  if (task === 'clustering') {
+    const nearest = result.distances?.[Number(result.label)];
+    return [`Cluster ${result.label}`, nearest === undefined ? '' : `distance to its centre ${format(nearest)}`];
+  }
+  if (task === 'multi-output-classification') return [[result.label].flat().join(', '), 'one label per target'];
+  if (result.value !== undefined) return [format(result.value), ''];
+  return [String(result.label), `${pct(result.confidence)} confident`];
 }
 
 function format(value) { return Array.isArray(value) ? value.map(format).join(', ') : Number(value).toPrecision(5); }

@@ -1,0 +1,236 @@
+"""More of scikit-learn: multi-output models, unsupervised last steps (each with its own task and output roles),
+HistGradientBoosting's native categories refused with the fix, and messages that say what is wrong."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from conftest import assert_parity, need, save_model
+
+runner = CliRunner()
+
+
+def _wine():
+    from sklearn.datasets import load_wine
+
+    data = load_wine(as_frame=True)
+    return data.frame[data.feature_names], data.target
+
+
+def _families():
+    """name -> (model, sample, task, {role: shape}) for each new kind of last step."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.ensemble import IsolationForest, RandomForestRegressor
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.multioutput import MultiOutputClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = _wine()
+    two_targets = np.c_[X["alcohol"] * 2, X["malic_acid"] - X["ash"]]
+    labels = np.c_[y, (X["alcohol"] > 13).astype(int)]
+    return {
+        "ridge-two-targets": (make_pipeline(StandardScaler(), Ridge()).fit(X, two_targets), X, "regression",
+                              {"value": [None, 2]}),
+        "forest-two-targets": (RandomForestRegressor(n_estimators=10, random_state=0).fit(X, two_targets), X,
+                               "regression", {"value": [None, 2]}),
+        "multi-output-classifier": (make_pipeline(StandardScaler(), MultiOutputClassifier(
+            LogisticRegression(max_iter=1000))).fit(X, labels), X, "multi-output-classification", {"label": [None, 2]}),
+        "isolation-forest": (IsolationForest(n_estimators=30, random_state=0).fit(X), X, "anomaly-detection",
+                             {"label": [None, 1], "score": [None, 1]}),
+        "kmeans": (make_pipeline(StandardScaler(), KMeans(3, n_init=2, random_state=0)).fit(X), X, "clustering",
+                   {"label": [None], "distances": [None, 3]}),
+        "pca": (make_pipeline(StandardScaler(), PCA(3)).fit(X), X, "transformation", {"value": [None, 3]}),
+    }
+
+
+@pytest.fixture(scope="module")
+def family_bundles(tmp_path_factory):
+    from edgeport.export import export_model
+
+    root = tmp_path_factory.mktemp("families")
+    out = {}
+    for name, (model, sample, task, shapes) in _families().items():
+        model_path, sample_path = save_model(model, root, name, sample)
+        out[name] = (model, sample, task, shapes, export_model(model_path, root / "bundles" / name, sample=sample_path))
+    return out
+
+
+def test_each_family_has_its_task_outputs_and_python_parity(family_bundles):
+    for name, (model, sample, task, shapes, result) in family_bundles.items():
+        assert_parity(result.report)
+        manifest = result.bundle.manifest.to_dict()
+        assert manifest["task"] == task, name
+        assert {o["role"]: o["shape"] for o in manifest["outputs"]} == shapes, name
+        assert "classes" not in manifest, name  # only a single-target classifier has one list of classes
+        golden = result.bundle.golden()["outputs"]
+        n = len(sample)
+        if task == "anomaly-detection":
+            np.testing.assert_allclose(np.ravel(golden["score"][:n]), model.decision_function(sample), rtol=1e-12)
+        elif task == "clustering":
+            np.testing.assert_allclose(golden["distances"][:n], model.transform(sample), rtol=1e-12)
+        elif task == "transformation":
+            np.testing.assert_allclose(golden["value"][:n], model.transform(sample), rtol=1e-12)
+        elif task == "multi-output-classification":
+            assert golden["label"][:n] == model.predict(sample).tolist()
+
+
+def test_each_family_passes_in_node_chromium_and_the_server(family_bundles):
+    from edgeport.check import check_bundle
+    from edgeport.webassets import ORT_BROWSER_FILES, ORT_DIST
+
+    need(shutil.which("node") is not None and (ORT_DIST / ORT_BROWSER_FILES[0]).is_file(), "node and npm ci needed")
+    need(shutil.which("chromium") is not None, "chromium is not on PATH")
+    failures = {}
+    for name, (*_, result) in family_bundles.items():
+        if name == "ridge-two-targets":
+            continue  # the forest has the same outputs: one JS run per way of shaping results keeps the file fast
+        try:
+            assert_parity(check_bundle(result.bundle.path, ["node", "browser", "server"]), ("node", "browser", "server"))
+        except AssertionError as exc:
+            failures[name] = str(exc)
+    assert not failures, "\n\n".join(f"{k}:\n{v}" for k, v in failures.items())
+
+
+@pytest.mark.browser
+def test_the_demo_says_outlier_and_cluster(family_bundles):
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+
+    from conftest import ServerProcess
+    from edgeport.runtimes.browser import launch
+
+    need(shutil.which("chromium") is not None, "chromium is not on PATH")
+    server = ServerProcess(family_bundles["kmeans"][4].bundle.path.parent)
+    try:
+        with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
+            context = launch(pw, profile)
+            page = context.new_page()
+            page.set_default_timeout(30_000)
+            for name, headline, detail in [("isolation-forest", ("Inlier", "Outlier"), "below 0 is an outlier"),
+                                           ("kmeans", ("Cluster 0", "Cluster 1", "Cluster 2"), "distance to its centre")]:
+                page.goto(f"{server.url}/?model={name}")
+                page.wait_for_selector("#predict:not([disabled])")
+                page.click("#predict")
+                page.wait_for_selector("#result:not([hidden])")
+                assert page.text_content("#label") in headline, name
+                assert detail in page.text_content("#confidence"), name
+            context.close()
+    finally:
+        server.stop()
+
+
+def test_a_clusterer_without_predict_is_refused_with_why(tmp_path):
+    from sklearn.cluster import DBSCAN
+
+    X, _ = _wine()
+    model_path, sample = save_model(DBSCAN().fit(X), tmp_path, "db", X)
+    result = runner.invoke(app, ["export", str(model_path), "--sample", str(sample), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1, result.output
+    assert "ends in DBSCAN" in result.output and "nothing to run on new rows" in result.output
+
+
+# ------------------------------------------------------------ HistGradientBoosting with native categories
+
+def _no_conversion(monkeypatch):
+    import skl2onnx
+
+    monkeypatch.setattr(skl2onnx, "to_onnx", lambda *a, **k: pytest.fail("refused only after converting"))
+
+
+@pytest.mark.parametrize("how", ["category dtype", "categorical_features with integer codes"])
+def test_hist_gradient_boosting_native_categories_are_refused_with_the_fix(how, tmp_path, monkeypatch):
+    import pandas as pd
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    X, y = _wine()
+    codes = (X["proline"] // 400).astype(int)
+    if how == "category dtype":
+        frame = X.assign(band=pd.Categorical(codes.map({0: "low", 1: "mid", 2: "high", 3: "top", 4: "top"})))
+        model = HistGradientBoostingClassifier(max_iter=10, random_state=0).fit(frame, y)
+    else:
+        frame = X.assign(band=codes)
+        model = HistGradientBoostingClassifier(max_iter=10, categorical_features=["band"], random_state=0).fit(frame, y)
+    _no_conversion(monkeypatch)
+    model_path, sample = save_model(model, tmp_path, "hgb", frame)
+    # HistGradientBoosting keeps a partial of check_array for its categories: skops asks for it to be trusted
+    trust = ["--trust", "functools.partial", "--trust", "sklearn.utils.validation.check_array"]
+    result = runner.invoke(app, ["export", str(model_path), "--sample", str(sample), "--out", str(tmp_path / "b"), *trust])
+    assert result.exit_code == 1, result.output
+    for words in ("uses native categorical features ('band')", "OrdinalEncoder", "categorical_features at its default"):
+        assert words in result.output, result.output
+    assert "hold text" not in result.output
+
+
+def test_the_suggested_fix_for_native_categories_exports(tmp_path):
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OrdinalEncoder
+
+    from edgeport.export import export_model
+
+    X, y = _wine()
+    frame = X[["alcohol", "hue", "od280/od315_of_diluted_wines"]].assign(  # a '/' in a name: kept in the graph
+        band=(X["proline"] // 400).map({0: "low", 1: "mid", 2: "high", 3: "top", 4: "top"}))
+    encode = ColumnTransformer([("band", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1), ["band"])],
+                               remainder="passthrough")
+    model = make_pipeline(encode, HistGradientBoostingClassifier(max_iter=10, random_state=0)).fit(frame, y)
+    model_path, sample = save_model(model, tmp_path, "fixed", frame)
+    result = export_model(model_path, tmp_path / "b", sample=sample)
+    assert_parity(result.report)
+    assert {i.name: i.categories for i in result.bundle.inputs}["band"] == tuple(sorted(["low", "mid", "high", "top"]))
+
+
+# ------------------------------------------------------------ messages that say what is wrong
+
+def test_text_in_a_numeric_column_is_named_with_its_value(tmp_path, monkeypatch):
+    """Was skl2onnx's StringTensorType internals (with a ColumnTransformer), or 'unexpected ValueError: could not
+    convert string to float', or 'hold text, but the model takes numbers only'."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    X, y = _wine()
+    frame = X[["alcohol", "ash"]].assign(grade=np.where(y == 0, "a", "b"))
+    columns = ColumnTransformer([("n", StandardScaler(), ["alcohol", "ash"]), ("c", OneHotEncoder(), ["grade"])])
+    for name, model, sample in [
+        ("columns", make_pipeline(columns, LogisticRegression(max_iter=1000)).fit(frame, y), frame),
+        ("plain", LogisticRegression(max_iter=1000).fit(X[["alcohol", "ash"]], y), X[["alcohol", "ash"]]),
+    ]:
+        sample = sample.astype({"ash": object})
+        sample.loc[7, "ash"] = "2,5"  # a decimal comma (pandas would read "n/a" as missing)
+        _no_conversion(monkeypatch)
+        model_path, sample_path = save_model(model, tmp_path, name, sample)
+        result = runner.invoke(app, ["export", str(model_path), "--sample", str(sample_path), "--out", str(tmp_path / name)])
+        assert result.exit_code == 1, result.output
+        assert "column 'ash' of the sample holds text ('2,5' in row 7)" in result.output, result.output
+        assert "reads it as a number" in result.output
+        for wrong in ("StringTensorType", "could not convert", "unexpected", "hold text, but"):
+            assert wrong not in result.output, result.output
+
+
+def test_an_encoder_fit_on_a_dataframe_without_a_column_transformer_exports(tmp_path):
+    """Its string columns are categories, not 'text where the model takes numbers only'."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    from edgeport.export import export_model
+
+    X, y = _wine()
+    frame = X[["alcohol"]].assign(grade=np.where(X["alcohol"] > 13, "high", "low"),
+                                  hue=np.where(X["hue"] > 1, "light", "dark")).drop(columns="alcohol")
+    model = make_pipeline(OneHotEncoder(handle_unknown="ignore"), LogisticRegression(max_iter=1000)).fit(frame, y)
+    model_path, sample = save_model(model, tmp_path, "ohe", frame)
+    result = export_model(model_path, tmp_path / "b", sample=sample)
+    assert_parity(result.report)
+    inputs = {i.name: (i.dtype, i.categories) for i in result.bundle.inputs}
+    assert inputs == {"grade": ("string", ("high", "low")), "hue": ("string", ("dark", "light"))}
