@@ -234,3 +234,16 @@ def test_an_encoder_fit_on_a_dataframe_without_a_column_transformer_exports(tmp_
     assert_parity(result.report)
     inputs = {i.name: (i.dtype, i.categories) for i in result.bundle.inputs}
     assert inputs == {"grade": ("string", ("high", "low")), "hue": ("string", ("dark", "light"))}
+
+
+def test_a_npy_sample_of_strings_is_refused_with_what_to_do(tmp_path):
+    """Was 'unexpected ValueError: could not convert string to float'."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = _wine()
+    model_path, _ = save_model(LogisticRegression(max_iter=1000).fit(X.to_numpy(), y), tmp_path, "lr", X)
+    sample = tmp_path / "strings.npy"
+    np.save(sample, X.to_numpy().astype(str))
+    result = runner.invoke(app, ["export", str(model_path), "--sample", str(sample), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1, result.output
+    assert "holds <U32 values, not numbers" in result.output and "unexpected" not in result.output, result.output

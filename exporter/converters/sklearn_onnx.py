@@ -144,6 +144,10 @@ def _prepare_table(model: Any, sample: Any) -> tuple[Any, bool]:
             )
         if sample.ndim != 2:
             raise SampleError(f"sample has shape {sample.shape}; scikit-learn models take a 2-D table")
+        if sample.dtype.kind not in "biuf":
+            raise SampleError(f"the .npy sample holds {sample.dtype} values, not numbers, and a .npy sample has no "
+                              "column names to say which columns are text: save the numbers as a float array, or "
+                              "pass a CSV or Parquet sample with a header row")
         if n_features is not None and sample.shape[1] != n_features:
             raise SampleError(f"sample has {sample.shape[1]} columns, but the model was trained on {n_features}")
         if expected is not None:
