@@ -138,7 +138,7 @@ def test_out_that_is_a_bundle_needs_force(iris_bundle, iris_model):
 def test_invalid_manifest_names_the_field(iris_bundle):
     manifest = iris_bundle.path / "manifest.json"
     data = json.loads(manifest.read_text())
-    data["task"] = "clustering"
+    data["task"] = "ranking"  # not a task edgeport knows
     manifest.write_text(json.dumps(data))
     assert_clean_error(runner.invoke(app, ["check", str(iris_bundle.path)]), "field task")
 
