@@ -227,7 +227,8 @@ def zoo_export(tmp_path_factory):
 # and module-scoped fixtures are built once. A file is a group, but the tests that share the example models
 # (trained and exported once, ~40 s) are one group, and so are those that share the zoo's bundles. The slowest
 # groups are handed out first, so the two workers finish together instead of one waiting on a late long group.
-SLOW_GROUPS_FIRST = ("tests/test_keras.py", "examples", "zoo", "tests/test_wheel.py")
+SLOW_GROUPS_FIRST = ("tests/test_keras.py", "tests/test_keras_inputs.py", "examples", "zoo", "tests/test_wheel.py",
+                     "tests/test_user_code.py", "tests/test_torch.py", "tests/test_boosting.py")
 
 
 def xdist_group_of(item) -> str:
