@@ -75,10 +75,10 @@ def categories_by_column(model: Any) -> dict[str, list]:
 
 
 def _encoder_categories(transformer: Any, columns: list, found: dict) -> None:
-    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, TargetEncoder
 
     for part in walk(transformer):
-        if isinstance(part, (OneHotEncoder, OrdinalEncoder)):
+        if isinstance(part, (OneHotEncoder, OrdinalEncoder, TargetEncoder)):
             for column, cats in zip(columns, part.categories_):
                 found[column] = [plain(c) for c in cats if not is_nan(c)]
             return
