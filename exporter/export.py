@@ -17,7 +17,7 @@ import numpy as np
 
 from .bundle import GOLDEN, GOLDEN_ROWS, PARITY, Bundle, InputSpec, Manifest, OutputSpec, write_json, write_manifest
 from .check import require_rows_fit, run_parity
-from .errors import SampleError
+from .errors import RowValidationError, SampleError
 from .loading import load_model
 from .parity import ParityReport, Tolerance
 from .publish import publish, staging_dir
@@ -91,7 +91,10 @@ def export_model(
         layout = converted.layout
         progress(f"computing golden outputs of the original model on {min(table_len(converted.table), GOLDEN_ROWS)} rows")
         rows = rows_from_table(head(converted.table, GOLDEN_ROWS), inputs, layout)
-        inputs = _nullable_where_the_graph_agrees(converter, loaded, converted, inputs, layout, rows, progress)
+        agreed = _nullable_where_the_graph_agrees(converter, loaded, converted, inputs, layout, rows, progress)
+        if agreed != inputs:
+            _refuse_missing_values_the_graph_answers_differently(agreed, layout, rows, Path(sample).name)
+        inputs = agreed
         rows += missing_value_rows(rows, inputs, layout)
         reference = converter.reference(loaded, table_from_rows(rows, inputs, layout), classes=converted.classes)
         reference = {role: np.asarray(values).tolist() for role, values in reference.items()}
@@ -196,6 +199,26 @@ def _nullable_where_the_graph_agrees(converter: Any, loaded: Any, converted: Any
         progress(f"the exported graph does not treat a missing {name} as the original model does: the bundle "
                  "refuses missing values there")
     return tuple(replace(spec, nullable=False) if spec.name in refused else spec for spec in inputs)
+
+
+def _refuse_missing_values_the_graph_answers_differently(inputs: Sequence[InputSpec], layout: str, rows: list,
+                                                          sample_name: str) -> None:
+    """The original takes a missing value where the graph would answer it differently, and the sample has one:
+    say that, not merely that the bundle refuses the row."""
+    from .decoding import feeds_from_rows
+
+    try:
+        feeds_from_rows(inputs, layout, rows)
+    except RowValidationError as exc:
+        if exc.code != "missing-value":
+            return  # require_rows_fit names it as usual
+        raise SampleError(
+            f"{sample_name} has a missing value (row {exc.row}, {exc.field!r}) that the original model takes but the "
+            "exported graph would answer differently (for example, a tree trained with missing values sends them "
+            "down one side, and the ONNX tree down the other), so the bundle refuses missing values there. Put an "
+            "imputer (SimpleImputer) in the pipeline, so the model and the graph treat them alike, or leave rows "
+            "with missing values out of the sample and of what the app sends."
+        ) from exc
 
 
 def missing_value_rows(rows: list, inputs: Sequence[InputSpec], layout: str) -> list:

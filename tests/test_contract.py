@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from edgeport.cli import app
+from edgeport.errors import SampleError
 
 runner = CliRunner()
 
@@ -200,6 +202,15 @@ def test_missing_values_are_refused_where_the_graph_would_answer_differently_fro
     assert result.passed, result.report.to_dict()
     assert result.bundle.inputs[0].nullable is False
     assert any("refuses missing values" in line for line in said), said
+    # a sample that holds such a missing value is told why, and what to do (not only that the row is refused)
+    holed = X.head(100).copy()
+    holed.iloc[3, 2] = float("nan")
+    holed.to_csv(tmp_path / "holed.csv", index=False)
+    with pytest.raises(SampleError) as refused:
+        export_model(model_path, tmp_path / "bundle2", sample=tmp_path / "holed.csv")
+    message = str(refused.value)
+    assert f"row 3, {X.columns[2]!r}" in message and "would answer differently" in message, message
+    assert "SimpleImputer" in message and not (tmp_path / "bundle2").exists()
 
 
 def _inputs_renamed(manifest: dict) -> dict:
