@@ -209,9 +209,28 @@ def upgrade(data: Any, where: str = MANIFEST) -> Any:
             "server_model_file": data.get("server_model_file") or data.get("model_file")}
 
 
+# The output roles each task may have; a model needs at least one of them (a Keras classifier has only
+# probabilities, a bring-your-own ONNX classifier may have only a label). The JS client holds the same table.
+TASK_ROLES = {
+    "classification": ("label", "probabilities"),
+    "regression": ("value",),
+    "multi-output-classification": ("label",),
+    "anomaly-detection": ("label", "score"),
+    "clustering": ("label", "distances"),
+    "transformation": ("value",),
+}
+
+
 def _check_consistency(data: dict, where: str) -> None:
-    """What the schema can't say: the layout fits the inputs, names are unique (the JS client checks the same)."""
+    """What the schema can't say: the layout fits the inputs, names are unique, the output roles fit the task
+    (the JS client checks the same)."""
     inputs, layout = data["inputs"], data["layout"]
+    allowed = TASK_ROLES[data["task"]]
+    roles = [o["role"] for o in data["outputs"]]
+    stray = [r for r in roles if r not in allowed]
+    if stray or not roles:
+        raise BundleError(f"{where} is not a valid edgeport manifest: field outputs: a {data['task']} model's outputs "
+                          f"have the roles {', '.join(allowed)}" + (f", not {stray[0]!r}" if stray else ", and it has none"))
     if layout == "matrix" and len(inputs) != 1:
         raise BundleError(f"{where} is not a valid edgeport manifest: field layout: matrix takes one input, "
                           f"and there are {len(inputs)}")

@@ -229,6 +229,14 @@ def _version_true(manifest: dict) -> dict:
     return {**manifest, "manifest_version": True}
 
 
+def _task_contradicts_roles(manifest: dict) -> dict:
+    return {**manifest, "task": "clustering"}  # a classifier's label and probabilities: no distances
+
+
+def _role_of_another_task(manifest: dict) -> dict:
+    return {**manifest, "outputs": [{**o, "role": "score"} if o["role"] == "probabilities" else o for o in manifest["outputs"]]}
+
+
 def test_a_manifest_that_contradicts_itself_is_refused_naming_the_field(churn_model, tmp_path):
     """What the JS client refuses, Python refuses too, with a one-paragraph error naming the field (not a row
     error at warm-up, a 413 on every request, or an unexpected exception)."""
@@ -239,7 +247,8 @@ def test_a_manifest_that_contradicts_itself_is_refused_naming_the_field(churn_mo
     path = bundle.path / "manifest.json"
     good = json.loads(path.read_text())
     for edit, words in ((_matrix_layout, "field layout"), (_negative_dim, "shape"),
-                        (_inputs_renamed, "appears more than once"), (_version_true, "manifest_version")):
+                        (_inputs_renamed, "appears more than once"), (_version_true, "manifest_version"),
+                        (_task_contradicts_roles, "not 'probabilities'"), (_role_of_another_task, "not 'score'")):
         path.write_text(json.dumps(edit(good)))
         result = runner.invoke(app, ["check", str(bundle.path), "-r", "python"])
         assert result.exit_code == 1 and words in result.output, (edit.__name__, result.output)

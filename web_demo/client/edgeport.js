@@ -127,7 +127,25 @@ function checkManifest(manifest) {
   }
   if (layout === 'matrix' && inputs.length !== 1) fail(`has layout matrix with ${inputs.length} inputs; matrix takes one`);
   if (layout === 'columns' && inputs.some((i) => typeof i.column !== 'string')) fail('has layout columns, but not every input names its column');
+  const allowed = TASK_ROLES[manifest.task];
+  if (!allowed) fail(`has task ${JSON.stringify(manifest.task)}; expected one of ${Object.keys(TASK_ROLES).join(', ')}`);
+  const roles = Array.isArray(manifest.outputs) ? manifest.outputs.map((o) => o?.role) : [];
+  const stray = roles.find((r) => !allowed.includes(r));
+  if (stray !== undefined || roles.length === 0) {
+    fail(`outputs: a ${manifest.task} model's outputs have the roles ${allowed.join(', ')}` +
+      (stray !== undefined ? `, not ${JSON.stringify(stray)}` : ', and it has none'));
+  }
 }
+
+// the output roles each task may have (bundle.py's TASK_ROLES)
+const TASK_ROLES = {
+  classification: ['label', 'probabilities'],
+  regression: ['value'],
+  'multi-output-classification': ['label'],
+  'anomaly-detection': ['label', 'score'],
+  clustering: ['label', 'distances'],
+  transformation: ['value'],
+};
 
 /** Resolve a bundle-relative path against the manifest's location (URL or file path). */
 export function resolveRelative(manifestUrl, relative) {

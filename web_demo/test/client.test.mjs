@@ -110,13 +110,15 @@ test('verifyFile accepts the right bytes and refuses changed ones', async () => 
     (err) => err instanceof IntegrityError && /failed its integrity check/.test(err.message));
 });
 
-test('loadModel refuses a manifest of another version, or one that breaks the layout rules, naming the fault', async () => {
+test('loadModel refuses a manifest of another version, or one that breaks the layout or task rules, naming the fault', async () => {
   const refusals = [
     [{ manifest_version: 3 }, /unsupported manifest_version 3/],
     [{ layout: undefined }, /missing "layout"/],
     [{ layout: 'rows' }, /layout "rows"/],
     [{ layout: 'matrix' }, /layout matrix with 3 inputs/],
     [{ inputs: mixed.inputs.map(({ nullable, ...input }) => input) }, /boolean nullable/],
+    [{ task: 'clustering' }, /a clustering model's outputs have the roles label, distances, not "value"/],
+    [{ task: 'ranking' }, /task "ranking"/],
   ];
   for (const [changes, message] of refusals) {
     const { dir } = await writeBundle(Buffer.from('x'), { manifest: changes });
