@@ -187,7 +187,7 @@ def test_the_demo_shows_a_text_box_and_predicts_what_is_typed(root_bundle):
 
     from playwright.sync_api import sync_playwright
 
-    from conftest import ServerProcess
+    from conftest import ARTIFACTS, ServerProcess
     from edgeport.runtimes.browser import launch
 
     need(shutil.which("chromium") is not None, "chromium is not on PATH")
@@ -207,6 +207,8 @@ def test_the_demo_shows_a_text_box_and_predicts_what_is_typed(root_bundle):
             page.wait_for_selector("#result:not([hidden])")
             assert page.text_content("#served-by") == "browser"
             assert page.text_content("#label") == str(model.predict([text])[0])
+            ARTIFACTS.joinpath("demo").mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "demo" / "8-text-box.png"))
             context.close()
     finally:
         server.stop()
