@@ -24,12 +24,13 @@ torch is imported here, on demand; without it the error names the torch extra.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import ModelLoadError, PickleRefusedError
 from .extras import require
@@ -113,14 +114,56 @@ def _load_exported_program(path: Path, members: list[str], allow_pickle: bool) -
         raise ModelLoadError(f"{path.name} is not a torch.export archive (not a zip file): the file may be damaged "
                              f"or not a .pt2 at all. {SAVE_AS_PT2}")
     if not allow_pickle:
+        _refuse_legacy_archive(path)
         _refuse_unsafe_pickles(path)
     try:
-        return torch.export.load(str(path))
-    except Exception as exc:  # damaged archives raise KeyError, RuntimeError, JSON and serde errors
+        if allow_pickle:
+            return torch.export.load(str(path))
+        with _weights_only_everywhere():
+            return torch.export.load(str(path))
+    except PickleRefusedError:
+        raise
+    except Exception as exc:
+        if not allow_pickle and "weights_only" in str(exc).lower().replace(" ", "_"):
+            raise PickleRefusedError(
+                f"refusing to load {path.name}: torch.export.load would unpickle a member that holds more than "
+                f"tensors ({_first_line(exc)}), running whatever code it names. If you trust this file, pass "
+                "--allow-pickle; better, save it again with torch.export.save from a model whose weights are plain "
+                "tensors.") from exc  # damaged archives raise KeyError, RuntimeError, JSON and serde errors
         raise ModelLoadError(
             f"could not load {path.name} with torch.export.load ({type(exc).__name__}: {_first_line(exc)}). The file "
             f"may be damaged, or saved by another PyTorch release (torch {torch.__version__} is installed here; .pt2 "
             "files are not guaranteed to load across releases). Export and save it again with this one.") from exc
+
+
+@contextlib.contextmanager
+def _weights_only_everywhere() -> Iterator[None]:
+    """Every torch.load inside, including torch.export.load's own `weights_only=False` retries and its legacy
+    zip path, builds tensors and containers only: TORCH_FORCE_WEIGHTS_ONLY_LOAD, which torch.load reads at each
+    call. The member audit (_refuse_unsafe_pickles) names what it can ahead of this; this holds wherever the
+    audit and torch's own reading of the archive disagree (a path_name ending in .json, a raw and a pickled
+    entry for one member, a path through data/aotinductor, ...)."""
+    import os
+
+    saved = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
+
+
+def _refuse_legacy_archive(path: Path) -> None:
+    """A zip without the pt2 archive_format marker sends torch.export.load down its pre-2.7 path, which retries
+    every artifact with a full unpickle; edgeport reads only the current format without --allow-pickle."""
+    with zipfile.ZipFile(path) as archive:
+        marks = [n for n in archive.namelist() if n == "archive_format" or n.endswith("/archive_format")]
+        if not marks or any(archive.read(n).strip() != b"pt2" for n in marks):
+            raise PickleRefusedError(
+                f"refusing to load {path.name}: it is not a current torch.export archive (no archive_format 'pt2'), "
+                "and torch loads older ones by unpickling their members in full, which runs whatever code they name. "
+                f"If you trust this file, pass --allow-pickle; better, save it again with torch.export.save. {SAVE_AS_PT2}")
 
 
 def _refuse_unsafe_pickles(path: Path) -> None:
@@ -142,11 +185,13 @@ def _refuse_unsafe_pickles(path: Path) -> None:
                 folder = name.rsplit("/", 1)[0]
                 for entry in config.values():
                     member = f"{folder}/{entry.get('path_name', '')}"
-                    if entry.get("path_name", "").startswith(("custom_obj_", "opaque_obj_")):
+                    if not entry.get("path_name", "").startswith(("tensor_", "weight_", "constant_")) or "/" in \
+                            entry.get("path_name", "") or entry.get("path_name", "").endswith(".json"):
                         raise PickleRefusedError(
-                            f"refusing to load {path.name}: it holds a Python object ({entry['path_name']}) that "
-                            "torch.export.load unpickles, and unpickling runs whatever code the file names. If you "
-                            "trust this file, pass --allow-pickle; better, export the model without custom objects.")
+                            f"refusing to load {path.name}: it holds a Python object or an unusual member "
+                            f"({entry.get('path_name')!r}) that torch.export.load would unpickle, and unpickling runs "
+                            "whatever code the file names. If you trust this file, pass --allow-pickle; better, export "
+                            "the model without custom objects.")
                     if not entry.get("use_pickle"):
                         raw.add(member)
         for name in names:

@@ -392,6 +392,66 @@ def test_a_pt2_carrying_a_code_running_pickle_is_refused(files, tmp_path, capsys
     assert "a pickle ran code" not in capsys.readouterr().out
 
 
+def _crafted(files, tmp_path, name, change):
+    """classifier.pt2 with its weights config and members changed by `change(config, members)`."""
+    import json
+
+    with zipfile.ZipFile(files / "classifier.pt2") as source:
+        members = {item.filename: source.read(item.filename) for item in source.infolist()}
+    config_name = next(n for n in members if n.endswith("_weights_config.json"))
+    config = json.loads(members[config_name])
+    change(config["config"], members, config_name.rsplit("/", 1)[0])
+    members[config_name] = json.dumps(config).encode()
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w") as target:
+        for member, data in members.items():
+            target.writestr(member, data)
+    return path
+
+
+def _runs_code() -> bytes:
+    import pickle
+
+    return pickle.dumps(_RunsCode(), protocol=2)
+
+
+def _json_suffix(config, members, folder):  # the audit once skipped members ending in .json
+    config["extra"] = {"path_name": "evil.json", "is_param": True, "use_pickle": True, "tensor_meta": None}
+    members[f"{folder}/evil.json"] = _runs_code()
+
+
+def _aotinductor_path(config, members, folder):  # ... and anything under data/aotinductor/
+    config["extra"] = {"path_name": "x/data/aotinductor/evil", "is_param": True, "use_pickle": True, "tensor_meta": None}
+    members[f"{folder}/x/data/aotinductor/evil"] = _runs_code()
+
+
+def _legacy_format(config, members, folder):  # no archive_format: torch's pre-2.7 path retries with a full unpickle
+    for name in [n for n in members if n.endswith("archive_format")]:
+        del members[name]
+
+
+@pytest.mark.parametrize("change", [_json_suffix, _aotinductor_path, _legacy_format])
+@pytest.mark.parametrize("audit", ["on", "off"])
+def test_crafted_pt2_files_run_no_code_without_allow_pickle(files, tmp_path, capsys, monkeypatch, change, audit):
+    """Found by an adversarial review: where edgeport's member audit and torch's own reading of the archive
+    disagreed, a .pt2 ran code. Every torch.load inside torch.export.load is now weights-only too, so each layer
+    holds alone (audit off: only the weights-only load stands)."""
+    import edgeport.torch_loading as torch_loading
+    from edgeport.errors import ModelLoadError, PickleRefusedError
+    from edgeport.loading import load_model
+
+    if audit == "off":
+        monkeypatch.setattr(torch_loading, "_refuse_unsafe_pickles", lambda path: None)
+        if change is _legacy_format:
+            monkeypatch.setattr(torch_loading, "_refuse_legacy_archive", lambda path: None)
+    hostile = _crafted(files, tmp_path, f"{change.__name__}.pt2", change)
+    with pytest.raises((PickleRefusedError, ModelLoadError)) as refused:
+        load_model(hostile)
+    assert "a pickle ran code" not in capsys.readouterr().out, refused.value
+    if audit == "on":
+        assert isinstance(refused.value, PickleRefusedError) and "--allow-pickle" in str(refused.value)
+
+
 def test_missing_torch_names_the_extra(files, monkeypatch):
     from edgeport.errors import RuntimeUnavailableError
     from edgeport.loading import load_model
