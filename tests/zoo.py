@@ -17,7 +17,7 @@ def zoo() -> dict:
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import SVC
+    from sklearn.svm import SVC, LinearSVC
     from sklearn.tree import DecisionTreeClassifier
 
     from edgeport.examples.churn import build_pipeline, make_frame
@@ -31,6 +31,8 @@ def zoo() -> dict:
         "logistic": (make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)), iris),
         # SVM with probabilities: SVC(probability=True) is deprecated in scikit-learn 1.9 in favour of this
         "svc-proba": (make_pipeline(StandardScaler(), CalibratedClassifierCV(SVC(), ensemble=False)), wine),
+        # no predict_proba: a label only (its skl2onnx converter takes no zipmap option)
+        "linear-svc": (make_pipeline(StandardScaler(), LinearSVC()), wine),
         "knn": (make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=5)), wine),
         "decision-tree": (DecisionTreeClassifier(max_depth=6, random_state=0), cancer),
         "random-forest": (RandomForestClassifier(n_estimators=40, random_state=0), cancer),

@@ -152,10 +152,27 @@ def _register_xgboost() -> None:
                                                   calculate_linear_regressor_output_shapes)
     from xgboost import XGBClassifier, XGBRegressor
 
+    convert = _trees_in_float32(_indexed_features(convert_xgboost))
     update_registered_converter(XGBClassifier, "XGBoostXGBClassifier", calculate_linear_classifier_output_shapes,
-                                _trees_in_float32(convert_xgboost), options=_CLASSIFIER_OPTIONS)
-    update_registered_converter(XGBRegressor, "XGBoostXGBRegressor", calculate_linear_regressor_output_shapes,
-                                _trees_in_float32(convert_xgboost))
+                                convert, options=_CLASSIFIER_OPTIONS)
+    update_registered_converter(XGBRegressor, "XGBoostXGBRegressor", calculate_linear_regressor_output_shapes, convert)
+
+
+def _indexed_features(convert: Any) -> Any:
+    """onnxmltools reads each split's feature from the booster's dump as `f<index>`; a model fit on a DataFrame
+    dumps column names instead ('Unable to interpret 'proline''). The graph's input is a matrix in the
+    training columns' order either way, so the names are set aside while it converts."""
+
+    def converter(scope: Any, operator: Any, container: Any) -> None:
+        booster = operator.raw_operator.get_booster()
+        names, types = booster.feature_names, booster.feature_types
+        booster.feature_names, booster.feature_types = None, None
+        try:
+            convert(scope, operator, container)
+        finally:
+            booster.feature_names, booster.feature_types = names, types
+
+    return converter
 
 
 def _register_lightgbm() -> None:
@@ -246,7 +263,8 @@ class _NativeBoosting(SklearnToOnnx):
         own = [] if own is None else list(own)
         if classes is not None and "label" in outputs and [str(c) for c in classes] != [str(c) for c in own]:
             index = {str(c): i for i, c in enumerate(own)}
-            outputs["label"] = np.asarray(classes, dtype=object)[[index[str(v)] for v in outputs["label"]]]
+            # CatBoost's multi-class predict gives [n, 1]: one label per row either way
+            outputs["label"] = np.asarray(classes, dtype=object)[[index[str(v)] for v in np.ravel(outputs["label"])]]
         return outputs
 
 

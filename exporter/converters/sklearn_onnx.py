@@ -263,6 +263,18 @@ def _answers(model: Any, table: Any) -> list:
     return _primary(model, table).tolist()
 
 
+def _takes_option(estimator: Any, option: str) -> bool:
+    """Whether skl2onnx's converter for `estimator` accepts `option` (an option it doesn't take is an error)."""
+    from skl2onnx._supported_operators import sklearn_operator_name_map
+    from skl2onnx.common._registration import get_converter
+
+    try:
+        allowed = get_converter(sklearn_operator_name_map[type(estimator)]).get_allowed_options()
+    except (KeyError, ValueError, AttributeError):
+        return True  # unknown here: skl2onnx says what it lacks when it converts
+    return allowed is None or option in allowed
+
+
 def _to_onnx(model: Any, inputs: list[dict], task: str) -> Any:
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, Int64TensorType, StringTensorType
@@ -272,7 +284,10 @@ def _to_onnx(model: Any, inputs: list[dict], task: str) -> Any:
     initial_types = [(spec["name"], types[spec["dtype"]](spec["shape"])) for spec in inputs]
     options = text.converter_options(model, walk)
     if task in ("classification", "multi-output-classification"):
-        options[id(final_estimator(model))] = {"zipmap": False}
+        # LinearSVC's converter has no ZipMap and refuses the option; an entry, even empty, also stops skl2onnx's
+        # Pipeline parser from adding zipmap=True to a classifier step on its own (which fails the same way)
+        takes = _takes_option(final_estimator(model), "zipmap")
+        options[id(final_estimator(model))] = {"zipmap": False} if takes else {}
     try:
         with text.tuple_vocabularies(model, walk):
             onx = to_onnx(model, initial_types=initial_types, options=options or None, target_opset=TARGET_OPSET)
