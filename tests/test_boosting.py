@@ -149,11 +149,13 @@ def test_xgboost_ubj(suffix, tmp_path):
     assert_parity(export_model(path, tmp_path / "b", sample=tmp_path / "s.csv").report)
 
 
-def test_native_classes_option_names_the_labels(exported, tmp_path):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_native_classes_option_names_the_labels(family, exported, tmp_path):
+    """(CatBoost's multi-class predict gives [n, 1] labels: with --classes that was a KeyError '[0]'.)"""
     from edgeport.check import check_bundle
     from edgeport.export import export_model
 
-    _, path, sample, _ = exported("lightgbm", "multiclass", "native")
+    _, path, sample, _ = exported(family, "multiclass", "native")
     result = export_model(path, tmp_path / "named", sample=sample, classes=["barolo", "grignolino", "barbera"])
     assert_parity(result.report)
     manifest = result.bundle.manifest.to_dict()
@@ -292,3 +294,27 @@ def test_xgboost_softmax_is_refused_with_the_fix_that_works(tmp_path):
     model.set_params(objective="multi:softprob")
     model.save_model(str(tmp_path / "softprob.json"))
     assert_parity(export_model(tmp_path / "softprob.json", tmp_path / "c", sample=tmp_path / "s.csv").report)
+
+
+@pytest.mark.parametrize("form", ["native", "joblib"])
+def test_xgboost_fit_on_named_columns_exports(form, tmp_path):
+    """XGBoost models are usually fit on a DataFrame: the booster then names its features by column, and
+    onnxmltools expected f<index> ('Unable to interpret 'mean radius'')."""
+    import joblib
+    from sklearn.datasets import load_breast_cancer
+
+    from edgeport.export import export_model
+
+    data = load_breast_cancer(as_frame=True)
+    X = data.frame[data.feature_names].iloc[:, :6]  # real names, with spaces
+    model = _estimator("xgboost", "binary").fit(X, data.target)
+    if form == "native":
+        path = tmp_path / "named.json"
+        model.save_model(path)
+    else:
+        path = tmp_path / "named.joblib"
+        joblib.dump(model, path)
+    sample = tmp_path / "rows.csv"
+    X.to_csv(sample, index=False)
+    result = export_model(path, tmp_path / "bundle", sample=sample, allow_pickle=form == "joblib")
+    assert_parity(result.report)
