@@ -273,6 +273,25 @@ def test_two_inputs_with_int64_token_ids(exported):
         "numbers": ("float32", [None, 3]), "ids": ("int64", [None, 5])}
 
 
+def test_an_id_past_the_vocabulary_is_a_400_from_the_server_not_a_500(exported):
+    """The manifest can't know an Embedding's size: the graph's Gather refuses the id, and that refusal is the
+    values' fault (found by an adversarial review: it was a 500 and an 'error' in the metrics)."""
+    from fastapi.testclient import TestClient
+
+    from edgeport.server.app import create_app
+    from edgeport.server.repository import Repository
+
+    result = exported("two.pt2", "two.npz")
+    client = TestClient(create_app(Repository(result.bundle.path)))
+    body = lambda ids: {"inputs": [{"name": "numbers", "datatype": "FP32", "shape": [1, 3], "data": [0.1, 0.2, 0.3]},
+                                   {"name": "ids", "datatype": "INT64", "shape": [1, 5], "data": ids}]}
+    assert client.post("/v2/models/two/infer", json=body([1, 2, 3, 4, 5])).status_code == 200
+    refused = client.post("/v2/models/two/infer", json=body([1, 2, 3, 4, 999]))
+    assert refused.status_code == 400, refused.text
+    assert "vocabulary" in refused.json()["error"] and "999" in refused.json()["error"], refused.text
+    assert 'outcome="error"' not in client.get("/metrics").text
+
+
 def test_a_pt2_with_a_fixed_batch_is_exported_again_with_a_dynamic_one(exported):
     result = exported("static.pt2", "iris.csv")
     assert_parity(result.report)

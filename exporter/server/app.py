@@ -178,7 +178,13 @@ def create_app(
         except TimeoutError:
             metrics.observe(model, "timeout", started, 0, payload)
             return error(503, f"inference took longer than {timeout_s:g}s; try fewer rows")
-        except Exception as exc:  # onnxruntime failed on input that passed every check: a server fault
+        except Exception as exc:
+            if type(exc).__name__ == "InvalidArgument":  # onnxruntime's own: the values, not the server, are at fault
+                # (an id past an Embedding's vocabulary passes the manifest's checks; the graph's Gather refuses it)
+                return metrics.refused(model, "the model can't compute an answer for these values: onnxruntime says "
+                                       f"{_ort_status(exc)}. For an id input, every id must be below the "
+                                       "vocabulary size the model was trained with.")
+            # onnxruntime failed on input that passed every check: a server fault
             metrics.observe(model, "error", started, 0, payload)
             return error(500, f"inference failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
         metrics.observe(model, "ok", started, rows, payload)
@@ -296,6 +302,12 @@ def _prepare(model: ServedModel, body: bytes, budget: RequestBudget, max_batch: 
     """Parse and check a request body: (request, onnxruntime feeds, output names), or InferInputError."""
     payload = parse_request(body, budget)
     return payload, feeds_from_request(model.bundle, payload, max_batch), _requested_outputs(model, payload)
+
+
+def _ort_status(exc: BaseException) -> str:
+    """onnxruntime's status message, without its error-code preamble."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.split("Status Message: ", 1)[-1][:300]
 
 
 def _in_background(function, *args) -> Future:
