@@ -246,6 +246,36 @@ def _check_consistency(data: dict, where: str) -> None:
                               "appears more than once")
 
 
+ORT_TYPES = {"float32": "tensor(float)", "float64": "tensor(double)", "int64": "tensor(int64)",
+             "int32": "tensor(int32)", "string": "tensor(string)"}
+
+
+def graph_mismatch(manifest: "Manifest", session: Any, model_file: str) -> str | None:
+    """How the manifest's inputs and outputs contradict the ONNX graph an onnxruntime `session` holds, or None.
+    A manifest edited (or damaged) after export would otherwise fail every request with onnxruntime's words."""
+    graph_inputs = {i.name: i for i in session.get_inputs()}
+    graph_outputs = {o.name: o for o in session.get_outputs()}
+    for spec in manifest.inputs:
+        node = graph_inputs.get(spec.name)
+        if node is None:
+            return f"input {spec.name!r} is not an input of {model_file} (it has {', '.join(map(repr, graph_inputs))})"
+        if ORT_TYPES.get(spec.dtype) != node.type:
+            return f"input {spec.name!r} is {spec.dtype} in the manifest but {node.type} in {model_file}"
+        if isinstance(node.shape, list) and len(node.shape) != len(spec.shape):
+            return (f"input {spec.name!r} has rank {len(spec.shape)} in the manifest but {len(node.shape)} in "
+                    f"{model_file}")
+    unfed = sorted(set(graph_inputs) - {spec.name for spec in manifest.inputs})
+    if unfed:
+        return f"{model_file} needs the input {unfed[0]!r}, which the manifest doesn't list"
+    for out in manifest.outputs:
+        node = graph_outputs.get(out.name)
+        if node is None:
+            return f"output {out.name!r} is not an output of {model_file} (it has {', '.join(map(repr, graph_outputs))})"
+        if out.dtype in ORT_TYPES and ORT_TYPES[out.dtype] != node.type:
+            return f"output {out.name!r} is {out.dtype} in the manifest but {node.type} in {model_file}"
+    return None
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A bundle on disk and its validated manifest."""

@@ -256,16 +256,24 @@ def test_a_manifest_that_contradicts_itself_is_refused_naming_the_field(churn_mo
 
 
 def test_a_model_onnxruntime_cannot_run_is_undecided_not_a_parity_failure(iris_bundle, tmp_path):
-    """A type error in the runtime compares no numbers: exit 1 naming the runtime's error, never exit 3."""
+    """A runtime error compares no numbers: exit 1 naming the runtime's error, never exit 3."""
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     from conftest import rehash_bundle
 
-    # the manifest says float32 rows; this graph wants doubles, so onnxruntime refuses every feed
-    graph = helper.make_graph([helper.make_node("Identity", ["input"], [o.name]) for o in iris_bundle.outputs[:1]],
-                              "wants_double", [helper.make_tensor_value_info("input", TensorProto.DOUBLE, [None, 4])],
-                              [helper.make_tensor_value_info(iris_bundle.outputs[0].name, TensorProto.DOUBLE, [None, 4])])
+    # the graph takes what the manifest says, but fails at run time: 4 values a row don't reshape into rows of 7
+    label, probabilities = (next(o for o in iris_bundle.outputs if o.role == role) for role in ("label", "probabilities"))
+    number = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE}[probabilities.dtype]
+    assert label.dtype == "int64" and iris_bundle.inputs[0].dtype == probabilities.dtype
+    nodes = [helper.make_node("Reshape", ["input", "seven"], ["rows"]),
+             helper.make_node("Identity", ["rows"], [probabilities.name]),
+             helper.make_node("ArgMax", ["rows"], [label.name], axis=1, keepdims=0)]
+    graph = helper.make_graph(nodes, "fails_at_run_time",
+                              [helper.make_tensor_value_info("input", number, [None, 4])],
+                              [helper.make_tensor_value_info(label.name, TensorProto.INT64, [None]),
+                               helper.make_tensor_value_info(probabilities.name, number, [None, 3])],
+                              [numpy_helper.from_array(np.array([-1, 7], dtype=np.int64), "seven")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), iris_bundle.model_path)
     rehash_bundle(iris_bundle.path)
     report = tmp_path / "r.json"
@@ -274,3 +282,28 @@ def test_a_model_onnxruntime_cannot_run_is_undecided_not_a_parity_failure(iris_b
     assert "onnxruntime failed" in result.output and "not a parity failure" in result.output, result.output
     assert "UNDECIDED" in result.output and "FAILED" not in result.output, result.output
     assert json.loads(report.read_text())["runtimes"][0]["status"] == "error"
+
+
+def test_a_manifest_that_contradicts_its_graph_is_a_bundle_error_in_check_and_serve(iris_bundle):
+    """Found by an adversarial review: an edited manifest (an input's dtype, an output's name) passed check or
+    started a server whose every answer was a 500. Both now say the bundle contradicts its model."""
+    from conftest import rehash_bundle
+    from edgeport.errors import BundleError
+    from edgeport.server.repository import Repository
+
+    path = iris_bundle.path / "manifest.json"
+    good = json.loads(path.read_text())
+    edits = {
+        "in the manifest but tensor(": lambda m: {  # the other float: golden rows still fit, the graph doesn't
+            **m, "inputs": [{**i, "dtype": {"float32": "float64", "float64": "float32"}[i["dtype"]]} for i in m["inputs"]]},
+        "is not an output of": lambda m: {**m, "outputs": [{**o, "name": o["name"] + "_x"} for o in m["outputs"]]},
+        "is string in the manifest but tensor(int64)": lambda m: {
+            **m, "outputs": [{**o, "dtype": "string"} if o["role"] == "label" else o for o in m["outputs"]]},
+    }
+    for words, edit in edits.items():
+        path.write_text(json.dumps(edit(good)))
+        rehash_bundle(iris_bundle.path)
+        result = runner.invoke(app, ["check", str(iris_bundle.path), "-r", "python"])
+        assert result.exit_code == 1 and "contradicts its model" in result.output and words in result.output, result.output
+        with pytest.raises(BundleError, match="contradicts its model"):
+            Repository(iris_bundle.path, allow_unverified=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..bundle import MANIFEST, Bundle, read_bundle, read_files, require_verified
+from ..bundle import MANIFEST, Bundle, graph_mismatch, read_bundle, read_files, require_verified
 from ..errors import BundleError, InputFileError
 from .static import Snapshot
 
@@ -72,7 +72,15 @@ class Repository:
         except Exception as exc:  # onnxruntime's own error types: a damaged or hostile model file
             raise BundleError(f"onnxruntime cannot load {onnx_file} of bundle {bundle.path}: "
                               f"{str(exc).splitlines()[0][:300]}") from exc
-        _warm_up(bundle, session)
+        mismatch = graph_mismatch(bundle.manifest, session, onnx_file)
+        if mismatch:
+            raise BundleError(f"bundle {bundle.path} contradicts its model: {mismatch}. Re-export it.")
+        try:
+            _warm_up(bundle, session)
+        except Exception as exc:  # a golden row the graph refuses: every request would fail the same way
+            raise BundleError(f"bundle {bundle.path} fails its warm-up (one golden row through {onnx_file}): "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}. "
+                              "Re-export it.") from exc
         versions[bundle.version] = ServedModel(bundle, session, onnx_file, Snapshot.of_bundle(files, bundle.manifest))
 
     def get(self, name: str, version: str | None = None) -> ServedModel | None:
