@@ -436,3 +436,5 @@ def _read_json(path: Path, what: str) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path} is not valid JSON ({exc})") from exc
+    except RecursionError as exc:  # a hostile file nested thousands deep
+        raise BundleError(f"{path} is nested too deeply to be a bundle's {what}; re-export the bundle") from exc

@@ -38,6 +38,8 @@ def import_user_modules(names: Iterable[str]) -> tuple[ModuleType, ...]:
 def defined_in(type_name: str, modules: Sequence[ModuleType]) -> bool:
     """Whether the dotted `type_name` is a class defined in one of `modules` (not one they merely import)."""
     for module in modules:
+        if module.__name__.split(".")[0] in ("sklearn", "numpy", "scipy"):
+            continue  # their classes follow loading.trusted_by_default's rules (numpy.memmap stays out), --import or not
         prefix = module.__name__ + "."
         if not type_name.startswith(prefix):
             continue
@@ -113,7 +115,7 @@ def _import_file(path: Path) -> ModuleType:
 
 def _failed(name: str, exc: BaseException) -> UserCodeError:
     return UserCodeError(f"--import {name}: importing it raised {type(exc).__name__}: {_first_line(exc)}. That is the "
-                         "module's own code; rerun with --debug for the traceback.")
+                         "module's own code; rerun as edgeport --debug COMMAND ... for the traceback.")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -307,3 +307,9 @@ def test_a_manifest_that_contradicts_its_graph_is_a_bundle_error_in_check_and_se
         assert result.exit_code == 1 and "contradicts its model" in result.output and words in result.output, result.output
         with pytest.raises(BundleError, match="contradicts its model"):
             Repository(iris_bundle.path, allow_unverified=True)
+
+
+def test_a_manifest_nested_thousands_deep_is_a_bundle_error(iris_bundle):
+    (iris_bundle.path / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    result = runner.invoke(app, ["check", str(iris_bundle.path)])
+    assert result.exit_code == 1 and "nested too deeply" in result.output, result.output

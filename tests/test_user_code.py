@@ -118,6 +118,10 @@ def test_import_trusts_classes_the_module_defines_not_what_it_imports(tmp_path):
     assert defined_in("steps_mod.Step", [module])
     for borrowed in ("steps_mod.os.system", "steps_mod.OrderedDict", "steps_mod.os", "steps_mod.Missing", "other.Step"):
         assert not defined_in(borrowed, [module]), borrowed
+    # --import numpy grants nothing beyond numpy's own rules: numpy.memmap (file-backed memory) stays out
+    import numpy
+
+    assert not defined_in("numpy.memmap", [numpy])
 
 
 def test_import_errors_are_one_paragraph(iris_model, tmp_path, monkeypatch):
