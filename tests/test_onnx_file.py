@@ -84,6 +84,21 @@ def test_classifier_exports_as_is_with_label_and_probabilities(files, bundles):
     assert manifest["source"]["framework"] == "onnx" and manifest["source"]["converter"] == "skl2onnx"
 
 
+def test_classes_name_the_labels_of_a_graph_whose_label_output_holds_indices(files, tmp_path):
+    """With --classes, the label is the most probable class named by them in every runtime, not the graph's own
+    0..k-1 beside bars named setosa/versicolor/virginica (found by a newcomer's review)."""
+    names = ["setosa", "versicolor", "virginica"]
+    out = tmp_path / "named"
+    result = export([files / "iris.onnx", "--sample", files / "iris.csv", "--out", out, "--classes", ",".join(names)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["classes"] == names and [o["role"] for o in manifest["outputs"]] == ["probabilities"]
+    assert set(json.loads((out / "golden.json").read_text())["outputs"]["label"]) == set(names)
+    need(shutil.which("node") is not None, "node is not on PATH")
+    checked = runner.invoke(app, ["check", str(out), "-r", "python", "-r", "node", "-r", "server"])
+    assert checked.exit_code == 0, checked.output
+
+
 def test_regressor_and_per_column_pipeline(bundles):
     reg = json.loads((bundles["reg"] / "manifest.json").read_text())
     assert reg["task"] == "regression" and [o["role"] for o in reg["outputs"]] == ["value"]

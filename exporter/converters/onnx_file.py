@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ConversionError, SampleError, UnsupportedModelError
+from ..errors import ConversionError, SampleError, UnsupportedModelError, UnusedOptionError
 from ..model_file import LoadedModel
 from ..parity import Tolerance
 from ..progress import Progress
@@ -68,7 +68,16 @@ class OnnxFile:
         roles = assign_roles(outputs, values, {"label": label_output, "probabilities": probabilities_output,
                                                 "value": value_output}, task)
         task = "regression" if "value" in roles.values() else "classification"
+        named = bool(classes)
         classes = classes_for(onnx_model.proto, roles, values, classes, task)
+        if named and "label" in roles.values():
+            if "probabilities" not in roles.values():
+                raise UnusedOptionError("--classes names a classifier's probability columns, and this model has no "
+                                        "probabilities output: its labels are what its label output gives. Leave "
+                                        "--classes out.")
+            # the graph's label output holds its own labels (often 0..k-1), not the names given: the label is then
+            # the most probable class, named by --classes, in every runtime (as for a model without a label output)
+            roles = {name: role for name, role in roles.items() if role != "label"}
         onnx_model.roles.clear()
         onnx_model.roles.update(roles)
         described = [{**outputs[name], "role": role} for name, role in roles.items()]
