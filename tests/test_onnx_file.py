@@ -276,3 +276,26 @@ def test_size_limit_and_external_data_are_refused(files, tmp_path, monkeypatch):
     np.save(tmp_path / "x.npy", np.ones((4, 2), dtype=np.float32))
     result = export([tmp_path / "ext.onnx", "--sample", tmp_path / "x.npy", "--out", tmp_path / "b", "--value-output", "b"])
     assert result.exit_code == 1 and "save_as_external_data=False" in result.output, result.output
+
+
+def test_an_int32_input_is_fed_as_int32_everywhere(tmp_path):
+    """int32 is a manifest dtype (TF.js has no int64); an ONNX file that takes int32 ids is bundled as is."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weights = helper.make_tensor("W", TensorProto.FLOAT, [3, 2], np.random.RandomState(0).randn(6).astype(np.float32).tolist())
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["xf", "W"], ["z"]),
+         helper.make_node("Softmax", ["z"], ["probabilities"], axis=1)], "ints",
+        [helper.make_tensor_value_info("x", TensorProto.INT32, ["N", 3])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2])], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "ints.onnx")
+    np.save(tmp_path / "ints.npy", np.random.RandomState(1).randint(-1000, 1000, (30, 3)).astype(np.int32))
+    result = export([tmp_path / "ints.onnx", "--sample", tmp_path / "ints.npy", "--out", tmp_path / "b"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["inputs"][0]["dtype"] == "int32"
+    need(shutil.which("node") is not None, "node is not on PATH")
+    checked = runner.invoke(app, ["check", str(tmp_path / "b"), "-r", "python", "-r", "node", "-r", "server"])
+    assert checked.exit_code == 0, checked.output

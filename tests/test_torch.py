@@ -501,3 +501,25 @@ def test_node_chromium_and_the_fallback_server(model, sample, exported):
     need(shutil.which("chromium") is not None, "chromium is not on PATH (apt-get install -y chromium)")
     runtimes = ["python", "server", "node", "browser"]
     assert_parity(check_bundle(exported(model, sample).bundle.path, runtimes), runtimes)
+
+
+class _Ids32(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(20, 3)
+        self.head = torch.nn.Linear(3, 1)
+
+    def forward(self, ids):
+        return self.head(self.embed(ids).mean(dim=1))
+
+
+def test_int32_token_ids_stay_int32(tmp_path):
+    from edgeport.export import export_model
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 20, (16, 4), dtype=torch.int32)
+    path = _save_pt2(_Ids32().eval(), (ids,), tmp_path / "ids32.pt2")
+    np.save(tmp_path / "ids.npy", np.random.RandomState(0).randint(0, 20, (40, 4)).astype(np.int32))
+    result = export_model(path, tmp_path / "b", sample=tmp_path / "ids.npy", runtimes=["python", "server", "node"])
+    assert_parity(result.report, runtimes=("python", "server", "node"))
+    assert result.bundle.inputs[0].dtype == "int32"

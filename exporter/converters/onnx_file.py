@@ -4,7 +4,7 @@ The bundle's model.onnx is the user's file, byte for byte. The original is
 that same file run in Python onnxruntime: the golden outputs come from it, and
 parity proves that onnxruntime-web (node, browser) and the fallback server agree.
 
-Inputs come from the graph: float32, float64, int64 or string, with a dynamic
+Inputs come from the graph: float32, float64, int64, int32 or string, with a dynamic
 batch dimension first (a fixed batch dimension is refused: the client and the
 server run any number of rows at once). Layout: one input → `matrix` (a CSV
 with as many numeric columns as the input is wide, or a .npy); several
@@ -40,7 +40,7 @@ from .onnx_roles import FLOATS, assign_roles, classes_for
 # SIMD width, ~1e-7 relative per float32 op, ~1e-6 after a few dozen ops. 1e-5 / 1e-4 leaves headroom while a
 # different model or preprocessing shows up at 1e-2 and more.
 DEFAULT_TOLERANCE = Tolerance(atol=1e-5, rtol=1e-4)
-DTYPES = {1: "float32", 11: "float64", 7: "int64", 8: "string"}  # onnx.TensorProto elem types
+DTYPES = {1: "float32", 11: "float64", 7: "int64", 6: "int32", 8: "string"}  # onnx.TensorProto elem types
 
 
 @register("onnx", "onnx")
@@ -178,7 +178,7 @@ def _tensor_type(value: Any, what: str, refuse: bool = True) -> tuple[str | None
 
         raise UnsupportedModelError(
             f"{what} {value.name!r} is {TensorProto.DataType.Name(tensor.elem_type).lower()}; edgeport feeds float32, "
-            "float64, int64 and string tensors (what the JS client and the OIP server encode). Re-export the model "
+            "float64, int64, int32 and string tensors (what the JS client and the OIP server encode). Re-export the model "
             "with one of those, e.g. with a Cast inside the graph.")
     shape = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim] \
         if tensor.HasField("shape") else None
@@ -257,8 +257,8 @@ def _mark_nullable(inputs: list[dict], table: Any, layout: str, nullable: Sequen
                           f"{', '.join(map(repr, names))}")
     for spec in inputs:
         spec["nullable"] = spec["name"] in nullable
-        if spec["nullable"] and spec["dtype"] == "int64":
-            raise SampleError(f"--nullable {spec['name']}: the input is int64, which has no missing value (NaN); "
+        if spec["nullable"] and spec["dtype"] in ("int64", "int32"):
+            raise SampleError(f"--nullable {spec['name']}: the input is {spec['dtype']}, which has no missing value (NaN); "
                               "only float and string inputs can be nullable")
         if not spec["nullable"] and _has_missing(spec, table, layout):
             raise SampleError(f"the sample has missing values for input {spec['name']!r}, which is not nullable. If "
@@ -278,7 +278,7 @@ def _has_missing(spec: dict, table: Any, layout: str) -> bool:
 def feeds_from_table(inputs: list[dict], table: Any, layout: str) -> dict[str, np.ndarray]:
     """onnxruntime feeds from a table, by the graph's own input types (not through edgeport's row decoder, so that
     the original and the bundle are fed independently)."""
-    numpy_types = {"float32": np.float32, "float64": np.float64, "int64": np.int64}
+    numpy_types = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "int32": np.int32}
     feeds = {}
     for spec in inputs:
         if layout == "columns":

@@ -162,9 +162,9 @@ def input_dtypes(tm: Any, names: list[str], sample: Any) -> dict[str, str]:
 def _dtype_name(dtype: Any, name: str) -> str:
     import torch
 
-    known = {torch.float32: "float32", torch.float64: "float64", torch.int64: "int64"}
+    known = {torch.float32: "float32", torch.float64: "float64", torch.int64: "int64", torch.int32: "int32"}
     if dtype not in known:
-        raise UnsupportedModelError(f"input {name!r} is {dtype}; edgeport feeds float32, float64 and int64 tensors "
+        raise UnsupportedModelError(f"input {name!r} is {dtype}; edgeport feeds float32, float64, int64 and int32 tensors "
                                     "(what the JS client and the OIP server encode). Export the model with one of those.")
     return known[dtype]
 
