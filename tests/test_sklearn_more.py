@@ -247,3 +247,26 @@ def test_a_npy_sample_of_strings_is_refused_with_what_to_do(tmp_path):
     result = runner.invoke(app, ["export", str(model_path), "--sample", str(sample), "--out", str(tmp_path / "b")])
     assert result.exit_code == 1, result.output
     assert "holds <U32 values, not numbers" in result.output and "unexpected" not in result.output, result.output
+
+
+def test_an_original_that_fails_on_the_sample_says_so(tmp_path):
+    """A KMeans fit on float32 can't predict float64 rows in scikit-learn itself: that is the message, not
+    'unexpected ValueError' (found by an adversarial review)."""
+    import pandas as pd
+    import skops.io as sio
+    from sklearn.cluster import KMeans
+
+    from edgeport.errors import SampleError
+    from edgeport.export import export_model
+
+    X = np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32)
+    model = KMeans(3, n_init=2, random_state=0).fit(X)
+    sio.dump(model, tmp_path / "km.skops")
+    pd.DataFrame(X, columns=list("abc")).to_csv(tmp_path / "s.csv", index=False)
+    try:
+        model.predict(pd.DataFrame(X.astype(np.float64), columns=list("abc")))
+    except ValueError:  # scikit-learn 1.9 (here): the bug is there
+        with pytest.raises(SampleError, match="KMeans itself fails on the sample's rows.*refit it on float64"):
+            export_model(tmp_path / "km.skops", tmp_path / "b", sample=tmp_path / "s.csv")
+    else:  # a release that fixed it: then the model simply exports
+        assert export_model(tmp_path / "km.skops", tmp_path / "b", sample=tmp_path / "s.csv").passed

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UnsupportedModelError
+from ..errors import SampleError, UnsupportedModelError
 from .sklearn_steps import estimator_name, final_estimator
 
 # skl2onnx's graph outputs, in order, named by role
@@ -67,7 +67,19 @@ def _estimator_type(est: Any) -> str | None:
 
 
 def reference_outputs(model: Any, table: Any, task: str) -> dict[str, Any]:
-    """The original model's outputs keyed by role (`table` as the model takes it)."""
+    """The original model's outputs keyed by role (`table` as the model takes it). The original failing on rows
+    that fit its inputs is said as such (its outputs are the reference; there is nothing to compare without them)."""
+    try:
+        return _reference_outputs(model, table, task)
+    except Exception as exc:
+        hint = (" (scikit-learn fails this way on float64 rows for some models fit on float32 data, such as KMeans: "
+                "refit it on float64)" if "Buffer dtype mismatch" in str(exc) else "")
+        raise SampleError(f"{estimator_name(model)} itself fails on the sample's rows: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''}{hint}. edgeport needs the original "
+                          "model's outputs on them as the reference.") from exc
+
+
+def _reference_outputs(model: Any, table: Any, task: str) -> dict[str, Any]:
     n = len(table)
     if task == "regression":
         return {"value": np.asarray(model.predict(table), dtype=np.float64).reshape(n, -1)}
