@@ -192,6 +192,10 @@ BAD_INPUTS = [
     ("binary output asked for", "/v2/models/iris/infer", {**iris_request([[1, 2, 3, 4]]), "outputs": [{"name": "label", "parameters": {"binary_data": True}}]}, 400, ["binary_data", "not supported"]),
     ("binary outputs asked for", "/v2/models/iris/infer", {**iris_request([[1, 2, 3, 4]]), "parameters": {"binary_data_output": True}}, 400, ["binary_data_output", "not supported"]),
     ("binary input announced", "/v2/models/iris/infer", {"inputs": [{**iris_request([[1, 2, 3, 4]])["inputs"][0], "parameters": {"binary_data_size": 32}}]}, 400, ["binary_data_size", "not supported"]),
+    ("INT8 carrying 1000", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "INT8", "data": [1000, 3, 1, 0]}]}, 400, ["'input'", "INT8", "1000"]),
+    ("INT16 carrying a fraction", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "INT16", "data": [5, 3.5, 1, 0]}]}, 400, ["INT16", "whole numbers", "value 1"]),
+    ("UINT64 carrying -1", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "UINT64", "data": [-1, 3, 1, 0]}]}, 400, ["UINT64", "-1"]),
+    ("FP16 past its range", "/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP16", "data": [70000, 3, 1, 0]}]}, 400, ["FP16", "65504"]),
     ("output asked for twice", "/v2/models/iris/infer", {**iris_request([[1, 2, 3, 4]]), "outputs": [{"name": "label"}, {"name": "label"}]}, 400, ["'label'", "more than once"]),
 ]
 

@@ -25,6 +25,12 @@ from .metrics import FALLBACK_REASONS
 
 DATATYPE_OF = {"float32": "FP32", "float64": "FP64", "int32": "INT32", "int64": "INT64", "string": "BYTES"}
 # numeric datatypes a client may send for a numeric input; values are cast to the model's dtype
+# what each narrow datatype can carry: (lowest, highest, whole numbers only); FP32/FP64 carry any finite number
+DATATYPE_RANGES = {
+    "INT8": (-2**7, 2**7 - 1, True), "INT16": (-2**15, 2**15 - 1, True), "INT32": (-2**31, 2**31 - 1, True),
+    "INT64": (-2**63, 2**63 - 1, True), "UINT8": (0, 2**8 - 1, True), "UINT16": (0, 2**16 - 1, True),
+    "UINT32": (0, 2**32 - 1, True), "UINT64": (0, 2**64 - 1, True), "FP16": (-65504.0, 65504.0, False),
+}
 NUMERIC_DATATYPES = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 
 
@@ -263,9 +269,29 @@ def _tensor(item: RequestInput, spec: InputSpec, max_batch: int) -> np.ndarray:
     if item.shape[0] > max_batch:
         raise InferInputError(f"input {name!r} has {item.shape[0]} rows; this server takes at most {max_batch} per request")
     try:
-        return tensor_from_values(spec, item.shape, _values(name, item.data, item.shape))
+        tensor = tensor_from_values(spec, item.shape, _values(name, item.data, item.shape))
     except RowValidationError as exc:
         raise InferInputError(str(exc)) from exc
+    _within_datatype(name, item.datatype, tensor)
+    return tensor
+
+
+def _within_datatype(name: str, datatype: str, tensor: np.ndarray) -> None:
+    """Values the declared datatype can't hold (INT8 carrying 1000 or 1.5, UINT64 carrying -1, FP16 past 65504)
+    are a malformed request, whatever the model's dtype: a client that mislabels its data gets told."""
+    bounds = DATATYPE_RANGES.get(datatype)
+    if bounds is None or tensor.dtype.kind not in "fiu" or tensor.size == 0:
+        return
+    low, high, whole = bounds
+    values = tensor.astype(np.float64, copy=False)
+    bad = ~np.isfinite(values) | (values < low) | (values > high)
+    if whole:
+        bad |= np.isfinite(values) & (np.mod(values, 1) != 0)
+    if bad.any():
+        index = int(np.argmax(bad.ravel()))
+        kind = "whole numbers" if whole else "numbers"
+        raise InferInputError(f"input {name!r} has datatype {datatype}, but value {index} is "
+                              f"{values.ravel()[index]:g}: {datatype} holds {kind} from {low:g} to {high:g}")
 
 
 def _values(name: str, data: list, shape: list[int]) -> list:
