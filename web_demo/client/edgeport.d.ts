@@ -59,17 +59,30 @@ export interface LoadOptions {
   onProgress?: (p: Progress) => void;
 }
 
-export declare class EdgeportError extends Error { code: string; }
 export type RowValidationCode = 'rows' | 'row-type' | 'extra-column' | 'missing-column' | 'row-length' | 'type' | 'missing-value' | 'range';
+export type LoadErrorCode = 'manifest' | 'fetch' | 'format' | 'no-wasm' | 'runtime';
+export type IntegrityErrorCode = 'hash' | 'no-webcrypto';
+export type InferenceErrorCode = 'timeout' | 'inference-error';
+export type ServerErrorCode = 'no-fallback' | 'server-unreachable' | 'server-status' | 'server-response';
+/** Every code the client's errors carry ('error': an EdgeportError thrown without one). */
+export type EdgeportErrorCode = RowValidationCode | LoadErrorCode | IntegrityErrorCode | InferenceErrorCode | ServerErrorCode | 'error';
+
+/** `name` is set explicitly on each class, so it survives minification. */
+export declare class EdgeportError extends Error {
+  constructor(message: string, options?: { code?: EdgeportErrorCode; cause?: unknown });
+  name: 'EdgeportError' | 'RowValidationError' | 'IntegrityError' | 'LoadError' | 'InferenceError' | 'ServerError';
+  code: EdgeportErrorCode;
+}
 export declare class RowValidationError extends EdgeportError {
+  name: 'RowValidationError';
   code: RowValidationCode;
   row?: number;     // the row at fault (absent for 'rows')
   field?: string;   // the column or input the message names, where one is at fault
 }
-export declare class IntegrityError extends EdgeportError {}
-export declare class LoadError extends EdgeportError {}
-export declare class InferenceError extends EdgeportError {}
-export declare class ServerError extends EdgeportError {}
+export declare class IntegrityError extends EdgeportError { name: 'IntegrityError'; code: IntegrityErrorCode; }
+export declare class LoadError extends EdgeportError { name: 'LoadError'; code: LoadErrorCode; }
+export declare class InferenceError extends EdgeportError { name: 'InferenceError'; code: InferenceErrorCode; }
+export declare class ServerError extends EdgeportError { name: 'ServerError'; code: ServerErrorCode; }
 
 export declare class EdgeportModel {
   readonly manifest: Manifest;
@@ -89,4 +102,8 @@ export declare function describeColumns(manifest: Manifest): ColumnInfo[];
 export declare function upgradeManifest(manifest: unknown): Manifest;
 export declare function verifyFile(manifest: Manifest, path: string, bytes: Uint8Array): Promise<void>;
 export declare function sha256Hex(bytes: Uint8Array): Promise<string>;
+/** The bundle-relative `relative` resolved against where the manifest was loaded from (URL or file path). */
+export declare function resolveRelative(manifestUrl: string, relative: string): string;
+/** Predictions from a runtime's raw outputs (keyed by role: label, probabilities, value, score, distances), one per row. */
+export declare function toResults(manifest: Manifest, raw: Record<string, { data: ArrayLike<unknown>; dims?: readonly number[] }>, rowCount: number): Prediction[];
 export declare function toInferRequest(manifest: Manifest, inputs: ReturnType<typeof buildInputs>, parameters?: Record<string, unknown>): object;

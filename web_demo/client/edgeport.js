@@ -15,7 +15,6 @@
 export class EdgeportError extends Error {
   constructor(message, { code = 'error', cause } = {}) {
     super(message, cause ? { cause } : undefined);
-    this.name = new.target.name;
     this.code = code;
   }
 }
@@ -38,6 +37,11 @@ export class LoadError extends EdgeportError {}
 export class InferenceError extends EdgeportError {}
 /** The fallback server failed (after one retry) or is not configured. */
 export class ServerError extends EdgeportError {}
+// names set by hand, not taken from the class: a minifier renames classes (err.name would be 'b')
+for (const [type, name] of [[EdgeportError, 'EdgeportError'], [RowValidationError, 'RowValidationError'],
+  [IntegrityError, 'IntegrityError'], [LoadError, 'LoadError'], [InferenceError, 'InferenceError'], [ServerError, 'ServerError']]) {
+  Object.defineProperty(type.prototype, 'name', { value: name, writable: true, configurable: true });
+}
 
 const DEFAULTS = { timeoutMs: 2000, confidenceThreshold: 0, onLowConfidence: 'server', retryDelayMs: 300 };
 const isNode = typeof process !== 'undefined' && !!process.versions?.node && typeof window === 'undefined';

@@ -310,3 +310,22 @@ test('TF.js: int32 inputs stay int32, and a dynamic-op refusal switches to execu
   assert.deepEqual(calls.dtypes, ['zeros:int32', 'tensor:int32']);
   await assert.rejects(model.predict([[1, 2, 2 ** 31]]), (err) => err instanceof RowValidationError && /does not fit int32/.test(err.message));
 });
+
+test('error names are set by hand, so they survive a minifier renaming the classes', async () => {
+  const client = await import('../client/edgeport.js');
+  for (const name of ['EdgeportError', 'RowValidationError', 'IntegrityError', 'LoadError', 'InferenceError', 'ServerError']) {
+    const type = client[name];
+    assert.equal(Object.getOwnPropertyDescriptor(type.prototype, 'name')?.value, name);
+    const renamed = { [`b${name.length}`]: class extends type {} }[`b${name.length}`]; // what a minifier leaves
+    assert.equal(new type('m').name, name);
+    assert.equal(new renamed('m').name, name, 'a subclass under another identifier keeps the documented name');
+  }
+});
+
+test('nothing is exported undeclared: every export of edgeport.js is in edgeport.d.ts, and the reverse', async () => {
+  const { readFile } = await import('node:fs/promises');
+  const client = await import('../client/edgeport.js');
+  const declarations = await readFile(new URL('../client/edgeport.d.ts', import.meta.url), 'utf8');
+  const declared = new Set([...declarations.matchAll(/^export declare (?:function|class|const) (\w+)/gm)].map((m) => m[1]));
+  assert.deepEqual([...Object.keys(client)].sort(), [...declared].sort());
+});
