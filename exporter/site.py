@@ -56,8 +56,9 @@ def build_site(bundle_paths: Sequence[str | Path], out: str | Path, *, fallback_
                precompress: bool = True) -> SiteResult:
     """Write the demo site for `bundle_paths` to `out`.
 
-    fallback_url: None for no server fallback, "" for the server that serves the site (same origin),
-    or an absolute http(s) URL of an OIP v2 server. A bundle whose parity check failed or never finished
+    fallback_url: None for no server fallback on a static host (served by `edgeport serve --site`, the page
+    falls back to that server: it marks site.json with an Edgeport-Fallback header), "" for the server that
+    serves the site (same origin, whoever it is), or an absolute http(s) URL of an OIP v2 server. A bundle whose parity check failed or never finished
     is refused unless allow_unverified. precompress writes .gz (and, with brotli installed, .br) copies of the
     big files: seconds of work, worth it for a site published once, not for one a server builds for itself.
     """

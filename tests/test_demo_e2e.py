@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import tempfile
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -187,3 +193,74 @@ def test_the_keras_digits_model_predicts_from_the_canvas_in_the_browser(page, se
     assert page.text_content("#label") == str(golden["outputs"]["label"][row])
     assert not csp_violations(page), page.log.lines
     shot(page, "5-keras-digits-tfjs")
+
+
+def finished(page):
+    page.wait_for_selector("#result:not([hidden]), #error-state:not([hidden])")
+
+
+def test_predict_on_load_sets_the_timing_marks(page, server):
+    """?predict predicts the sample's first row once the model is ready; the marks let anyone time the page."""
+    page.goto(f"{server.url}/?model=iris&predict")
+    finished(page)
+    assert page.text_content("#served-by") == "browser"
+    marks = page.evaluate("() => Object.fromEntries(performance.getEntriesByType('mark')"
+                          ".filter((m) => m.name.startsWith('edgeport:')).map((m) => [m.name, m.startTime]))")
+    assert set(marks) == {"edgeport:ready", "edgeport:first-prediction"}, marks
+    assert 0 < marks["edgeport:ready"] <= marks["edgeport:first-prediction"]
+    page.click("#predict")  # a second prediction marks nothing more
+    page.wait_for_timeout(200)
+    assert page.evaluate("() => performance.getEntriesByName('edgeport:first-prediction').length") == 1
+
+
+def test_the_page_fits_a_phone(page, server):
+    for width in (390, 360):
+        page.set_viewport_size({"width": width, "height": 844})
+        page.goto(f"{server.url}/?model=churn&predict")
+        finished(page)
+        assert page.text_content("#served-by") == "browser"
+        scroll, inner = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+        assert scroll <= inner == width, f"the page scrolls sideways at {width} px: {scroll} px wide"
+    page.set_viewport_size({"width": 390, "height": 844})
+    shot(page, "9-phone")
+
+
+@pytest.fixture(scope="module")
+def plain_site(example_bundles, tmp_path_factory):
+    """A site from `edgeport demo` without --fallback-url, in a real process."""
+    out = tmp_path_factory.mktemp("plain-site") / "site"
+    iris = next(m for m in example_bundles.models if m.name == "iris").export.bundle.path
+    edgeport = Path(sys.executable).with_name("edgeport")
+    done = subprocess.run([str(edgeport), "demo", str(iris), "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out
+
+
+def test_a_site_served_by_edgeport_serve_falls_back_to_that_server(page, plain_site, example_bundles):
+    own = ServerProcess(example_bundles.bundles_dir, "--site", plain_site)
+    try:
+        open_model(page, own.url, "iris", block_wasm=True)
+        assert page.text_content("#footer").startswith(f"Fallback server: {own.url}")
+        predict(page)
+        assert page.text_content("#served-by") == "server"
+        assert page.get_attribute("#notice", "data-reason") == "load-error"
+    finally:
+        own.stop()
+
+
+def test_the_same_site_on_a_static_host_has_no_fallback_and_no_errors(page, plain_site):
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    static = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(plain_site)))
+    threading.Thread(target=static.serve_forever, daemon=True).start()
+    try:
+        page.goto(f"http://127.0.0.1:{static.server_address[1]}/?model=iris&predict")
+        finished(page)
+        assert page.text_content("#served-by") == "browser"
+        assert page.text_content("#footer").startswith("No fallback server")
+        assert not page.log.lines, page.log.lines  # no probe of a server that isn't there
+    finally:
+        static.shutdown()
+        static.server_close()

@@ -39,6 +39,9 @@ from .oip import (ErrorResponse, InferInputError, InferRequest, InferResponse, M
 from .repository import Repository, ServedModel
 from .static import Snapshot
 
+# on site.json: a site built without --fallback-url falls back to the server that serves it (web_demo/demo/app.js)
+SAME_ORIGIN_HEADER = "Edgeport-Fallback"
+
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 DEFAULT_MAX_BATCH = 1024
 DEFAULT_TIMEOUT_S = 10.0
@@ -256,6 +259,8 @@ def create_app(
             for candidate in candidates:
                 response = site.response(candidate, request, cache="no-cache")
                 if response is not None:
+                    if candidate == "site.json":  # this server answers OIP v2 too: the page's fallback by default
+                        response.headers[SAME_ORIGIN_HEADER] = "same-origin"
                     return response
             return error(404, f"not found: /{path}")
 

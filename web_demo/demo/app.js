@@ -19,6 +19,8 @@ let site;
 let model;
 let columns = [];
 let golden = null;
+let servedByEdgeport = false; // site.json came from `edgeport serve`, which answers OIP v2 on this origin
+let predictions = 0;
 
 function pct(x) { return x === undefined || x === null ? '?' : `${(100 * x).toFixed(0)}%`; }
 
@@ -33,14 +35,18 @@ function showError(message, detail = '') {
   show('error-state');
 }
 
+// the site's own URL; "" means the server that serves this page; none (a site built without --fallback-url)
+// means that server too when it is `edgeport serve` (it says so on site.json), and no fallback on a static host
 function fallbackUrl() {
-  if (site.fallback_url === null || site.fallback_url === undefined) return null;
-  return site.fallback_url || location.origin; // "" means the server that serves this page
+  if (site.fallback_url === null || site.fallback_url === undefined) return servedByEdgeport ? location.origin : null;
+  return site.fallback_url || location.origin;
 }
 
 async function main() {
   try {
-    site = await (await fetch('./site.json')).json();
+    const response = await fetch('./site.json');
+    servedByEdgeport = response.headers.get('edgeport-fallback') === 'same-origin';
+    site = await response.json();
   } catch (err) {
     $('model-title').textContent = 'This demo site is incomplete';
     showError(`site.json could not be read (${err.message}). Rebuild the site with edgeport demo.`);
@@ -83,10 +89,18 @@ async function open(entry) {
   $('progress').hidden = true;
   columns = formColumns(model.manifest);
   buildForm(model.manifest);
-  fetch(new URL('golden.json', new URL(entry.manifest, location.href))).then((r) => r.json()).then((g) => { golden = g; $('sample').disabled = false; }).catch(() => {});
+  const sample = fetch(new URL('golden.json', new URL(entry.manifest, location.href))).then((r) => r.json())
+    .then((g) => { golden = g; $('sample').disabled = false; }).catch(() => {});
   $('predict').disabled = false;
   if (model.localError) {
     $('model-meta').textContent += ' · running on the server';
+  }
+  performance.mark('edgeport:ready', { detail: { model: entry.name } });
+  if (params.has('predict')) {
+    // predict-on-load, for measuring the page: the sample's first row (or the form's defaults without one)
+    await sample;
+    fillSample(0);
+    await predict();
   }
 }
 
@@ -266,9 +280,9 @@ function readRow() {
   return model.manifest.layout === 'matrix' ? columns.map((c) => row[c.name]) : row;
 }
 
-function fillSample() {
+function fillSample(index) {
   if (!golden?.rows?.length) return;
-  const row = golden.rows[Math.floor(Math.random() * golden.rows.length)];
+  const row = golden.rows[Number.isInteger(index) ? index : Math.floor(Math.random() * golden.rows.length)];
   if (isImage(model.manifest)) {
     $('canvas').paintPixels(row.flat(Infinity));
     return;
@@ -341,6 +355,7 @@ function render(result) {
   }
   notice.dataset.reason = result.fallback_reason ?? '';
   show('result');
+  if (predictions++ === 0) performance.mark('edgeport:first-prediction', { detail: { served_by: result.served_by } });
 }
 
 // the headline and the line under it, by what the outputs mean (the manifest's task)
