@@ -185,7 +185,7 @@ def check(
 def demo(
     bundle: List[Path] = typer.Argument(..., help="One or more bundle directories."),
     out: Path = typer.Option(..., "--out", "-o", help="Site directory to write."),
-    fallback_url: Optional[str] = typer.Option(None, "--fallback-url", help="OIP v2 server to fall back to (default: none)."),
+    fallback_url: Optional[str] = typer.Option(None, "--fallback-url", help="OIP v2 server to fall back to (default: none; served by edgeport serve --site, the page falls back to that server)."),
     force: bool = typer.Option(False, "--force", help="Replace an earlier site at --out (never a folder of other files)."),
     allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Use bundles whose parity check failed or never finished."),
 ) -> None:
