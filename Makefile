@@ -37,8 +37,12 @@ demo: setup
 # two workers: much of the suite waits on subprocesses (node, chromium, TensorFlow converters); tests/conftest.py
 # groups the tests that share expensive fixtures onto one worker and hands out the slowest groups first
 test: setup
-	cd web_demo && node --test test/
+	cd web_demo && node --test test/ && node_modules/.bin/tsc -p .
 	$(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder
+
+# the JS client alone: node --test, and its .d.ts checked by a type test (web_demo/typecheck/usage.ts)
+test-js: setup
+	cd web_demo && node --test test/ && node_modules/.bin/tsc -p .
 
 # without TensorFlow and the browser: a quick loop while editing
 test-fast: setup
