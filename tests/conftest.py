@@ -50,6 +50,23 @@ def assert_parity(report, runtimes=("python",)) -> None:
     assert report.passed, format_report(report)
 
 
+class ExportOnce:
+    """export(model_path, sample_path, **options) -> ExportResult, each distinct export done once (module or session
+    fixtures hand one out): tests that only read a bundle share it. The options are part of the key."""
+
+    def __init__(self, root: Path):
+        self.root, self.done = root, {}
+
+    def __call__(self, model_path: Path, sample_path: Path, **options: Any):
+        from edgeport.export import export_model
+
+        key = (str(model_path), str(sample_path), json.dumps(options, sort_keys=True, default=str))
+        if key not in self.done:
+            self.done[key] = export_model(model_path, self.root / f"bundle-{len(self.done)}", sample=sample_path,
+                                          **options)
+        return self.done[key]
+
+
 def iris_frame():
     from sklearn.datasets import load_iris
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from conftest import IN_CI, assert_parity, need
+from conftest import IN_CI, ExportOnce, assert_parity, need
 
 pytestmark = [pytest.mark.tensorflow]
 runner = CliRunner()
@@ -96,18 +96,8 @@ def saved(tmp_path_factory):
 def exported(saved, tmp_path_factory):
     """export(name, target): each Keras model exported once per target (a tfjs export is two TF subprocesses,
     ~30 s); the tests that only read the bundle share it."""
-    from edgeport.export import export_model
-
-    root = tmp_path_factory.mktemp("keras-bundles")
-    done = {}
-
-    def export(name, target):
-        if (name, target) not in done:
-            model_path, sample_path = saved[name]
-            done[name, target] = export_model(model_path, root / f"{name}-{target}", to=target, sample=sample_path)
-        return done[name, target]
-
-    return export
+    export = ExportOnce(tmp_path_factory.mktemp("keras-bundles"))
+    return lambda name, target: export(*saved[name], to=target)
 
 
 def js_ready():

@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from conftest import IN_CI, ServerProcess, artifact_dir, assert_parity, need
+from conftest import IN_CI, ExportOnce, ServerProcess, artifact_dir, assert_parity, need
 
 pytestmark = [pytest.mark.tensorflow]
 runner = CliRunner()
@@ -73,19 +73,8 @@ def saved(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bundles(saved, tmp_path_factory):
     """export(name, target, **options): each bundle exported once for the module; the tests only read them."""
-    from edgeport.export import export_model
-
-    root = tmp_path_factory.mktemp("keras-inputs-bundles")
-    done = {}
-
-    def export(name, target, **options):
-        if (name, target) not in done:
-            model_path, sample_path = saved[name]
-            done[name, target] = export_model(model_path, root / f"{name}-{target}", to=target, sample=sample_path,
-                                              **options)
-        return done[name, target]
-
-    return export
+    export = ExportOnce(tmp_path_factory.mktemp("keras-inputs-bundles"))
+    return lambda name, target, **options: export(*saved[name], to=target, **options)
 
 
 def keras_probabilities(model_path, rows, dtype):
@@ -240,7 +229,7 @@ def test_the_demo_asks_for_a_sequence_as_steps_by_features_and_for_token_ids_as_
                 page.log.attach(page)
                 page.set_default_timeout(30_000)
                 _sequence_page(page, server.url, bundles("sequence", "tfjs").bundle.golden())
-                _tokens_page(page, server.url, bundles("tokens", "tfjs").bundle.golden())
+                _tokens_page(page, server.url, bundles("tokens", "tfjs", classes=CLASSES).bundle.golden())
                 assert not [line for line in page.log.lines if "Content Security Policy" in line or
                             line.startswith("page error")], page.log.lines
             finally:

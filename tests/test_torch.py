@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from conftest import IN_CI, assert_parity, iris_frame, need
+from conftest import IN_CI, ExportOnce, assert_parity, iris_frame, need
 
 if importlib.util.find_spec("torch") is None or importlib.util.find_spec("onnxscript") is None:  # CI never skips
     (pytest.fail if IN_CI else pytest.skip)("the torch extra is not installed (pip install -e '.[torch]')",
@@ -171,18 +171,8 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(files, tmp_path_factory):
     """exported(model file, sample, **options) -> ExportResult, each exported once per module."""
-    from edgeport.export import export_model
-
-    out = tmp_path_factory.mktemp("torch-bundles")
-    done = {}
-
-    def export(model, sample, **options):
-        key = (model, sample, json.dumps(options, sort_keys=True))
-        if key not in done:
-            done[key] = export_model(files / model, out / f"b{len(done)}", sample=files / sample, **options)
-        return done[key]
-
-    return export
+    export = ExportOnce(tmp_path_factory.mktemp("torch-bundles"))
+    return lambda model, sample, **options: export(files / model, files / sample, **options)
 
 
 CASES = [("classifier.pt2", "iris.csv", {}), ("classifier-ts.pt", "iris.csv", {}),
