@@ -13,7 +13,8 @@
     ├── UnusedOptionError         exit 2: an option the chosen converter doesn't take (never silently ignored)
     ├── ConversionError           the converter failed on a supported model
     ├── BundleError               a bundle can't be written, read or trusted
-    │   └── IntegrityError        a bundle file doesn't match its manifest hash
+    │   ├── IntegrityError        a bundle file doesn't match its manifest hash
+    │   └── SiteError             a demo site can't be read or trusted (missing, changed, over the size limit)
     ├── RuntimeUnavailableError   node / npm ci / chromium / TensorFlow is missing
     ├── RuntimeFailedError        a runtime ran but gave no outputs (recorded in the report)
     ├── ParityUndecidedError      no numbers differ, but parity wasn't decided: a runtime couldn't run, or none applied
@@ -95,6 +96,10 @@ class IntegrityError(BundleError):
     """Raised when a bundle file's size or sha256 differs from manifest.json."""
 
 
+class SiteError(BundleError):
+    """Raised when a demo site's files don't match its site.json, are missing, or are too big to serve."""
+
+
 class RuntimeUnavailableError(EdgeportError):
     """Raised when a runtime edgeport needs (node, npm packages, chromium, TF) is missing."""
 
@@ -122,3 +127,10 @@ class RuntimeFailedError(EdgeportError):
     def __init__(self, message: str, diagnostics: tuple[str, ...] = ()):
         super().__init__(message)
         self.diagnostics = tuple(diagnostics)
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, cut to `limit` characters (its type's name when it has none):
+    what a one-paragraph error quotes from a third-party exception."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__

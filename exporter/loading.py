@@ -43,7 +43,8 @@ import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import InputFileError, ModelLoadError, PickleRefusedError, UnusedOptionError, UntrustedTypesError
+from .errors import (InputFileError, ModelLoadError, PickleRefusedError, UnusedOptionError, UntrustedTypesError,
+                     first_line as _first_line)
 from .model_file import LoadedModel, sha256_of
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
@@ -282,10 +283,6 @@ def _size(count: int) -> str:
             return f"{count / scale:,.1f} {unit}"
     return f"{count} bytes"
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else "no details"
 
 
 def _load_pickle(path: Path) -> Any:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, first_line as _first_line
 from .model_file import LoadedModel, sha256_of
 
 # domains onnxruntime's default build runs ("" is ai.onnx)
@@ -106,8 +106,3 @@ def _nodes(proto: Any):
                     pending.append(list(attribute.g.node))
                 elif attribute.type == AttributeProto.GRAPHS:
                     pending.extend(list(g.node) for g in attribute.graphs)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Iterable, Sequence
 
-from .errors import UserCodeError
+from .errors import UserCodeError, first_line as _first_line
 
 ENTRY_POINT_GROUP = "edgeport.converters"
 
@@ -116,8 +116,3 @@ def _import_file(path: Path) -> ModuleType:
 def _failed(name: str, exc: BaseException) -> UserCodeError:
     return UserCodeError(f"--import {name}: importing it raised {type(exc).__name__}: {_first_line(exc)}. That is the "
                          "module's own code; rerun as edgeport --debug COMMAND ... for the traceback.")
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else "no details"

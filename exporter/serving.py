@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol  # h11, or httptools when it is installed
 
-from .errors import BundleError, EdgeportError
+from .errors import EdgeportError, SiteError
 from .progress import Progress
 from .server.app import DEFAULT_TIMEOUT_S, create_app
 from .server.connections import CloseWhileDraining, ConnectionGuard
@@ -45,9 +45,9 @@ def build_app(path: str | Path, *, site: Optional[Path] = None, site_cache: Opti
     try:
         try:
             return create_app(repository, site_dir=site, **limits)
-        except BundleError as exc:
-            if is_temporary(site) or not (str(site) in str(exc) or "site.json" in str(exc)):
-                raise  # not about the cached site (static.Snapshot.of_site names it or its site.json)
+        except SiteError as exc:
+            if is_temporary(site):
+                raise
             (progress or (lambda _m: None))(f"the cached demo site failed its check ({exc}); building it again")
             discard_site(site)
             site = cached_site(triples, allow_unverified=allow_unverified, progress=progress, root=site_cache)

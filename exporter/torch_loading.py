@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import ModelLoadError, PickleRefusedError
+from .errors import ModelLoadError, PickleRefusedError, first_line as _first_line
 from .extras import require
 from .model_file import LoadedModel, sha256_of
 
@@ -259,8 +259,3 @@ def _load_pickled_module(path: Path, allow_pickle: bool) -> Any:
     if not isinstance(model, torch.nn.Module):
         raise ModelLoadError(f"{path.name} holds a {type(model).__name__}, not a torch.nn.Module. {SAVE_AS_PT2}")
     return model.eval()
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..decoding import NUMPY_DTYPES
 from ..errors import ConversionError, SampleError, UnsupportedModelError, UnusedOptionError
 from ..model_file import LoadedModel
 from ..parity import Tolerance
@@ -278,7 +279,6 @@ def _has_missing(spec: dict, table: Any, layout: str) -> bool:
 def feeds_from_table(inputs: list[dict], table: Any, layout: str) -> dict[str, np.ndarray]:
     """onnxruntime feeds from a table, by the graph's own input types (not through edgeport's row decoder, so that
     the original and the bundle are fed independently)."""
-    numpy_types = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "int32": np.int32}
     feeds = {}
     for spec in inputs:
         if layout == "columns":
@@ -287,12 +287,12 @@ def feeds_from_table(inputs: list[dict], table: Any, layout: str) -> dict[str, n
                 values = np.array(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
                                    for v in column], dtype=object)
             else:
-                values = column.to_numpy(dtype=np.float64).astype(numpy_types[spec["dtype"]])
+                values = column.to_numpy(dtype=np.float64).astype(NUMPY_DTYPES[spec["dtype"]])
             feeds[spec["name"]] = values.reshape(-1, 1)
         else:
             data = table[spec["name"]] if layout == "tensors" else table
             data = data.to_numpy() if hasattr(data, "to_numpy") else data
-            feeds[spec["name"]] = np.asarray(data, dtype=np.float64).astype(numpy_types[spec["dtype"]])
+            feeds[spec["name"]] = np.asarray(data, dtype=np.float64).astype(NUMPY_DTYPES[spec["dtype"]])
     return feeds
 
 

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ConversionError, SampleError, UnsupportedModelError
+from ..errors import ConversionError, SampleError, UnsupportedModelError, first_line as _first_line
 from ..extras import require
 from ..model_file import LoadedModel
 from ..parity import Tolerance
@@ -362,8 +362,3 @@ def _onnx_error(exc: BaseException) -> str:
         summary = text.split("## Exception summary", 1)[1].strip().splitlines()
         return (summary[0] if summary else "").strip()[:400]
     return _first_line(exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError, SampleError, UnsupportedModelError
+from ..errors import ConversionError, SampleError, UnsupportedModelError, first_line as _first_line
 from ..loading import LoadedModel
 from ..parity import Tolerance
 from ..progress import Progress
@@ -336,10 +336,6 @@ def _conversion_failure(model: Any, failures: list[str]) -> str:
     return (f"could not turn {estimator_name(model)} into an ONNX graph that onnxruntime runs, in float64 or "
             f"float32 ({joined}).{hint}")
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
 
 
 def _short_reason(exc: Exception) -> str:

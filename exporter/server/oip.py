@@ -24,14 +24,14 @@ from ..errors import RowValidationError
 from .metrics import FALLBACK_REASONS
 
 DATATYPE_OF = {"float32": "FP32", "float64": "FP64", "int32": "INT32", "int64": "INT64", "string": "BYTES"}
-# numeric datatypes a client may send for a numeric input; values are cast to the model's dtype
 # what each narrow datatype can carry: (lowest, highest, whole numbers only); FP32/FP64 carry any finite number
 DATATYPE_RANGES = {
     "INT8": (-2**7, 2**7 - 1, True), "INT16": (-2**15, 2**15 - 1, True), "INT32": (-2**31, 2**31 - 1, True),
     "INT64": (-2**63, 2**63 - 1, True), "UINT8": (0, 2**8 - 1, True), "UINT16": (0, 2**16 - 1, True),
     "UINT32": (0, 2**32 - 1, True), "UINT64": (0, 2**64 - 1, True), "FP16": (-65504.0, 65504.0, False),
 }
-NUMERIC_DATATYPES = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+# numeric datatypes a client may send for a numeric input; values are cast to the model's dtype
+NUMERIC_DATATYPES = {*DATATYPE_RANGES, "FP32", "FP64"}
 
 
 # what the largest legitimate request can spend per value: "-1.2345678901234567e-308, " pretty-printed and indented

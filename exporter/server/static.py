@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..bundle import Manifest
-from ..errors import BundleError
+from ..errors import SiteError
 from ..media_types import content_type as media_type
 
 ENCODINGS = (("br", "br"), ("gzip", "gz"))  # (Content-Encoding, file suffix), in order of preference
@@ -61,7 +61,7 @@ class Snapshot:
         """The demo site under root: what site.json lists (verified), or every regular file if it lists nothing."""
         root = Path(root).resolve()
         if not root.is_dir():
-            raise BundleError(f"site directory not found: {root}")
+            raise SiteError(f"site directory not found: {root}")
         record = _site_record(root)
         total = 0
         files: dict[str, StaticFile] = {}
@@ -78,7 +78,7 @@ class Snapshot:
                     variants[encoding] = variant
             total += len(body) + sum(map(len, variants.values()))
             if total > max_bytes:
-                raise BundleError(f"the site at {root} is over {max_bytes // 2**20} MB; the server holds the site in "
+                raise SiteError(f"the site at {root} is over {max_bytes // 2**20} MB; the server holds the site in "
                                   "memory, so serve a site this large from a static host or CDN instead")
             # a body checked against site.json's sha256 has it for an ETag: no second pass over a 14 MB wasm
             etag = f'"{entry["sha256"]}"' if entry.get("sha256") else etag_of(body)
@@ -115,7 +115,7 @@ def _site_record(root: Path) -> dict | None:
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc}); rebuild the site with edgeport demo") from exc
+        raise SiteError(f"{path} is not valid JSON ({exc}); rebuild the site with edgeport demo") from exc
     if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
         return None  # a site from before sites listed their files: served like any other static site
     record["files"].setdefault("site.json", {})
@@ -144,17 +144,17 @@ def _read_regular(root: Path, relative: str, entry: dict, what: str, optional: b
     except OSError:
         if optional:
             return None
-        raise BundleError(f"{what} {relative} is listed in site.json but missing; rebuild the site with edgeport demo")
+        raise SiteError(f"{what} {relative} is listed in site.json but missing; rebuild the site with edgeport demo")
     # realpath equals the path only when no component is a symlink (root itself is already resolved)
     if not stat.S_ISREG(info.st_mode) or os.path.realpath(path) != str(path):
         if optional:
             return None
-        raise BundleError(f"{what} {relative} is not a regular file inside {root} (a symlink?); refusing to serve it")
+        raise SiteError(f"{what} {relative} is not a regular file inside {root} (a symlink?); refusing to serve it")
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(path, flags)
     with os.fdopen(fd, "rb") as handle:
         body = handle.read()
     if entry.get("sha256") and (len(body) != entry.get("bytes") or hashlib.sha256(body).hexdigest() != entry["sha256"]):
-        raise BundleError(f"{what} {relative} does not match the sha256 in site.json: it changed after the site was "
+        raise SiteError(f"{what} {relative} does not match the sha256 in site.json: it changed after the site was "
                           "built. Rebuild the site with edgeport demo rather than serving it.")
     return body
