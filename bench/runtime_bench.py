@@ -64,10 +64,10 @@ def browser_timings(bundle, cold_runs: int = 3) -> dict:
     from playwright.sync_api import sync_playwright
 
     from edgeport.loopback import serve
-    from edgeport.runtimes.browser import launch, mounts_for
+    from edgeport.runtimes.browser import HARNESS_FILES, launch, mounts_for
 
     runs = []
-    with serve(mounts_for(bundle.path)) as base, sync_playwright() as pw:
+    with serve(mounts_for(bundle.path), files=HARNESS_FILES) as base, sync_playwright() as pw:
         for _ in range(cold_runs):
             with tempfile.TemporaryDirectory() as profile:  # a fresh profile: a cold cache every time
                 context = launch(pw, profile)

@@ -3,7 +3,7 @@
     site/
       index.html            the page, with a Content-Security-Policy and an import map
       app.js, app.css       the page script and style (web_demo/demo/)
-      client/edgeport.js    the one JS client
+      client/*.js           the JS client (edgeport-client; its ort.js names the vendored runtime)
       vendor/ort/...        only the runtime files the bundles need (onnxruntime-web's WASM-only build)
       models/NAME/...       each bundle, verified against its manifest before it is copied
       site.json             the models on the page, the fallback URL, the response headers, and every
@@ -32,7 +32,8 @@ from urllib.parse import urlsplit
 from .bundle import MANIFEST, Bundle, read_bundle, require_verified
 from .publish import publish, staging_dir
 from .errors import BundleError, RuntimeUnavailableError
-from .webassets import CLIENT_DIR, ORT_BROWSER_FILES, ORT_DIST, TFJS_BROWSER_FILES, TFJS_DIST, WEB_DEMO, require_js_packages
+from .webassets import (CLIENT_DIR, ORT_BROWSER_FILES, ORT_DIST, TFJS_BROWSER_FILES, TFJS_DIST, WEB_DEMO, ort_module,
+                        require_js_packages)
 from .progress import Progress
 
 DEMO_DIR = WEB_DEMO / "demo"
@@ -87,8 +88,7 @@ def build_site(bundle_paths: Sequence[str | Path], out: str | Path, *, fallback_
         for item in DEMO_DIR.iterdir():
             if item.is_file() and item.name != "index.html":
                 shutil.copy2(item, staged / item.name)
-        (staged / "client").mkdir()
-        shutil.copy2(CLIENT_DIR / "edgeport.js", staged / "client" / "edgeport.js")
+        _copy_client(staged / "client")
         formats = {b.manifest.format for b in bundles}
         _copy_vendor(staged, formats)
         for bundle in bundles:
@@ -115,6 +115,14 @@ def build_site(bundle_paths: Sequence[str | Path], out: str | Path, *, fallback_
     return SiteResult(out, tuple(names), raw, gz)
 
 
+def _copy_client(target: Path) -> None:
+    """The client's modules, with ort.js naming the vendored onnxruntime-web (a worker has no import map)."""
+    target.mkdir()
+    for module in sorted(CLIENT_DIR.glob("*.js")):
+        shutil.copy2(module, target / module.name)
+    (target / "ort.js").write_bytes(ort_module(f"../vendor/ort/{ORT_BROWSER_FILES[0]}"))
+
+
 def _copy_vendor(site: Path, formats: set[str]) -> None:
     if "onnx" in formats:
         (site / "vendor" / "ort").mkdir(parents=True)
@@ -138,9 +146,7 @@ def _copy_bundle(bundle: Bundle, target: Path) -> None:
 
 
 def import_map(formats: set[str]) -> str:
-    imports = {}
-    if "onnx" in formats:
-        imports["onnxruntime-web"] = "./vendor/ort/ort.wasm.min.mjs"
+    imports = {}  # onnxruntime-web is named by URL in client/ort.js
     if "tfjs-graph" in formats:
         imports["@tensorflow/tfjs"] = "./vendor/tfjs/tf.fesm.min.js"
     return json.dumps({"imports": imports})

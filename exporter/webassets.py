@@ -5,6 +5,7 @@ package (node_modules is not: `edgeport install-js` runs `npm ci` there). EDGEPO
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -30,6 +31,12 @@ WEB_DEMO_FILES = ("package.json", "package-lock.json", "client", "demo", "runner
 ORT_DIST = NODE_MODULES / "onnxruntime-web" / "dist"
 # the WASM-only build: 14 MB (3.7 MB gzipped) instead of the 28 MB JSEP/WebGPU default
 ORT_BROWSER_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+
+
+def ort_module(url: str) -> bytes:
+    """client/ort.js for a page served without a bundler: the client's worker imports onnxruntime-web
+    through it, and a worker has no import map, so it names the hosted WASM-only build by URL."""
+    return f"export * from {json.dumps(url)};\n".encode()
 
 
 def require_node() -> str:

@@ -18,7 +18,7 @@ from ..errors import RuntimeFailedError, RuntimeUnavailableError
 from ..extras import require
 from ..loopback import Mount, serve
 from ..webassets import (CLIENT_DIR, ORT_BROWSER_FILES, ORT_DIST, TFJS_BROWSER_FILES, TFJS_DIST, WEB_DEMO,
-                         require_chromium, require_js_packages)
+                         ort_module, require_chromium, require_js_packages)
 from . import RuntimeOutput
 
 CHROMIUM_ARGS = (
@@ -64,6 +64,10 @@ def mounts_for(bundle_dir) -> dict[str, Mount]:
     }
 
 
+# served ahead of the mounts: the client's onnxruntime-web, named by URL (see webassets.ort_module)
+HARNESS_FILES = {"/client/ort.js": ort_module(f"/vendor/ort/{ORT_BROWSER_FILES[0]}")}
+
+
 def run(bundle: Bundle, rows: list, *, block: Sequence[str] = (), timeout_s: float = DEFAULT_TIMEOUT_S,
         harness: str = "/harness/index.html") -> RuntimeOutput:
     """Run `rows` through the client in Chromium. `block` lists URL globs to abort (for failure tests)."""
@@ -75,7 +79,7 @@ def run(bundle: Bundle, rows: list, *, block: Sequence[str] = (), timeout_s: flo
 
     log = PageLog()
     rows_json = json.dumps({"rows": rows}, allow_nan=False).encode()
-    with serve(mounts_for(bundle.path), files={"/rows.json": rows_json}) as base, \
+    with serve(mounts_for(bundle.path), files={**HARNESS_FILES, "/rows.json": rows_json}) as base, \
             tempfile.TemporaryDirectory(prefix="edgeport-chromium-") as profile, sync_playwright() as pw:
         context = launch(pw, profile)
         try:

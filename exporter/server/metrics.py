@@ -16,7 +16,7 @@ import numpy as np
 from .http import error
 
 # the reasons the JS client gives (FallbackReason in web_demo/client/edgeport.d.ts); any other is refused with a 400
-FALLBACK_REASONS = ("no-wasm", "load-error", "integrity", "inference-error", "timeout", "low-confidence")
+FALLBACK_REASONS = ("no-wasm", "load-error", "integrity", "inference-error", "timeout", "low-confidence", "loading")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # prometheus_client.CONTENT_TYPE_LATEST

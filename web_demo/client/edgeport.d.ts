@@ -1,4 +1,4 @@
-// Types for edgeport.js, the edgeport JS client.
+// Types for edgeport-client's main entry point (edgeport.js). The TF.js runtime is typed in tfjs.d.ts.
 
 /** What the outputs mean: see manifest.schema.json's task. */
 export type Task = 'classification' | 'regression' | 'multi-output-classification' | 'anomaly-detection' | 'clustering' | 'transformation';
@@ -21,7 +21,8 @@ export interface Manifest {
   [key: string]: unknown;
 }
 
-export type FallbackReason = 'no-wasm' | 'load-error' | 'integrity' | 'inference-error' | 'timeout' | 'low-confidence';
+/** Why a prediction came from the server: 'loading' is a hedged prediction the server won while the runtime loaded. */
+export type FallbackReason = 'no-wasm' | 'load-error' | 'integrity' | 'inference-error' | 'timeout' | 'low-confidence' | 'loading';
 
 export interface Prediction {
   probabilities?: number[];      // aligned with manifest.classes
@@ -49,8 +50,11 @@ export interface LoadOptions {
   retryDelayMs?: number;
   numThreads?: number;           // default 1 unless the page is cross-origin isolated
   wasmPaths?: string | Record<string, string>;
-  proxy?: boolean;               // run onnxruntime-web in a worker; default true in browsers, false in Node
-  ort?: unknown;                 // an onnxruntime-web module to use instead of importing one
+  worker?: boolean;              // run onnxruntime-web in the client's worker (worker.js); default true in browsers, false in Node
+  ort?: unknown;                 // an onnxruntime-web module to run on this thread instead of the client's worker
+  hedge?: boolean;               // with a fallback URL: resolve once the manifest is read, race predictions against the server until the runtime is ready
+  files?: Record<string, string | URL>; // where to fetch each bundle file (manifest.files[].path -> URL); default: beside the manifest URL
+  runtimes?: Runtime[];          // runtimes for other formats: tfjsRuntime from 'edgeport-client/tfjs' for tfjs-graph bundles
   tf?: unknown;                  // a @tensorflow/tfjs module to use instead of importing one (tfjs-graph bundles)
   tfBackend?: string;            // e.g. 'cpu' or 'webgl'; default: TF.js's own choice
   warmup?: boolean;              // tfjs-graph: one run on zeros at load (default true)
@@ -84,8 +88,13 @@ export declare class LoadError extends EdgeportError { name: 'LoadError'; code: 
 export declare class InferenceError extends EdgeportError { name: 'InferenceError'; code: InferenceErrorCode; }
 export declare class ServerError extends EdgeportError { name: 'ServerError'; code: ServerErrorCode; }
 
+/** A runtime for a bundle format other than ONNX (see tfjs.d.ts); ONNX is built in. */
+export interface Runtime { readonly format: string; createBackend(manifest: Manifest, modelBytes: Uint8Array, context: unknown): Promise<unknown>; }
+
 export declare class EdgeportModel {
   readonly manifest: Manifest;
+  /** With `hedge`: settles when the runtime is ready or has failed (null once it has). */
+  loading: Promise<void> | null;
   readonly classes: (string | number | boolean)[] | null;
   readonly columns: ColumnInfo[];
   /** Why the model could not run locally, if it falls back for every call. */
@@ -94,7 +103,8 @@ export declare class EdgeportModel {
   release(): Promise<void>;
 }
 
-export declare function loadModel(manifestUrlOrPath: string | URL, options?: LoadOptions): Promise<EdgeportModel>;
+/** From a manifest URL (or a file path under Node), or a parsed manifest whose files `options.files` locates. */
+export declare function loadModel(source: string | URL | Manifest, options?: LoadOptions): Promise<EdgeportModel>;
 export declare function buildInputs(manifest: Manifest, rows: Row[]): Record<string, { type: DType; data: ArrayLike<unknown>; dims: number[] }>;
 export interface ColumnInfo { name: string; dtype: DType; nullable: boolean; categories?: (string | number)[]; /** 'text': free text, not a category */ kind?: 'sequence' | 'image' | 'text'; }
 export declare function describeColumns(manifest: Manifest): ColumnInfo[];

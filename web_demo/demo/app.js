@@ -1,6 +1,7 @@
 // The demo page: builds a form from the bundle's manifest, predicts through the edgeport client,
 // and shows where every answer came from. All inference logic lives in client/edgeport.js.
 import { describeColumns, loadModel, ServerError } from './client/edgeport.js';
+import { tfjsRuntime } from './client/tfjs.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -75,6 +76,7 @@ async function open(entry) {
     fallbackUrl: fallbackUrl() ?? '',
     onProgress: progress,
     forceNoWasm: params.has('nowasm'),
+    runtimes: [tfjsRuntime],
   };
   if (params.has('threshold')) options.confidenceThreshold = Number(params.get('threshold'));
   if (params.has('policy')) options.onLowConfidence = params.get('policy');

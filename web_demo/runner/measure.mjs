@@ -1,8 +1,8 @@
 // Latency measurements of the JS client, shared by the node bench runner and the browser bench page.
-export async function measure(loadModel, manifestUrl, rows, { repeats = 200, batchRepeats = 20 } = {}) {
+export async function measure(loadModel, manifestUrl, rows, { repeats = 200, batchRepeats = 20, runtimes = [] } = {}) {
   const median = (xs) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   const t0 = performance.now();
-  const model = await loadModel(manifestUrl, { fallbackUrl: '' });
+  const model = await loadModel(manifestUrl, { fallbackUrl: '', runtimes });
   const t1 = performance.now();
   await model.predict(rows.slice(0, 1));
   const t2 = performance.now();

@@ -5,6 +5,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 
 import { loadModel } from '../client/edgeport.js';
+import { tfjsRuntime } from '../client/tfjs.js';
 import { collectOutputs } from './collect.mjs';
 
 async function main() {
@@ -12,7 +13,7 @@ async function main() {
   if (!bundleDir) throw new Error('usage: run-bundle.mjs BUNDLE_DIR [ROWS.json]');
   const rows = JSON.parse(await readFile(rowsFile ?? path.join(bundleDir, 'golden.json'), 'utf8')).rows;
   const t0 = performance.now();
-  const model = await loadModel(path.join(bundleDir, 'manifest.json'), { fallbackUrl: '' });
+  const model = await loadModel(path.join(bundleDir, 'manifest.json'), { fallbackUrl: '', runtimes: [tfjsRuntime] });
   const t1 = performance.now();
   const results = await model.predict(rows);
   const t2 = performance.now();

@@ -11,6 +11,7 @@ import {
   buildInputs, describeColumns, IntegrityError, LoadError, loadModel, RowValidationError, ServerError, toInferRequest, toResults,
   upgradeManifest, verifyFile,
 } from '../client/edgeport.js';
+import { tfjsRuntime } from '../client/tfjs.js';
 
 const matrix = {
   manifest_version: 2, layout: 'matrix',
@@ -186,20 +187,23 @@ test('a server that keeps failing gives a typed ServerError, and bad rows never 
   } finally { server.close(); }
 });
 
-function fakeOrt({ runMs = 0, fail = false } = {}) {
+function fakeOrt({ runMs = 0, fail = false, value = 1.5, until = null } = {}) {
   class Tensor { constructor(type, data, dims) { Object.assign(this, { type, data, dims }); } }
   return {
     env: { wasm: {} },
     Tensor,
     InferenceSession: {
-      create: async () => ({
-        run: async (feeds) => {
-          await new Promise((resolve) => setTimeout(resolve, runMs));
-          if (fail) throw new Error('kernel exploded');
-          const n = Object.values(feeds)[0].dims[0];
-          return { value: { data: Float64Array.from({ length: n }, () => 1.5), dims: [n, 1] } };
-        },
-      }),
+      create: async () => {
+        await until;
+        return {
+          run: async (feeds) => {
+            await new Promise((resolve) => setTimeout(resolve, runMs));
+            if (fail) throw new Error('kernel exploded');
+            const n = Object.values(feeds)[0].dims[0];
+            return { value: { data: Float64Array.from({ length: n }, () => value), dims: [n, 1] } };
+          },
+        };
+      },
     },
   };
 }
@@ -302,7 +306,10 @@ test('TF.js: int32 inputs stay int32, and a dynamic-op refusal switches to execu
       dispose: () => {},
     }),
   };
-  const model = await loadModel(path.join(dir, 'manifest.json'), { tf: fakeTf });
+  await assert.rejects(loadModel(path.join(dir, 'manifest.json'), { tf: fakeTf }),
+    (err) => err instanceof LoadError && err.code === 'format' && err.message.includes("from 'edgeport-client/tfjs'"),
+    'the TF.js runtime is an entry point of its own: without it a tfjs-graph bundle says where to get it');
+  const model = await loadModel(path.join(dir, 'manifest.json'), { tf: fakeTf, runtimes: [tfjsRuntime] });
   const results = await model.predict([[1, 2, 3], [4, 5, 6]]);
   assert.deepEqual(results.map((r) => [r.value, r.served_by]), [[0.25, 'browser'], [0.25, 'browser']]);
   assert.equal(calls.execute, 1, 'execute is tried once, at the warm-up; then executeAsync');
@@ -322,10 +329,82 @@ test('error names are set by hand, so they survive a minifier renaming the class
   }
 });
 
-test('nothing is exported undeclared: every export of edgeport.js is in edgeport.d.ts, and the reverse', async () => {
+test('nothing is exported undeclared: every export of each entry point is in its .d.ts, and the reverse', async () => {
   const { readFile } = await import('node:fs/promises');
-  const client = await import('../client/edgeport.js');
-  const declarations = await readFile(new URL('../client/edgeport.d.ts', import.meta.url), 'utf8');
-  const declared = new Set([...declarations.matchAll(/^export declare (?:function|class|const) (\w+)/gm)].map((m) => m[1]));
-  assert.deepEqual([...Object.keys(client)].sort(), [...declared].sort());
+  const pkg = JSON.parse(await readFile(new URL('../client/package.json', import.meta.url), 'utf8'));
+  const entries = Object.entries(pkg.exports).filter(([, target]) => target.types);
+  assert.deepEqual(entries.map(([name]) => name).sort(), ['.', './tfjs']);
+  for (const [, target] of entries) {
+    const module = await import(new URL(`../client/${target.default}`, import.meta.url).href);
+    const declarations = await readFile(new URL(`../client/${target.types}`, import.meta.url), 'utf8');
+    const declared = new Set([...declarations.matchAll(/^export declare (?:function|class|const) (\w+)/gm)].map((m) => m[1]));
+    assert.deepEqual([...Object.keys(module)].sort(), [...declared].sort(), target.default);
+  }
+});
+
+/** A gate a fake session waits on while it is created: `open()` lets it finish. */
+function gate() {
+  let open;
+  const until = new Promise((resolve) => { open = resolve; });
+  return { until, open };
+}
+
+test('a parsed manifest loads with options.files naming each file URL (as edgeport pack does); each file is still verified', async () => {
+  const bytes = Buffer.from('model');
+  const { dir, manifest } = await writeBundle(bytes);
+  const ort = fakeOrt();
+  const elsewhere = path.join(dir, 'hashed-name-1234.onnx');
+  await writeFile(elsewhere, bytes);
+  const model = await loadModel(manifest, { ort, files: { 'model.onnx': elsewhere } });
+  const [result] = await model.predict([{ age: 40, plan: 'basic', visits: 1 }]);
+  assert.deepEqual([result.value, result.served_by], [1.5, 'browser']);
+  await writeFile(elsewhere, Buffer.from('modem'));
+  await assert.rejects(loadModel(manifest, { ort, files: { 'model.onnx': elsewhere } }), (err) => err instanceof IntegrityError && err.code === 'hash');
+  await assert.rejects(loadModel(manifest, { ort }), (err) => err instanceof LoadError && err.code === 'fetch' && /model\.onnx.*options\.files/.test(err.message));
+});
+
+test('hedging: while the runtime loads, the server answers (fallback_reason loading); once it is ready, the browser does', async () => {
+  const { dir } = await writeBundle(Buffer.from('model'));
+  const { server, requests, url } = await fakeServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ model_name: 'm', outputs: [{ name: 'value', shape: [1, 1], datatype: 'FP64', data: [42.5] }] }));
+  });
+  try {
+    const { until, open } = gate();
+    const model = await loadModel(path.join(dir, 'manifest.json'), { ort: fakeOrt({ value: 7, until }), fallbackUrl: url, hedge: true });
+    const row = { age: 40, plan: 'basic', visits: 1 };
+    const [first] = await model.predict([row]);
+    assert.deepEqual([first.value, first.served_by, first.fallback_reason], [42.5, 'server', 'loading']);
+    assert.equal(requests[0].body.parameters.fallback_reason, 'loading');
+    open();
+    await model.loading;
+    const [second] = await model.predict([row]);
+    assert.deepEqual([second.value, second.served_by, second.fallback_reason], [7, 'browser', null]);
+    assert.equal(requests.length, 1, 'a ready runtime asks no server');
+  } finally {
+    server.close();
+  }
+});
+
+test('hedging: a server that fails leaves the answer to the browser, and without hedge loadModel waits for the runtime', async () => {
+  const { dir } = await writeBundle(Buffer.from('model'));
+  const { server, url } = await fakeServer((req, res) => { res.writeHead(400); res.end('{"error": "no"}'); });
+  try {
+    const { until, open } = gate();
+    const model = await loadModel(path.join(dir, 'manifest.json'), { ort: fakeOrt({ value: 7, until }), fallbackUrl: url, hedge: true });
+    const answer = model.predict([{ age: 40, plan: 'basic', visits: 1 }]);
+    setTimeout(open, 50);
+    const [result] = await answer;
+    assert.deepEqual([result.value, result.served_by], [7, 'browser']);
+    const slow = gate();
+    let loaded = false;
+    const pending = loadModel(path.join(dir, 'manifest.json'), { ort: fakeOrt({ until: slow.until }), fallbackUrl: url }).then((m) => { loaded = true; return m; });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(loaded, false, 'without hedge, loadModel resolves only when the runtime is ready');
+    slow.open();
+    const [late] = await (await pending).predict([{ age: 40, plan: 'basic', visits: 1 }]);
+    assert.equal(late.served_by, 'browser');
+  } finally {
+    server.close();
+  }
 });
