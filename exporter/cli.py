@@ -199,6 +199,25 @@ def demo(
 
 
 @command()
+def pack(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Package directory to write."),
+    name: Optional[str] = typer.Option(None, "--name", help="npm package name, e.g. @acme/churn (default: the model's name)."),
+    version: Optional[str] = typer.Option(None, "--version", help="Package semver (default: the bundle's version, 3 as 3.0.0)."),
+    force: bool = typer.Option(False, "--force", help="Replace an empty directory, or an edgeport bundle or site, at --out (never a folder of other files)."),
+    allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Pack a bundle whose parity check failed or never finished."),
+) -> None:
+    """Write an npm package of one model: its bundle, index.js loading it with edgeport-client, and types from its manifest."""
+    from edgeport.pack import pack as pack_bundle
+
+    result = pack_bundle(bundle, out, name=name, version=version, force=force, allow_unverified=allow_unverified,
+                         progress=_progress)
+    size = f"{result.bytes / 1e6:.1f} MB" if result.bytes >= 1e6 else f"{result.bytes / 1e3:.0f} kB"
+    typer.echo(f"wrote {result.path}: {result.name}@{result.version}, {size}. "
+               "Run npm pack there, and install the tarball beside edgeport-client (see its README.md).")
+
+
+@command()
 def serve(
     path: Path = typer.Argument(..., help="A bundle, or a folder of bundles."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
