@@ -76,7 +76,8 @@ export function resolveRelative(manifestUrl, relative) {
 
 export async function readBytes(url, options = {}, onChunk) {
   if (isNode && !/^(https?|data|blob):/i.test(url)) {
-    const { readFile } = await import('node:fs/promises');
+    const fsModule = 'node:fs/promises'; // named by a variable: browser bundlers leave it alone
+    const { readFile } = await import(/* webpackIgnore: true */ /* @vite-ignore */ fsModule);
     const path = url.startsWith('file:') ? new URL(url) : url;
     return new Uint8Array(await readFile(path));
   }
