@@ -111,6 +111,27 @@ def churn_model(tmp_path):
     return model, model_path, sample_path
 
 
+IRIS_NAMES = np.array(["setosa", "versicolor", "virginica"])
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """Two small bundles, exported per module (python parity): churn (columns layout, string categories,
+    nullable columns, classes churn/stay) and iris (one matrix input with column names, classes named by species)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from edgeport.examples.churn import build_pipeline
+    from edgeport.export import export_model
+
+    root = tmp_path_factory.mktemp("small-bundles")
+    frame, target = churn_data(n=300)
+    churn = save_model(build_pipeline().fit(frame, target), root, "churn", frame.head(40))
+    X, y = iris_frame()
+    iris = save_model(LogisticRegression(max_iter=500).fit(X, IRIS_NAMES[y]), root, "iris", X.sample(40, random_state=0))
+    return {name: export_model(model, root / f"{name}-bundle", sample=sample).bundle
+            for name, (model, sample) in (("churn", churn), ("iris", iris))}
+
+
 def rehash_bundle(bundle_dir: Path) -> None:
     """Rewrite manifest hashes after a deliberate change, as an attacker or a sloppy script would."""
     from edgeport.bundle import MANIFEST, Manifest, write_manifest

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgeport.cli import app
-from conftest import REPO, churn_data, iris_frame, need, save_model
+from conftest import REPO, IRIS_NAMES, need
 from edgeport.bundle import GOLDEN, MANIFEST, InputSpec, OutputSpec, read_bundle
 from edgeport.errors import BundleError
 from edgeport.pack import fetched_files, index_d_ts, index_js, pack, package_name, package_version
@@ -22,25 +22,6 @@ from edgeport.pack import fetched_files, index_d_ts, index_js, pack, package_nam
 runner = CliRunner()
 WEB_DEMO = REPO / "web_demo"
 TSC = WEB_DEMO / "node_modules" / ".bin" / "tsc"
-IRIS_NAMES = np.array(["setosa", "versicolor", "virginica"])
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    """Two bundles, exported once: churn (columns layout, string categories, classes churn/stay) and iris (one
-    matrix input with column names, classes named by species)."""
-    from sklearn.linear_model import LogisticRegression
-
-    from edgeport.examples.churn import build_pipeline
-    from edgeport.export import export_model
-
-    root = tmp_path_factory.mktemp("pack-bundles")
-    frame, target = churn_data(n=300)
-    churn = save_model(build_pipeline().fit(frame, target), root, "churn", frame.head(40))
-    X, y = iris_frame()
-    iris = save_model(LogisticRegression(max_iter=500).fit(X, IRIS_NAMES[y]), root, "iris", X.sample(40, random_state=0))
-    return {name: export_model(model, root / f"{name}-bundle", sample=sample).bundle
-            for name, (model, sample) in (("churn", churn), ("iris", iris))}
 
 
 @pytest.fixture(scope="module")
