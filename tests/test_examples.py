@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -66,6 +67,14 @@ def build(example: str, packages: list[Path], workdir: Path) -> Path:
     assert not (app / "node_modules" / "@tensorflow").exists(), "an ONNX-only app must build without TF.js"
     npm("run", "build", cwd=app)
     return app / "dist" if (app / "dist" / "index.html").is_file() else app
+
+
+def development_build(app: Path) -> Path:
+    """The same app built with React's development build, where StrictMode mounts every component twice."""
+    done = subprocess.run(["npx", "vite", "build", "--mode", "development", "--outDir", "dist-dev"], cwd=app,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "NODE_ENV": "development"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return app / "dist-dev"
 
 
 def wasm_only_digest() -> str:
@@ -156,6 +165,10 @@ def test_react_example_loads_once_and_predicts_on_input_change(tarballs, bundles
     report = run_in_chromium(root, "react", interact)
     assert report["served_by"] == "served by browser"
     check_common(report, "react")
+    # StrictMode's mount, unmount, mount: useModel still loads the model (one worker, one .wasm) once
+    strict = run_in_chromium(development_build(root.parent), "react-strict-mode", interact)
+    assert strict["served_by"] == "served by browser"
+    assert len(strict["wasm"]) == 1, f"the development build loaded the model {len(strict['wasm'])} times"
 
 
 def test_webpack_example_builds_without_tfjs_and_predicts(tarballs, bundles, tmp_path):
