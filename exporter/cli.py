@@ -204,7 +204,7 @@ def pack(
     out: Path = typer.Option(..., "--out", "-o", help="Package directory to write."),
     name: Optional[str] = typer.Option(None, "--name", help="npm package name, e.g. @acme/churn (default: the model's name)."),
     version: Optional[str] = typer.Option(None, "--version", help="Package semver (default: the bundle's version, 3 as 3.0.0)."),
-    force: bool = typer.Option(False, "--force", help="Replace an empty directory, or an edgeport bundle or site, at --out (never a folder of other files)."),
+    force: bool = typer.Option(False, "--force", help="Replace an empty directory, or a package pack made earlier, at --out (never a folder of other files)."),
     allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Pack a bundle whose parity check failed or never finished."),
 ) -> None:
     """Write an npm package of one model: its bundle, index.js loading it with edgeport-client, and types from its manifest."""

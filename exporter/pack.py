@@ -78,8 +78,9 @@ def pack(bundle_dir: str | Path, out_dir: str | Path, *, name: str | None = None
         (staged / "bundle" / MANIFEST).write_text(manifest_text)
         (staged / "index.js").write_text(index_js(manifest, assets))
         (staged / "index.d.ts").write_text(index_d_ts(manifest))
-        (staged / "package.json").write_text(package_json(manifest, name, version))
         (staged / "README.md").write_text(package_readme(manifest, name, version))
+        written = sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file())
+        (staged / "package.json").write_text(package_json(manifest, name, version, written))
         size = sum(p.stat().st_size for p in staged.rglob("*") if p.is_file())
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
@@ -188,7 +189,8 @@ def index_d_ts(manifest: Manifest) -> str:
     return "\n".join(lines)
 
 
-def package_json(manifest: Manifest, name: str, version: str) -> str:
+def package_json(manifest: Manifest, name: str, version: str, written: list[str]) -> str:
+    """`written` lists the package's other files: with it, a later `pack --force` knows the directory is edgeport's."""
     data = {
         "name": name, "version": version, "description": _description(manifest), "type": "module",
         "main": "./index.js", "types": "./index.d.ts",
@@ -196,6 +198,7 @@ def package_json(manifest: Manifest, name: str, version: str) -> str:
         "sideEffects": False, "files": ["index.js", "index.d.ts", "bundle/"],
         "keywords": ["edgeport", manifest.task, manifest.format],
         "peerDependencies": {CLIENT_PACKAGE: CLIENT_RANGE},
+        "edgeport": {"packed_from": f"{manifest.name} version {manifest.version}", "files": written},
     }
     return json.dumps(data, indent=2) + "\n"
 

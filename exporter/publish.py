@@ -30,7 +30,8 @@ from pathlib import Path
 
 from .errors import BundleError
 
-OWNER_FILES = ("manifest.json", "site.json")  # the file that lists what an edgeport directory holds
+# the file that lists what an edgeport directory holds: a bundle's, a demo site's, a packed model's (its "edgeport" key)
+OWNER_FILES = ("manifest.json", "site.json", "package.json")
 _STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
 
 
@@ -145,7 +146,7 @@ def _owned_by_edgeport(directory: Path) -> bool | str:
                 break
     if listed is None:
         first = next(iter(sorted(p.name for p in directory.iterdir())), "")
-        return f"for example {first}; it has no edgeport manifest.json or site.json"
+        return f"for example {first}; it has no edgeport manifest.json, site.json or packed package.json"
     extra = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
                    if (p.is_file() or p.is_symlink()) and p.relative_to(directory).as_posix() not in listed)
     if extra:
@@ -160,6 +161,9 @@ def _listed(record: object, owner: str) -> set[str] | None:
     files = record.get("files")
     if owner == "manifest.json" and isinstance(files, list):
         return {owner} | {f["path"] for f in files if isinstance(f, dict) and isinstance(f.get("path"), str)}
+    packed = record.get("edgeport")
+    if owner == "package.json" and isinstance(packed, dict) and isinstance(packed.get("files"), list):
+        return {owner} | {p for p in packed["files"] if isinstance(p, str)}
     if owner == "site.json" and isinstance(files, dict):
         names = {owner}
         for path, entry in files.items():

@@ -249,6 +249,17 @@ def test_out_over_other_files_is_refused_even_with_force(bundles, tmp_path):
     assert (out / "notes.txt").read_text() == "keep me" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
+def test_pack_force_replaces_a_package_it_made_but_not_one_with_a_file_added(bundles, tmp_path):
+    out = tmp_path / "pkg"
+    first = pack(bundles["churn"].path, out)
+    assert_refused([bundles["iris"].path, "--out", out], "--force", "non-empty")
+    assert pack(bundles["iris"].path, out, force=True).name == "iris" != first.name
+    assert json.loads((out / "package.json").read_text())["name"] == "iris"
+    (out / "mine.js").write_text("// mine")
+    assert_refused([bundles["churn"].path, "--out", out, "--force"], "mine.js")
+    assert (out / "mine.js").is_file()
+
+
 def test_out_inside_the_bundle_is_refused(bundles):
     assert_refused([bundles["churn"].path, "--out", bundles["churn"].path / "pkg"], "inside the bundle")
     assert not (bundles["churn"].path / "pkg").exists()
