@@ -4,6 +4,7 @@ import {
   EdgeportError, IntegrityError, LoadError, loadModel, resolveRelative, RowValidationError, ServerError, toResults,
   type EdgeportErrorCode, type Manifest, type Prediction,
 } from '../client/edgeport.js';
+import { tfjsRuntime } from '../client/tfjs.js';
 
 export async function usage(manifest: Manifest): Promise<void> {
   const model = await loadModel('/bundles/iris/1/manifest.json', { fallbackUrl: null, timeoutMs: 500 });
@@ -45,4 +46,13 @@ export async function usage(manifest: Manifest): Promise<void> {
   void url; void results;
   // @ts-expect-error: toResults needs the row count
   toResults(manifest, {});
+
+  // a parsed manifest with its files' URLs (what edgeport pack generates), hedging, and the TF.js entry point
+  const packed = await loadModel(manifest, { files: { 'model.onnx': new URL('./model.onnx', 'https://cdn.example/') }, hedge: true,
+    fallbackUrl: 'https://api.example', runtimes: [tfjsRuntime], worker: true });
+  if (packed.loading) await packed.loading;
+  // @ts-expect-error: runtimes are runtime objects, not names
+  await loadModel(manifest, { runtimes: ['tfjs'] });
+  // @ts-expect-error: the proxy option became worker
+  await loadModel(manifest, { proxy: false });
 }
