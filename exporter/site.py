@@ -1,10 +1,11 @@
 """Building the static demo site: client-side inference that works on any static host.
 
     site/
-      index.html            the page, with a Content-Security-Policy and an import map
-      app.js, app.css       the page script and style (web_demo/demo/)
-      client/*.js           the JS client (edgeport-client; its ort.js names the vendored runtime)
-      vendor/ort/...        only the runtime files the bundles need (onnxruntime-web's WASM-only build)
+      index.html            the page: a Content-Security-Policy, an import map, and preloads for what the
+                            page will fetch anyway (client modules, the runtime, the default model)
+      page-HASH/            the page script and style (web_demo/demo/app.js, app.css)
+      client-HASH/*.js      the JS client (edgeport-client; its ort.js names the vendored runtime)
+      vendor/ort-HASH/...   only the runtime files the bundles need (onnxruntime-web's WASM-only build)
       models/NAME/...       each bundle, verified against its manifest before it is copied
       site.json             the models on the page, the fallback URL, the response headers, and every
                             file with its size and sha256 (and those of its .gz/.br variants)
@@ -12,6 +13,11 @@
                             Cloudflare Pages); other hosts should be configured to send them
       *.gz, *.br            precompressed copies of the big files (edgeport demo; .br needs the brotli
                             module, from the browser extra)
+
+Caching: HASH is the first 12 hex digits of a sha256 over the directory's files, so a directory's name
+changes whenever its content does; everything in one is served IMMUTABLE (site.json marks those files
+"immutable", _headers says so for static hosts). index.html, site.json and the bundles keep stable names
+(a bundle's manifest is its public URL) and are served no-cache: revalidated, a 304 when unchanged.
 
 No CDN: everything the page loads comes from the site itself (and the
 fallback server, if one is set). A server (edgeport serve, or any other)
@@ -23,6 +29,7 @@ import base64
 import gzip
 import hashlib
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +48,9 @@ SITE_JSON = "site.json"
 HEADERS_FILE = "_headers"
 COMPRESS_MIN_BYTES = 10_000
 COMPRESS_SUFFIXES = (".js", ".mjs", ".wasm", ".onnx", ".json", ".css", ".html", ".bin")
-
+IMMUTABLE = "public, max-age=31536000, immutable"  # for files whose URL names their content
+REVALIDATE = "no-cache"
+HASH_DIGITS = 12
 
 
 @dataclass(frozen=True)
@@ -85,19 +94,20 @@ def build_site(bundle_paths: Sequence[str | Path], out: str | Path, *, fallback_
     staged = staging_dir(out, force, what="site")
     try:
         progress(f"building the demo site for {', '.join(names)}")
-        for item in DEMO_DIR.iterdir():
-            if item.is_file() and item.name != "index.html":
-                shutil.copy2(item, staged / item.name)
-        _copy_client(staged / "client")
         formats = {b.manifest.format for b in bundles}
-        _copy_vendor(staged, formats)
+        vendor = _copy_vendor(staged, formats)
+        client = _write_hashed(staged, "client", _client_files(vendor["ort"]))
+        page = _write_hashed(staged, "page", {item.name: item.read_bytes() for item in sorted(DEMO_DIR.iterdir())
+                                               if item.is_file() and item.name != "index.html"})
         for bundle in bundles:
             _copy_bundle(bundle, staged / "models" / bundle.name)
-        imports = import_map(formats)
+        imports = import_map(formats, client, vendor)
         csp = content_security_policy(fallback_url, [imports])
         headers = response_headers(csp)
-        (staged / "index.html").write_text(_index_html(imports, csp))
-        (staged / HEADERS_FILE).write_text(_netlify_headers(headers))
+        hashed = [client, page, *(vendor[f] for f in ("ort", "tfjs") if (staged / vendor[f]).is_dir())]
+        preloads = _preloads(staged, client, vendor, bundles[0])
+        (staged / "index.html").write_text(_index_html(imports, csp, page, preloads))
+        (staged / HEADERS_FILE).write_text(_netlify_headers(headers, hashed))
         raw, gz = _precompress(staged, progress) if precompress else (_total_bytes(staged),) * 2
         site = {
             "fallback_url": fallback_url,
@@ -105,7 +115,7 @@ def build_site(bundle_paths: Sequence[str | Path], out: str | Path, *, fallback_
                         "manifest": f"models/{b.name}/{MANIFEST}", "description": ""}
                        for b in bundles],
             "headers": headers,
-            "files": _file_record(staged),
+            "files": _file_record(staged, hashed),
         }
         (staged / SITE_JSON).write_text(json.dumps(site, indent=1) + "\n")
     except BaseException:
@@ -115,25 +125,44 @@ def build_site(bundle_paths: Sequence[str | Path], out: str | Path, *, fallback_
     return SiteResult(out, tuple(names), raw, gz)
 
 
-def _copy_client(target: Path) -> None:
-    """The client's modules, with ort.js naming the vendored onnxruntime-web (a worker has no import map)."""
-    target.mkdir()
-    for module in sorted(CLIENT_DIR.glob("*.js")):
-        shutil.copy2(module, target / module.name)
-    (target / "ort.js").write_bytes(ort_module(f"../vendor/ort/{ORT_BROWSER_FILES[0]}"))
+def hashed_name(base: str, files: dict[str, bytes]) -> str:
+    """base-HASH: HASH from the files' names and contents, so the name changes whenever a file does."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    return f"{base}-{digest.hexdigest()[:HASH_DIGITS]}"
 
 
-def _copy_vendor(site: Path, formats: set[str]) -> None:
+def _write_hashed(site: Path, base: str, files: dict[str, bytes]) -> str:
+    """Write files into site/base-HASH/; returns that directory's path relative to site."""
+    relative = hashed_name(base, files)
+    (site / relative).mkdir(parents=True)
+    for name, data in files.items():
+        (site / relative / name).write_bytes(data)
+    return relative
+
+
+def _client_files(ort_dir: str) -> dict[str, bytes]:
+    """The client's modules, with ort.js naming the vendored onnxruntime-web (a worker has no import map).
+    client-HASH/ and vendor/ sit side by side at the site's root, so ort.js names it by a relative URL."""
+    files = {module.name: module.read_bytes() for module in sorted(CLIENT_DIR.glob("*.js"))}
+    files["ort.js"] = ort_module(f"../{ort_dir}/{ORT_BROWSER_FILES[0]}")
+    return files
+
+
+def _copy_vendor(site: Path, formats: set[str]) -> dict[str, str]:
+    """The runtime files the bundles need, each runtime in vendor/NAME-HASH/; returns those directories by
+    runtime (named even where not copied: the client's ort.js names one in a TF.js-only site, never loaded)."""
+    ort = {name: (ORT_DIST / name).read_bytes() for name in ORT_BROWSER_FILES}
+    vendor = {"ort": f"vendor/{hashed_name('ort', ort)}", "tfjs": "vendor/tfjs"}
     if "onnx" in formats:
-        (site / "vendor" / "ort").mkdir(parents=True)
-        for name in ORT_BROWSER_FILES:
-            shutil.copy2(ORT_DIST / name, site / "vendor" / "ort" / name)
+        vendor["ort"] = _write_hashed(site, "vendor/ort", ort)
     if "tfjs-graph" in formats:
         if not (TFJS_DIST / TFJS_BROWSER_FILES[0]).is_file():
             raise RuntimeUnavailableError("@tensorflow/tfjs is not installed in web_demo: run `make setup`")
-        (site / "vendor" / "tfjs").mkdir(parents=True)
-        for name in TFJS_BROWSER_FILES:
-            shutil.copy2(TFJS_DIST / name, site / "vendor" / "tfjs" / name)
+        vendor["tfjs"] = _write_hashed(site, "vendor/tfjs", {name: (TFJS_DIST / name).read_bytes()
+                                                             for name in TFJS_BROWSER_FILES})
+    return vendor
 
 
 def _copy_bundle(bundle: Bundle, target: Path) -> None:
@@ -145,10 +174,12 @@ def _copy_bundle(bundle: Bundle, target: Path) -> None:
         shutil.copy2(bundle.path / entry.path, destination)
 
 
-def import_map(formats: set[str]) -> str:
-    imports = {}  # onnxruntime-web is named by URL in client/ort.js
+def import_map(formats: set[str], client: str, vendor: dict[str, str]) -> str:
+    """The page imports the client by its package name, as an app would; onnxruntime-web is named by URL
+    in client-HASH/ort.js (workers have no import map)."""
+    imports = {"edgeport-client": f"./{client}/edgeport.js", "edgeport-client/tfjs": f"./{client}/tfjs.js"}
     if "tfjs-graph" in formats:
-        imports["@tensorflow/tfjs"] = "./vendor/tfjs/tf.fesm.min.js"
+        imports["@tensorflow/tfjs"] = f"./{vendor['tfjs']}/{TFJS_BROWSER_FILES[0]}"
     return json.dumps({"imports": imports})
 
 
@@ -173,25 +204,74 @@ def response_headers(csp: str) -> dict[str, str]:
             "Referrer-Policy": "no-referrer", "Cross-Origin-Opener-Policy": "same-origin"}
 
 
-def _index_html(imports: str, csp: str) -> str:
+def _preloads(site: Path, client: str, vendor: dict[str, str], default: Bundle) -> list[str]:
+    """<link>s that start, with the page, what it would otherwise find one import or fetch after another:
+    the page's client modules, the default model's runtime, its manifest and model file.
+
+    The ONNX runtime runs in the client's worker, which has a module map and a preload cache of its own, so
+    nothing the page preloads is handed to it; a rel=preload the page never uses also costs a console
+    warning per file. The page prefetches the worker's modules and the wasm instead: into the HTTP cache,
+    where the worker's requests find them (they are immutable), so each is fetched once (measured in
+    Chromium: the worker's resource entries have transferSize 0). crossorigin on the preloads the page does
+    use makes each preload's request the one fetch() makes."""
+    page = _module_graph(site / client, ("edgeport.js", "tfjs.js"))
+    links = [f'<link rel="modulepreload" href="./{client}/{name}">' for name in page]
+    if default.manifest.format == "onnx":
+        worker = [f"{client}/{name}" for name in _module_graph(site / client, ("worker.js",)) if name not in page]
+        links += [f'<link rel="prefetch" href="./{path}">'
+                  for path in [*worker, *(f"{vendor['ort']}/{name}" for name in ORT_BROWSER_FILES)]]
+    else:
+        links.append(f'<link rel="modulepreload" href="./{vendor["tfjs"]}/{TFJS_BROWSER_FILES[0]}">')
+    links += [f'<link rel="preload" as="fetch" crossorigin href="./models/{default.name}/{path}">'
+              for path in (MANIFEST, default.manifest.model_file)]
+    return links
+
+
+_STATIC_IMPORT = re.compile(r"""^(?:import|export)\b[^'"]*?['"](\./[\w.-]+\.js)['"]""", re.M)
+
+
+def _module_graph(directory: Path, entries: Sequence[str]) -> list[str]:
+    """The modules of `directory` that `entries` import statically (relative imports), entries first."""
+    found: list[str] = []
+    pending = list(entries)
+    while pending:
+        name = pending.pop(0)
+        if name in found or not (directory / name).is_file():
+            continue
+        found.append(name)
+        pending += [m[2:] for m in _STATIC_IMPORT.findall((directory / name).read_text())]
+    return found
+
+
+def _index_html(imports: str, csp: str, page: str, preloads: Sequence[str]) -> str:
     template = (DEMO_DIR / "index.html").read_text()
-    return template.replace("{{IMPORT_MAP}}", imports).replace("{{CSP}}", csp)
+    return (template.replace("{{IMPORT_MAP}}", imports).replace("{{CSP}}", csp).replace("{{PAGE}}", page)
+            .replace("{{PRELOADS}}", "\n  ".join(preloads)))
 
 
-def _netlify_headers(headers: dict[str, str]) -> str:
-    return "/*\n" + "".join(f"  {key}: {value}\n" for key, value in headers.items())
+def _netlify_headers(headers: dict[str, str], immutable: Sequence[str]) -> str:
+    """Every file gets `headers`; the content-hashed directories are cached for good, the rest revalidated.
+    A path matching two rules gets both rules' headers, so no header is set by two rules."""
+    rules = ["/*\n" + "".join(f"  {key}: {value}\n" for key, value in headers.items())]
+    rules += [f"/{directory}/*\n  Cache-Control: {IMMUTABLE}\n" for directory in immutable]
+    rules += [f"{path}\n  Cache-Control: {REVALIDATE}\n" for path in ("/", "/index.html", f"/{SITE_JSON}", "/models/*")]
+    return "".join(rules)
 
 
-def _file_record(site: Path) -> dict[str, dict]:
-    """Every file of the site with its size and sha256, and its precompressed variants under "variants"."""
+def _file_record(site: Path, immutable: Sequence[str]) -> dict[str, dict]:
+    """Every file of the site with its size and sha256, its precompressed variants under "variants", and
+    "immutable": true for files in a content-hashed directory (a server may cache those for good)."""
     record: dict[str, dict] = {}
     for path in sorted(p for p in site.rglob("*") if p.is_file() and not p.name.endswith((".gz", ".br"))):
         entry = _hash_entry(path)
+        relative = path.relative_to(site).as_posix()
+        if any(relative.startswith(f"{directory}/") for directory in immutable):
+            entry["immutable"] = True
         variants = {suffix: _hash_entry(path.with_name(f"{path.name}.{suffix}")) for suffix in ("br", "gz")
                     if path.with_name(f"{path.name}.{suffix}").is_file()}
         if variants:
             entry["variants"] = variants
-        record[path.relative_to(site).as_posix()] = entry
+        record[relative] = entry
     return record
 
 

@@ -57,7 +57,7 @@ def test_a_site_serves_only_the_variants_its_builder_recorded(iris_bundle, secre
 
     site = build_site([iris_bundle.path], tmp_path / "site").path
     record = json.loads((site / "site.json").read_text())["files"]
-    wasm = "vendor/ort/ort-wasm-simd-threaded.wasm"
+    wasm = _site_file(site, "ort-wasm-simd-threaded.wasm")
     assert record[wasm]["sha256"] == hashlib.sha256((site / wasm).read_bytes()).hexdigest()
     assert set(record[wasm]["variants"]) == {"br", "gz"}
 
@@ -73,6 +73,35 @@ def test_a_site_serves_only_the_variants_its_builder_recorded(iris_bundle, secre
     (site / f"{wasm}.gz").symlink_to(secret)  # recorded, but swapped for a symlink: the server refuses to start
     with pytest.raises(BundleError, match="symlink"):
         app_for(iris_bundle.path, site)
+
+
+def _site_file(site, name):
+    """The path of the one file called name in the site (its directory is named by a hash)."""
+    [path] = [p for p in site.rglob(name) if p.is_file()]
+    return path.relative_to(site).as_posix()
+
+
+def test_hashed_files_are_cached_for_good_and_the_entry_points_revalidated(iris_bundle, tmp_path):
+    need((ORT_DIST / ORT_BROWSER_FILES[0]).is_file(), "web_demo/node_modules is missing (run make setup)")
+    from edgeport.site import build_site
+
+    site = build_site([iris_bundle.path], tmp_path / "site", precompress=False).path
+    record = json.loads((site / "site.json").read_text())["files"]
+    client = app_for(iris_bundle.path, site)
+    immutable = sorted(path for path, entry in record.items() if entry.get("immutable"))
+    assert _site_file(site, "ort-wasm-simd-threaded.wasm") in immutable and _site_file(site, "app.js") in immutable
+    for path in immutable:
+        assert client.get(f"/{path}").headers["cache-control"] == "public, max-age=31536000, immutable", path
+    for path in ("/", "/index.html", "/site.json", "/models/iris/manifest.json", "/models/iris/model.onnx"):
+        response = client.get(path)
+        assert response.status_code == 200 and response.headers["cache-control"] == "no-cache", path
+        again = client.get(path, headers={"if-none-match": response.headers["etag"]})
+        assert again.status_code == 304 and again.content == b"", path  # revalidated: nothing sent twice
+    # a site edgeport didn't build has no record of what is hashed: everything is revalidated
+    foreign = tmp_path / "foreign"
+    shutil.copytree(site, foreign)
+    (foreign / "site.json").write_text(json.dumps({"models": []}))
+    assert app_for(iris_bundle.path, foreign).get(f"/{immutable[0]}").headers["cache-control"] == "no-cache"
 
 
 def test_a_foreign_site_gets_no_symlinked_variants(iris_bundle, secret, tmp_path):
@@ -133,14 +162,16 @@ def test_files_that_vanish_or_change_on_disk_are_served_whole_from_the_snapshot(
 
     site = build_site([iris_bundle.path], tmp_path / "site").path
     model = (iris_bundle.path / "model.onnx").read_bytes()
-    app_js = (site / "app.js").read_bytes()
+    app = _site_file(site, "app.js")
+    wasm = _site_file(site, "ort-wasm-simd-threaded.wasm")
+    app_js = (site / app).read_bytes()
     client = app_for(iris_bundle.path, site)
     (iris_bundle.path / "model.onnx").unlink()
-    (site / "app.js").write_bytes(app_js[: len(app_js) // 2])  # truncated while being served
+    (site / app).write_bytes(app_js[: len(app_js) // 2])  # truncated while being served
     shutil.rmtree(site / "vendor")
     assert client.get("/bundles/iris/1/model.onnx").content == model
-    assert client.get("/app.js").content == app_js
-    response = client.get("/vendor/ort/ort-wasm-simd-threaded.wasm")
+    assert client.get(f"/{app}").content == app_js
+    response = client.get(f"/{wasm}")
     assert response.status_code == 200 and response.content[:4] == b"\0asm"
 
 

@@ -23,13 +23,14 @@ def test_site_for_onnx_bundles(iris_bundle, tmp_path):
     result = runner.invoke(app, ["demo", str(iris_bundle.path), "--out", str(site), "--fallback-url", "https://api.example.com/ml"])
     assert result.exit_code == 0, result.output
     files = {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()}
-    assert {"index.html", "app.js", "app.css", "client/edgeport.js", "site.json", "models/iris/manifest.json",
-            "models/iris/model.onnx"} <= files
+    assert {"index.html", "site.json", "models/iris/manifest.json", "models/iris/model.onnx"} <= files
+    assert {f"{hashed(site, 'page')}/app.js", f"{hashed(site, 'page')}/app.css", f"{hashed(site, 'client')}/edgeport.js"} <= files
+    ort = hashed(site, "vendor/ort")
     vendor = {f for f in files if f.startswith("vendor/") and not f.endswith((".gz", ".br"))}
-    assert vendor == {f"vendor/ort/{name}" for name in ORT_BROWSER_FILES}  # the WASM-only build, and no TF.js
-    wasm = site / "vendor/ort/ort-wasm-simd-threaded.wasm"
-    assert gzip.decompress((site / "vendor/ort/ort-wasm-simd-threaded.wasm.gz").read_bytes()) == wasm.read_bytes()
-    assert (site / "vendor/ort/ort-wasm-simd-threaded.wasm.br").stat().st_size < wasm.stat().st_size / 3
+    assert vendor == {f"{ort}/{name}" for name in ORT_BROWSER_FILES}  # the WASM-only build, and no TF.js
+    wasm = site / ort / "ort-wasm-simd-threaded.wasm"
+    assert gzip.decompress(wasm.with_name(wasm.name + ".gz").read_bytes()) == wasm.read_bytes()
+    assert wasm.with_name(wasm.name + ".br").stat().st_size < wasm.stat().st_size / 3
     html = (site / "index.html").read_text()
     csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html).group(1)
     assert "default-src 'self'" in csp and "'wasm-unsafe-eval'" in csp and "'unsafe-inline'" not in csp
@@ -38,6 +39,69 @@ def test_site_for_onnx_bundles(iris_bundle, tmp_path):
     config = json.loads((site / "site.json").read_text())
     assert config["fallback_url"] == "https://api.example.com/ml"
     assert config["models"][0]["manifest"] == "models/iris/manifest.json"
+
+
+def hashed(site, base):
+    """The one directory base-HASH of the site (HASH: 12 hex digits)."""
+    [found] = [p for p in site.glob(f"{base}-*") if re.fullmatch(r"[0-9a-f]{12}", p.name.rsplit("-", 1)[1])]
+    return found.relative_to(site).as_posix()
+
+
+def _links(html):
+    return re.findall(r'<link rel="([^"]+)"([^>]*) href="\./([^"]+)">', html)
+
+
+def test_the_page_preloads_what_it_needs_from_the_site_itself(iris_bundle, tmp_path):
+    from edgeport.site import build_site
+
+    site = build_site([iris_bundle.path], tmp_path / "site", precompress=False).path
+    html = (site / "index.html").read_text()
+    links = _links(html)
+    assert all((site / href).is_file() for _rel, _attrs, href in links), links
+    client, ort = hashed(site, "client"), hashed(site, "vendor/ort")
+    by_rel = {rel: {href for r, _a, href in links if r == rel} for rel, _a, _h in links}
+    # the page's own module graph, and not the worker's (a worker can't use a page's modulepreload)
+    assert by_rel["modulepreload"] == {f"{client}/{m}" for m in
+                                       ("edgeport.js", "tfjs.js", "bundle.js", "decoding.js", "errors.js", "onnx.js", "session.js")}
+    assert by_rel["prefetch"] == {f"{client}/worker.js", f"{client}/ort.js", *(f"{ort}/{n}" for n in ORT_BROWSER_FILES)}
+    assert by_rel["preload"] == {"models/iris/manifest.json", "models/iris/model.onnx"}
+    assert all("crossorigin" in attrs for rel, attrs, _h in links if rel == "preload")  # the request fetch() makes
+    # the import map names the client by its package name; its ort.js names the hashed runtime directory
+    imports = json.loads(re.search(r'<script type="importmap">(.*?)</script>', html).group(1))["imports"]
+    assert imports == {"edgeport-client": f"./{client}/edgeport.js", "edgeport-client/tfjs": f"./{client}/tfjs.js"}
+    assert (site / client / "ort.js").read_text() == f'export * from "../{ort}/ort.wasm.min.mjs";\n'
+    assert f'src="./{hashed(site, "page")}/app.js"' in html
+
+
+def test_hashed_directories_change_with_their_content_and_only_they_are_immutable(iris_bundle, tmp_path, monkeypatch):
+    import shutil
+
+    import edgeport.site as site_module
+
+    first = site_module.build_site([iris_bundle.path], tmp_path / "a", precompress=False).path
+    again = site_module.build_site([iris_bundle.path], tmp_path / "b", precompress=False).path
+    names = lambda s: sorted(p.relative_to(s).as_posix() for p in [*s.glob("*-*"), *s.glob("vendor/*")])  # noqa: E731
+    assert names(first) == names(again)  # the same content, the same names
+    client = tmp_path / "client"
+    shutil.copytree(site_module.CLIENT_DIR, client)
+    (client / "errors.js").write_text((client / "errors.js").read_text() + "\n// a newer client\n")
+    monkeypatch.setattr(site_module, "CLIENT_DIR", client)
+    changed = site_module.build_site([iris_bundle.path], tmp_path / "c", precompress=False).path
+    assert hashed(changed, "client") != hashed(first, "client")
+    assert hashed(changed, "page") == hashed(first, "page") and hashed(changed, "vendor/ort") == hashed(first, "vendor/ort")
+
+    record = json.loads((first / "site.json").read_text())["files"]
+    immutable = {path for path, entry in record.items() if entry.get("immutable")}
+    hashed_dirs = [hashed(first, b) for b in ("client", "page", "vendor/ort")]
+    assert immutable == {path for path in record if path.split("/")[0] in hashed_dirs or path.rsplit("/", 1)[0] in hashed_dirs}
+    assert immutable and not {"index.html", "site.json", "models/iris/manifest.json", "models/iris/model.onnx"} & immutable
+    # static hosts: the same policy in _headers, one rule per hashed directory, the entry points revalidated
+    rules = dict(re.findall(r"^(\S+)\n((?:  .+\n)+)", (first / "_headers").read_text(), re.M))
+    for directory in hashed_dirs:
+        assert rules[f"/{directory}/*"] == "  Cache-Control: public, max-age=31536000, immutable\n"
+    for path in ("/", "/index.html", "/site.json", "/models/*"):
+        assert rules[path] == "  Cache-Control: no-cache\n"
+    assert "Cache-Control" not in rules["/*"]  # a path matching two rules gets both: no header is said twice
 
 
 def test_a_tampered_bundle_is_not_published(iris_bundle, tmp_path):
@@ -57,8 +121,11 @@ def test_site_for_a_tfjs_bundle_ships_tfjs(example_bundles, tmp_path):
     need(digits is not None, "the tensorflow extra is not installed, so there is no tfjs example bundle")
     site = tmp_path / "site"
     assert runner.invoke(app, ["demo", str(digits.export.bundle.path), "--out", str(site)]).exit_code == 0
-    assert (site / "vendor/tfjs/tf.fesm.min.js").is_file() and not (site / "vendor/ort").exists()
-    assert '"@tensorflow/tfjs": "./vendor/tfjs/tf.fesm.min.js"' in (site / "index.html").read_text()
+    tfjs = hashed(site, "vendor/tfjs")
+    assert (site / tfjs / "tf.fesm.min.js").is_file() and not list(site.glob("vendor/ort*"))
+    html = (site / "index.html").read_text()
+    assert f'"@tensorflow/tfjs": "./{tfjs}/tf.fesm.min.js"' in html
+    assert f'<link rel="modulepreload" href="./{tfjs}/tf.fesm.min.js">' in html and ".wasm" not in html
     assert json.loads((site / "site.json").read_text())["fallback_url"] is None
 
 
@@ -84,7 +151,7 @@ def test_without_brotli_a_demo_site_gets_gz_variants_and_says_so(iris_bundle, tm
     said = []
     site = build_site([iris_bundle.path], tmp_path / "site", progress=said.append).path
     variants = _variants(site)
-    assert "vendor/ort/ort-wasm-simd-threaded.wasm.gz" in variants
+    assert f"{hashed(site, 'vendor/ort')}/ort-wasm-simd-threaded.wasm.gz" in variants
     assert not [v for v in variants if v.endswith(".br")]
     assert any("brotli is not installed" in message for message in said), said
 

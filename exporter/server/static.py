@@ -7,6 +7,10 @@ model the server answers with therefore always come from one consistent version,
 whatever happens on disk afterwards: a re-export, a deleted file, a symlink
 swapped in. To serve a new version, restart the server.
 
+Caching: a file site.json marks "immutable" (it lives in a directory named by its
+content's hash, see site.py) is served cacheable for good; every other file gets
+the caller's Cache-Control (no-cache for the site) and is revalidated by ETag.
+
 Precompressed variants (.br, .gz) are served only when site.json lists them with
 their hash, or, for a site edgeport didn't build, when they are regular files
 inside the site (never symlinks). Bundle files have no variants: only what the
@@ -27,6 +31,7 @@ from starlette.responses import Response
 from ..bundle import Manifest
 from ..errors import SiteError
 from ..media_types import content_type as media_type
+from ..site import IMMUTABLE
 
 ENCODINGS = (("br", "br"), ("gzip", "gz"))  # (Content-Encoding, file suffix), in order of preference
 DEFAULT_MAX_SITE_BYTES = 512 * 1024 * 1024
@@ -38,6 +43,7 @@ class StaticFile:
     etag: str
     media_type: str
     variants: dict[str, bytes] = field(default_factory=dict)  # Content-Encoding -> body
+    immutable: bool = False  # its URL changes whenever its content does
 
 
 class Snapshot:
@@ -82,7 +88,7 @@ class Snapshot:
                                   "memory, so serve a site this large from a static host or CDN instead")
             # a body checked against site.json's sha256 has it for an ETag: no second pass over a 14 MB wasm
             etag = f'"{entry["sha256"]}"' if entry.get("sha256") else etag_of(body)
-            files[relative] = StaticFile(body, etag, media_type(relative), variants)
+            files[relative] = StaticFile(body, etag, media_type(relative), variants, entry.get("immutable") is True)
         headers = dict(record.get("headers") or {}) if record else {}
         return cls(files, headers)
 
@@ -91,7 +97,7 @@ class Snapshot:
         item = self.files.get(relative)
         if item is None:
             return None
-        headers = {**self.headers, "Cache-Control": cache, "ETag": item.etag}
+        headers = {**self.headers, "Cache-Control": IMMUTABLE if item.immutable else cache, "ETag": item.etag}
         if item.variants:
             headers["Vary"] = "Accept-Encoding"
         if request.headers.get("if-none-match") == item.etag:
