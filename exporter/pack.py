@@ -25,6 +25,7 @@ from .bundle import MANIFEST, Bundle, InputSpec, Manifest, check_relative, read_
 from .errors import BundleError
 from .progress import Progress, quiet
 from .publish import publish, staging_dir
+from .webassets import CLIENT_DIR, WEB_DEMO
 
 CLIENT_PACKAGE = "edgeport-client"
 CLIENT_RANGE = "^0.1.0"
@@ -205,9 +206,15 @@ def package_json(manifest: Manifest, name: str, version: str, written: list[str]
 
 def package_readme(manifest: Manifest, name: str, version: str) -> str:
     tarball = f"{name.lstrip('@').replace('/', '-')}-{version}.tgz"  # what `npm pack` names it
+    client = json.loads((CLIENT_DIR / "package.json").read_text())
+    client_tarball = f"{client['name']}-{client['version']}.tgz"
+    pins = json.loads((WEB_DEMO / "package.json").read_text())["dependencies"]
+    runtime = RUNTIME_PACKAGE[manifest.format]
     return (f"# {name}\n\n{_description(manifest)}. Install the tarball `npm pack` makes here beside the client and "
             f"its runtime, then load it; `predict` takes rows typed by `Row` (index.d.ts):\n\n"
-            f"```\nnpm install ./{tarball} {CLIENT_PACKAGE} {RUNTIME_PACKAGE[manifest.format]}\n```\n\n"
+            f"```\nnpm install ./{tarball} ./{client_tarball} {runtime}@{pins[runtime]}\n```\n\n"
+            f"`{client_tarball}` is what `npm pack` makes in edgeport's `web_demo/client` ({CLIENT_PACKAGE} is not on "
+            f"the npm registry); {runtime} {pins[runtime]} is the version edgeport's parity check ran.\n\n"
             f"```js\nimport {{ load }} from '{name}';\nconst model = await load();  // options as edgeport-client's "
             "loadModel takes them\nconst predictions = await model.predict(rows);\n```\n")
 

@@ -50,8 +50,8 @@ def staging_dir(out: str | Path, force: bool, what: str = "bundle") -> Path:
             raise BundleError(f"--out {out} is {kind}; pass --force to replace it, or choose another path.")
         if owned is not True:
             raise BundleError(
-                f"--out {out} holds files edgeport did not write ({owned}); --force only replaces an edgeport bundle "
-                "or demo site, or an empty directory, so nothing of yours is deleted. Move those files or choose "
+                f"--out {out} holds files edgeport did not write ({owned}); --force only replaces an edgeport bundle, "
+                "demo site or packed model, or an empty directory, so nothing of yours is deleted. Move those files or choose "
                 "another --out.")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -341,7 +341,9 @@ def _conversion_failure(model: Any, failures: list[str]) -> str:
 def _short_reason(exc: Exception) -> str:
     text_ = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     kernel = text_.split("Could not find an implementation for ")
-    return f"onnxruntime has no double kernel for {kernel[1].split(' node')[0]}" if len(kernel) > 1 else text_[:120]
+    if len(kernel) > 1:
+        return f"onnxruntime has no double kernel for {kernel[1].split(' node')[0]}"
+    return text_ if len(text_) <= 120 else text_[:119] + "…"
 
 
 def _smoke_test(onx: Any) -> None:
