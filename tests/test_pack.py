@@ -98,7 +98,7 @@ def test_pack_writes_the_bundle_the_manifest_inline_and_a_url_per_fetched_file(b
         "peerDependencies": {"edgeport-client": "^0.1.0"}}
     assert package["exports"]["."] == {"types": "./index.d.ts", "default": "./index.js"}
     assert "churn" in package["description"] and "classification" in package["description"]
-    assert "npm install ./churn-1.0.0.tgz edgeport-client onnxruntime-web" in (out / "README.md").read_text()
+    assert "npm install ./churn-1.0.0.tgz ./edgeport-client-0.1.0.tgz onnxruntime-web@" in (out / "README.md").read_text()
 
 
 def test_the_generated_types(packed):
