@@ -44,6 +44,13 @@ export function checkManifest(manifest) {
       fail(`input ${JSON.stringify(input?.name)} needs a name, a dtype (${DTYPES.join(', ')}), a shape and a boolean nullable`);
     }
   }
+  const files = Array.isArray(manifest.files) ? manifest.files : [];
+  if (!Array.isArray(manifest.files) || files.some((f) => typeof f?.path !== 'string' || !Number.isInteger(f.bytes) || typeof f.sha256 !== 'string')) {
+    fail('files must be a list of {path, bytes, sha256}');
+  }
+  if (!Array.isArray(manifest.outputs) || manifest.outputs.some((o) => typeof o?.name !== 'string' || !Array.isArray(o.shape))) {
+    fail('outputs must each have a name and a shape');
+  }
   if (layout === 'matrix' && inputs.length !== 1) fail(`has layout matrix with ${inputs.length} inputs; matrix takes one`);
   if (layout === 'columns' && inputs.some((i) => typeof i.column !== 'string')) fail('has layout columns, but not every input names its column');
   const allowed = TASK_ROLES[manifest.task];
@@ -74,7 +81,7 @@ export function resolveRelative(manifestUrl, relative) {
   return (slash >= 0 ? manifestUrl.slice(0, slash + 1) : './') + relative;
 }
 
-export async function readBytes(url, options = {}, onChunk) {
+export async function readBytes(url, options = {}, onChunk, signal) {
   if (isNode && !/^(https?|data|blob):/i.test(url)) {
     const fsModule = 'node:fs/promises'; // named by a variable: browser bundlers leave it alone
     const { readFile } = await import(/* webpackIgnore: true */ /* @vite-ignore */ fsModule);
@@ -82,7 +89,7 @@ export async function readBytes(url, options = {}, onChunk) {
     return new Uint8Array(await readFile(path));
   }
   const fetchFn = options.fetch ?? globalThis.fetch;
-  const response = await fetchFn(url);
+  const response = await fetchFn(url, signal ? { signal } : undefined);
   if (!response.ok) throw new LoadError(`GET ${url} answered ${response.status}`, { code: 'fetch' });
   if (!response.body?.getReader || !onChunk) return new Uint8Array(await response.arrayBuffer());
   const reader = response.body.getReader();

@@ -42,8 +42,8 @@ export interface Progress { stage: 'manifest' | 'model' | 'runtime' | 'ready' | 
 
 export interface LoadOptions {
   fallbackUrl?: string | null;   // OIP v2 server base URL; default manifest.fallback.url
-  timeoutMs?: number;            // inference timeout before falling back; default manifest.fallback.timeout_ms or 2000
-  loadTimeoutMs?: number;        // model download timeout; default 30000
+  timeoutMs?: number;            // inference timeout before falling back; default manifest.fallback.timeout_ms or 2000; Infinity for none
+  loadTimeoutMs?: number;        // model download timeout (a LoadError, code fetch); default 30000; Infinity for none
   serverTimeoutMs?: number;      // per server attempt; default 10000
   confidenceThreshold?: number;
   onLowConfidence?: 'server' | 'abstain';
@@ -66,7 +66,8 @@ export interface LoadOptions {
 export type RowValidationCode = 'rows' | 'row-type' | 'extra-column' | 'missing-column' | 'row-length' | 'type' | 'missing-value' | 'range';
 export type LoadErrorCode = 'manifest' | 'fetch' | 'format' | 'no-wasm' | 'runtime';
 export type IntegrityErrorCode = 'hash' | 'no-webcrypto';
-export type InferenceErrorCode = 'timeout' | 'inference-error';
+/** 'released': predict() on a model after release(). */
+export type InferenceErrorCode = 'timeout' | 'inference-error' | 'released';
 export type ServerErrorCode = 'no-fallback' | 'server-unreachable' | 'server-status' | 'server-response';
 /** Every code the client's errors carry ('error': an EdgeportError thrown without one). */
 export type EdgeportErrorCode = RowValidationCode | LoadErrorCode | IntegrityErrorCode | InferenceErrorCode | ServerErrorCode | 'error';

@@ -20,6 +20,7 @@ export { resolveRelative, sha256Hex, upgradeManifest, verifyFile } from './bundl
 export { buildInputs, describeColumns, toInferRequest } from './decoding.js';
 export { EdgeportError, InferenceError, IntegrityError, LoadError, RowValidationError, ServerError } from './errors.js';
 
+const MAX_TIMER_MS = 2 ** 31 - 1; // setTimeout fires at once past this
 const DEFAULTS = { timeoutMs: 2000, confidenceThreshold: 0, onLowConfidence: 'server', retryDelayMs: 300 };
 const ONNX_RUNTIME = { format: 'onnx', createBackend: (manifest, bytes, { options }) => createOnnxBackend(manifest, bytes, options) };
 
@@ -126,6 +127,7 @@ export class EdgeportModel {
     this.backend = null;
     this.localError = null;
     this.loading = null; // while a hedged load is under way: settles when the runtime is ready or has failed
+    this.released = false;
     this.classes = manifest.classes ?? null;
   }
 
@@ -138,7 +140,7 @@ export class EdgeportModel {
     if (url === null || url === undefined) {
       throw new LoadError(`no URL for the bundle file ${path}: pass its URL in options.files, or load the manifest by URL`, { code: 'fetch' });
     }
-    const bytes = await readBytes(String(url), this.options, onChunk);
+    const bytes = await readBytes(String(url), this.options, onChunk, this.aborter?.signal);
     await verifyFile(this.manifest, path, bytes);
     return bytes;
   }
@@ -158,17 +160,27 @@ export class EdgeportModel {
     const path = this.manifest.model_file;
     const expected = this.manifest.files.find((f) => f.path === path)?.bytes ?? 0;
     let bytes;
+    const loadTimeoutMs = this.options.loadTimeoutMs ?? 30000;
+    this.aborter = typeof AbortController === 'function' ? new AbortController() : null;
     try {
       // the manifest knows the true size; Content-Length may be the compressed one
-      bytes = await withTimeout(this.readFile(path, (loaded) => progress({ stage: 'model', loaded, total: expected })),
-        this.options.loadTimeoutMs ?? 30000, 'loading the model');
+      bytes = await withTimeout(this.readFile(path, (loaded) => progress({ stage: 'model', loaded, total: expected })), loadTimeoutMs,
+        () => new LoadError(`downloading ${path} took longer than ${loadTimeoutMs} ms`, { code: 'fetch' }));
     } catch (err) {
+      this.aborter?.abort(); // a download that timed out stops
       throw err instanceof EdgeportError ? err : new LoadError(`could not fetch ${path}: ${err.message}`, { code: 'fetch', cause: err });
+    } finally {
+      this.aborter = null;
     }
     progress({ stage: 'runtime', loaded: 0, total: 1 });
     try {
-      this.backend = await runtime.createBackend(this.manifest, bytes,
+      const backend = await runtime.createBackend(this.manifest, bytes,
         { options: this.options, progress, readFile: (p) => this.readFile(p) });
+      if (this.released) { // released while it loaded (a hedged load): nobody will use it
+        await backend.release();
+        return;
+      }
+      this.backend = backend;
     } catch (err) {
       if (err instanceof EdgeportError && err.code !== 'timeout') throw err;
       throw new LoadError(`the runtime could not load the model: ${err.message}`, { code: 'runtime', cause: err });
@@ -181,6 +193,7 @@ export class EdgeportModel {
    * (classifiers) or `value` (regressors), plus `served_by`, `latency_ms`, `fallback_reason`.
    */
   async predict(rows) {
+    if (this.released) throw new InferenceError('this model was released; load it again to predict', { code: 'released' });
     const inputs = buildInputs(this.manifest, rows); // bad rows are the caller's bug: never sent to the server
     if (this.loading) return this.hedge(rows);
     if (!this.backend) return this.fromServer(rows, reasonOf(this.localError));
@@ -197,7 +210,10 @@ export class EdgeportModel {
     try {
       return await Promise.any([browser, server]);
     } catch (err) {
-      throw err.errors?.find((e) => e instanceof EdgeportError) ?? err;
+      // both failed: the server's error, as without hedging, with the browser's as its cause
+      const [local, remote] = err.errors ?? [];
+      if (remote instanceof ServerError) throw new ServerError(remote.message, { code: remote.code, cause: local });
+      throw local instanceof EdgeportError ? local : remote;
     }
   }
 
@@ -205,7 +221,8 @@ export class EdgeportModel {
     const started = now();
     let raw;
     try {
-      raw = await withTimeout(this.backend.run(inputs), this.policy.timeoutMs, 'inference');
+      raw = await withTimeout(this.backend.run(inputs), this.policy.timeoutMs,
+        () => new InferenceError(`inference took longer than ${this.policy.timeoutMs} ms`, { code: 'timeout' }));
     } catch (err) {
       const reason = err.code === 'timeout' ? 'timeout' : 'inference-error';
       if (!this.policy.fallbackUrl) throw err instanceof EdgeportError ? err : new InferenceError(`inference failed: ${err.message}`, { code: reason, cause: err });
@@ -241,14 +258,14 @@ export class EdgeportModel {
       try {
         const response = await withTimeout((this.options.fetch ?? globalThis.fetch)(url, {
           method: 'POST', headers: { 'content-type': 'application/json' }, body,
-        }), this.options.serverTimeoutMs ?? 10000, 'the fallback server');
+        }), this.options.serverTimeoutMs ?? 10000, () => new ServerError('the fallback server did not answer in time', { code: 'server-unreachable' }));
         const payload = await response.json().catch(() => ({}));
         if (!response.ok) {
           lastError = new ServerError(`fallback server answered ${response.status}: ${payload.error ?? response.statusText}`, { code: 'server-status' });
           if (response.status < 500) break; // a 4xx will not change on retry
           continue;
         }
-        const raw = fromInferResponse(this.manifest, payload);
+        const raw = fromInferResponse(this.manifest, payload, rows.length);
         const latency = now() - started;
         return toResults(this.manifest, raw, rows.length).map((r) => ({
           ...r, served_by: 'server', latency_ms: latency, fallback_reason: reason, low_confidence: isLow(r, this.policy),
@@ -260,15 +277,43 @@ export class EdgeportModel {
     throw lastError;
   }
 
-  async release() { await this.backend?.release(); }
+  /** Free the runtime (the worker and its WASM memory). Safe to call twice; predict() afterwards throws. */
+  async release() {
+    if (this.released) return;
+    this.released = true;
+    const { backend } = this;
+    this.backend = null;
+    await backend?.release();
+  }
 }
 
-function fromInferResponse(manifest, payload) {
+/**
+ * The server's outputs by role, checked against the manifest first (values per row, numbers where the model
+ * gives numbers, labels among its classes): a wrong answer is a ServerError, never a prediction.
+ */
+function fromInferResponse(manifest, payload, rowCount) {
+  const bad = (why) => new ServerError(`the fallback server's answer does not fit the model: ${why}`, { code: 'server-response' });
+  const outputs = Array.isArray(payload?.outputs) ? payload.outputs : [];
   const raw = {};
   for (const spec of manifest.outputs) {
-    const out = (payload.outputs ?? []).find((o) => o.name === spec.name);
-    if (!out) throw new ServerError(`fallback server response has no "${spec.name}" output`, { code: 'server-response' });
-    raw[spec.role] = { data: out.data.flat(Infinity), dims: out.shape };
+    const out = outputs.find((o) => o?.name === spec.name);
+    if (!out) throw bad(`it has no "${spec.name}" output`);
+    if (!Array.isArray(out.data)) throw bad(`"${spec.name}" has no data array`);
+    const data = out.data.flat(Infinity);
+    const inner = spec.shape.slice(1);
+    const known = inner.every((d) => Number.isInteger(d) && d >= 0);
+    const width = spec.role === 'probabilities' && manifest.classes ? manifest.classes.length
+      : known ? inner.reduce((a, b) => a * b, 1) : data.length / rowCount;
+    if (!Number.isInteger(width) || data.length !== rowCount * width) {
+      throw bad(`"${spec.name}" has ${data.length} values for ${rowCount} row${rowCount === 1 ? '' : 's'}`);
+    }
+    if (spec.dtype === 'string' ? !data.every((v) => typeof v === 'string') : !data.every((v) => typeof v === 'number')) {
+      throw bad(`"${spec.name}" holds values that are not ${spec.dtype === 'string' ? 'strings' : 'numbers'}`);
+    }
+    if (spec.role === 'label' && manifest.task === 'classification' && manifest.classes && !data.every((v) => manifest.classes.includes(v))) {
+      throw bad(`"${spec.name}" holds a label that is not one of the model's classes`);
+    }
+    raw[spec.role] = { data, dims: known && !(spec.role === 'probabilities' && manifest.classes) ? [rowCount, ...inner] : [rowCount, width] };
   }
   return raw;
 }
@@ -281,10 +326,12 @@ function reasonOf(error) {
   return error?.code === 'no-wasm' ? 'no-wasm' : error?.code === 'hash' || error?.code === 'no-webcrypto' ? 'integrity' : 'load-error';
 }
 
-function withTimeout(promise, ms, what) {
+/** `promise`, or the error `onTimeout()` makes after `ms`. Infinity (or more than a timer can count) means never. */
+function withTimeout(promise, ms, onTimeout) {
+  if (!(ms < MAX_TIMER_MS)) return promise;
   let timer;
   const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new InferenceError(`${what} took longer than ${ms} ms`, { code: 'timeout' })), ms);
+    timer = setTimeout(() => reject(onTimeout()), ms);
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }

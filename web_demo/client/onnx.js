@@ -1,6 +1,6 @@
 // ONNX bundles: onnxruntime-web's WASM-only build, in the client's own worker in browsers (the page's main
 // thread never compiles WASM or runs a model, so it has no long tasks), on the calling thread in Node.
-import { LoadError } from './errors.js';
+import { InferenceError, LoadError } from './errors.js';
 import { isNode } from './bundle.js';
 import { ownBuffers, openSession, runSession, sessionSettings } from './session.js';
 
@@ -60,6 +60,7 @@ async function workerBackend(manifest, modelBytes, options) {
     async release() {
       await call({ type: 'release' }).catch(() => {});
       worker.terminate();
+      fail(new InferenceError('the model was released while this prediction ran', { code: 'released' }));
     },
   };
 }

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 
 import {
-  buildInputs, describeColumns, IntegrityError, LoadError, loadModel, RowValidationError, ServerError, toInferRequest, toResults,
+  buildInputs, describeColumns, InferenceError, IntegrityError, LoadError, loadModel, RowValidationError, ServerError, toInferRequest, toResults,
   upgradeManifest, verifyFile,
 } from '../client/edgeport.js';
 import { tfjsRuntime } from '../client/tfjs.js';
@@ -406,5 +406,77 @@ test('hedging: a server that fails leaves the answer to the browser, and without
     assert.equal(late.served_by, 'browser');
   } finally {
     server.close();
+  }
+});
+
+test("the server's answer is checked against the manifest: a wrong one is a ServerError (server-response), never a prediction", async () => {
+  const { dir } = await writeBundle(Buffer.from('x'), { manifest: {
+    ...matrix, task: 'classification', classes: ['no', 'yes'],
+    outputs: [{ name: 'label', dtype: 'string', shape: [null], role: 'label' }, { name: 'probabilities', dtype: 'float32', shape: [null, 2], role: 'probabilities' }],
+  } });
+  const answers = [
+    [{ label: ['yes'], probabilities: [[0.2, 0.8]] }, null], // one row of three: wrong count
+    [{ label: ['yes', 'no', 'maybe'], probabilities: [[0.2, 0.8], [0.9, 0.1], [0.5, 0.5]] }, /not one of the model's classes/],
+    [{ label: ['yes', 'no', 'no'], probabilities: [[0.2, null], [0.9, 0.1], [0.5, 0.5]] }, /not numbers/],
+    [{ label: ['yes', 'no', 'no'], probabilities: 'oops' }, /no data array/],
+    [{ label: ['yes', 'no', 'no'] }, /no "probabilities" output/],
+  ];
+  for (const [outputs, message] of answers) {
+    const { server, url } = await fakeServer((req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ outputs: Object.entries(outputs).map(([name, data]) => ({ name, shape: [1], datatype: 'BYTES', data })) }));
+    });
+    try {
+      const model = await loadModel(path.join(dir, 'manifest.json'), { fallbackUrl: url, forceNoWasm: true, retryDelayMs: 1 });
+      await assert.rejects(model.predict([[1, 2, 3], [4, 5, 6], [7, 8, 9]]),
+        (err) => err instanceof ServerError && err.code === 'server-response' && (message ?? /3 values|1 value|values for 3 rows/).test(err.message));
+    } finally {
+      server.close();
+    }
+  }
+});
+
+test('release() twice is fine; predict() after it is a typed InferenceError (released), never a hang', async () => {
+  const { dir } = await writeBundle(Buffer.from('model'));
+  const model = await loadModel(path.join(dir, 'manifest.json'), { ort: fakeOrt() });
+  await model.release();
+  await model.release();
+  await assert.rejects(model.predict([{ age: 40, plan: 'basic', visits: 1 }]), (err) => err instanceof InferenceError && err.code === 'released');
+});
+
+test('a model download past loadTimeoutMs is a LoadError (fetch) and is aborted; Infinity means no timeout', async () => {
+  const { dir, manifest } = await writeBundle(Buffer.from('model'));
+  let aborted = false;
+  const slowFetch = (url, init) => new Promise((resolve, reject) => {
+    init?.signal?.addEventListener('abort', () => { aborted = true; reject(new Error('aborted')); });
+  });
+  await assert.rejects(loadModel(manifest, { ort: fakeOrt(), files: { 'model.onnx': 'https://cdn.example/model.onnx' }, fetch: slowFetch, loadTimeoutMs: 30 }),
+    (err) => err instanceof LoadError && err.code === 'fetch' && /longer than 30 ms/.test(err.message));
+  assert.equal(aborted, true, 'the download is aborted');
+  const model = await loadModel(path.join(dir, 'manifest.json'), { ort: fakeOrt({ runMs: 20 }), loadTimeoutMs: Infinity, timeoutMs: Infinity });
+  const [result] = await model.predict([{ age: 40, plan: 'basic', visits: 1 }]);
+  assert.equal(result.served_by, 'browser');
+});
+
+test('hedging: when both fail, the server error surfaces (as without hedging), with the browser error as its cause', async () => {
+  const { dir } = await writeBundle(Buffer.from('model'));
+  const { server, url } = await fakeServer((req, res) => { res.writeHead(400); res.end('{"error": "no such model"}'); });
+  try {
+    const { until, open } = gate();
+    const broken = fakeOrt({ until });
+    broken.InferenceSession.create = async () => { await until; throw new Error('bad model'); };
+    const model = await loadModel(path.join(dir, 'manifest.json'), { ort: broken, fallbackUrl: url, hedge: true });
+    const answer = model.predict([{ age: 40, plan: 'basic', visits: 1 }]);
+    setTimeout(open, 30);
+    await assert.rejects(answer, (err) => err instanceof ServerError && err.code === 'server-status' && err.cause instanceof LoadError);
+  } finally {
+    server.close();
+  }
+});
+
+test('a manifest object whose files or outputs are malformed is a LoadError (manifest), not a TypeError', async () => {
+  const { manifest } = await writeBundle(Buffer.from('model'));
+  for (const change of [{ files: 'model.onnx' }, { files: [{ path: 'model.onnx' }] }, { outputs: [{ role: 'value', shape: [null, 1] }] }]) {
+    await assert.rejects(loadModel({ ...manifest, ...change }, { ort: fakeOrt() }), (err) => err instanceof LoadError && err.code === 'manifest');
   }
 });
