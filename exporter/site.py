@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlsplit
 
-from .bundle import MANIFEST, Bundle, read_bundle, require_verified
+from .bundle import GOLDEN, MANIFEST, Bundle, read_bundle, require_verified
 from .publish import publish, staging_dir
 from .errors import BundleError, RuntimeUnavailableError
 from .webassets import (CLIENT_DIR, ORT_BROWSER_FILES, ORT_DIST, TFJS_BROWSER_FILES, TFJS_DIST, WEB_DEMO, ort_module,
@@ -206,24 +206,22 @@ def response_headers(csp: str) -> dict[str, str]:
 
 def _preloads(site: Path, client: str, vendor: dict[str, str], default: Bundle) -> list[str]:
     """<link>s that start, with the page, what it would otherwise find one import or fetch after another:
-    the page's client modules, the default model's runtime, its manifest and model file.
+    site.json, the page's client modules, and the default model's manifest, model file and sample rows.
+    crossorigin on a preload makes its request the one fetch() makes, so fetch() is handed the preload.
 
-    The ONNX runtime runs in the client's worker, which has a module map and a preload cache of its own, so
-    nothing the page preloads is handed to it; a rel=preload the page never uses also costs a console
-    warning per file. The page prefetches the worker's modules and the wasm instead: into the HTTP cache,
-    where the worker's requests find them (they are immutable), so each is fetched once (measured in
-    Chromium: the worker's resource entries have transferSize 0). crossorigin on the preloads the page does
-    use makes each preload's request the one fetch() makes."""
+    Not the ONNX runtime: it runs in the client's worker, which has a module map and a preload cache of its
+    own, so a page's preload of it is never used (and warns in the console, once per file). Measured in
+    Chromium on localhost, prefetching the worker's modules and wasm into the HTTP cache instead (where the
+    worker found them: transferSize 0) gained nothing cold and delayed a warm page, which read the 14 MB wasm
+    from the cache for nothing. The runtime's files are immutable: a warm page doesn't ask for them at all."""
     page = _module_graph(site / client, ("edgeport.js", "tfjs.js"))
     links = [f'<link rel="modulepreload" href="./{client}/{name}">' for name in page]
-    if default.manifest.format == "onnx":
-        worker = [f"{client}/{name}" for name in _module_graph(site / client, ("worker.js",)) if name not in page]
-        links += [f'<link rel="prefetch" href="./{path}">'
-                  for path in [*worker, *(f"{vendor['ort']}/{name}" for name in ORT_BROWSER_FILES)]]
-    else:
+    if default.manifest.format == "tfjs-graph":  # TF.js runs on the page: its module is the page's to preload
         links.append(f'<link rel="modulepreload" href="./{vendor["tfjs"]}/{TFJS_BROWSER_FILES[0]}">')
-    links += [f'<link rel="preload" as="fetch" crossorigin href="./models/{default.name}/{path}">'
-              for path in (MANIFEST, default.manifest.model_file)]
+    # (site.json is written last: it lists every file, this page included)
+    data = [f"models/{default.name}/{name}" for name in (MANIFEST, default.manifest.model_file, GOLDEN)]
+    links += [f'<link rel="preload" as="fetch" crossorigin href="./{path}">'
+              for path in [SITE_JSON, *(p for p in data if (site / p).is_file())]]
     return links
 
 

@@ -60,11 +60,11 @@ def test_the_page_preloads_what_it_needs_from_the_site_itself(iris_bundle, tmp_p
     assert all((site / href).is_file() for _rel, _attrs, href in links), links
     client, ort = hashed(site, "client"), hashed(site, "vendor/ort")
     by_rel = {rel: {href for r, _a, href in links if r == rel} for rel, _a, _h in links}
-    # the page's own module graph, and not the worker's (a worker can't use a page's modulepreload)
+    # the page's own module graph
     assert by_rel["modulepreload"] == {f"{client}/{m}" for m in
                                        ("edgeport.js", "tfjs.js", "bundle.js", "decoding.js", "errors.js", "onnx.js", "session.js")}
-    assert by_rel["prefetch"] == {f"{client}/worker.js", f"{client}/ort.js", *(f"{ort}/{n}" for n in ORT_BROWSER_FILES)}
-    assert by_rel["preload"] == {"models/iris/manifest.json", "models/iris/model.onnx"}
+    assert set(by_rel) == {"modulepreload", "preload", "stylesheet"}  # nothing for the worker: it can't use them
+    assert by_rel["preload"] == {"site.json", "models/iris/manifest.json", "models/iris/model.onnx", "models/iris/golden.json"}
     assert all("crossorigin" in attrs for rel, attrs, _h in links if rel == "preload")  # the request fetch() makes
     # the import map names the client by its package name; its ort.js names the hashed runtime directory
     imports = json.loads(re.search(r'<script type="importmap">(.*?)</script>', html).group(1))["imports"]
