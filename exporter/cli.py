@@ -217,6 +217,70 @@ def pack(
                "Run npm pack there, and install the tarball beside edgeport-client (see its README.md).")
 
 
+REGISTRY_HELP = "Registry: a directory (default $EDGEPORT_REGISTRY or ./registry), or mlflow:TRACKING_URI for MLflow's."
+ALIAS_HELP = "The alias to move (the server and the browser resolve NAME@ALIAS; default production)."
+
+
+@command()
+def publish(
+    bundle: Path = typer.Argument(..., help="Bundle directory (made by edgeport export)."),
+    registry: Optional[str] = typer.Option(None, "--registry", help=REGISTRY_HELP),
+    allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Publish a bundle whose parity check failed or never finished."),
+) -> None:
+    """Copy a bundle into the registry as an immutable NAME/VERSION, after checking every file's hash and its parity."""
+    from edgeport.model_registry import open_registry
+
+    info = open_registry(registry).publish(bundle, allow_unverified=allow_unverified, progress=_progress)
+    typer.echo(f"published {info.name} version {info.version} (parity {info.parity}). "
+               f"Make it live with: edgeport promote {info.name} {info.version}")
+
+
+@command()
+def promote(
+    name: str = typer.Argument(..., help="Model name."),
+    version: str = typer.Argument(..., help="The published version the alias should point at."),
+    alias: str = typer.Option("production", "--alias", help=ALIAS_HELP),
+    registry: Optional[str] = typer.Option(None, "--registry", help=REGISTRY_HELP),
+    force: bool = typer.Option(False, "--force", help="Promote a version that fails its schema, a hash or its recorded parity."),
+) -> None:
+    """Point NAME@ALIAS at VERSION. Servers and browsers pick it up on their next request or load, without a restart."""
+    from edgeport.model_registry import open_registry
+
+    move = open_registry(registry).promote(name, version, alias=alias, force=force)
+    typer.echo(f"{move.name}@{move.alias}: {move.previous or '(unset)'} -> {move.version}")
+
+
+@command()
+def rollback(
+    name: str = typer.Argument(..., help="Model name."),
+    alias: str = typer.Option("production", "--alias", help=ALIAS_HELP),
+    registry: Optional[str] = typer.Option(None, "--registry", help=REGISTRY_HELP),
+) -> None:
+    """Move NAME@ALIAS back to the version it pointed at before the last promote."""
+    from edgeport.model_registry import open_registry
+
+    move = open_registry(registry).rollback(name, alias=alias)
+    typer.echo(f"{move.name}@{move.alias}: {move.previous} -> {move.version}")
+
+
+@command()
+def versions(
+    name: str = typer.Argument(..., help="Model name."),
+    registry: Optional[str] = typer.Option(None, "--registry", help=REGISTRY_HELP),
+) -> None:
+    """List a model's versions: aliases, parity, dates, sizes, and why a version can't be promoted."""
+    from edgeport.model_registry import open_registry
+
+    rows = [("version", "aliases", "parity", "exported", "published", "size", "problem")]
+    for info in open_registry(registry).versions(name):
+        size = f"{info.bytes / 1e6:.1f} MB" if info.bytes >= 1e6 else f"{info.bytes / 1e3:.0f} kB"
+        rows.append((info.version, ", ".join(info.aliases) or "-", info.parity, info.created[:19], info.published[:19], size,
+                     (info.problem or "")[:80]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
 @command()
 def serve(
     path: Path = typer.Argument(..., help="A bundle, or a folder of bundles."),
