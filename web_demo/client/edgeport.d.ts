@@ -90,7 +90,12 @@ export declare class InferenceError extends EdgeportError { name: 'InferenceErro
 export declare class ServerError extends EdgeportError { name: 'ServerError'; code: ServerErrorCode; }
 
 /** A runtime for a bundle format other than ONNX (see tfjs.d.ts); ONNX is built in. */
-export interface Runtime { readonly format: string; createBackend(manifest: Manifest, modelBytes: Uint8Array, context: unknown): Promise<unknown>; }
+export interface Runtime {
+  readonly format: string;
+  /** Start what needs no model yet, while the model downloads (ONNX: the worker and its WASM). */
+  prepare?(manifest: Manifest, options: LoadOptions): { terminate(reason?: unknown): void } | null;
+  createBackend(manifest: Manifest, modelBytes: Uint8Array, context: unknown): Promise<unknown>;
+}
 
 export declare class EdgeportModel {
   readonly manifest: Manifest;

@@ -14,7 +14,7 @@
 import { checkManifest, readBytes, resolveRelative, upgradeManifest, verifyFile } from './bundle.js';
 import { buildInputs, describeColumns, toInferRequest } from './decoding.js';
 import { EdgeportError, InferenceError, LoadError, ServerError } from './errors.js';
-import { createOnnxBackend } from './onnx.js';
+import { onnxRuntime } from './onnx.js';
 
 export { resolveRelative, sha256Hex, upgradeManifest, verifyFile } from './bundle.js';
 export { buildInputs, describeColumns, toInferRequest } from './decoding.js';
@@ -22,7 +22,6 @@ export { EdgeportError, InferenceError, IntegrityError, LoadError, RowValidation
 
 const MAX_TIMER_MS = 2 ** 31 - 1; // setTimeout fires at once past this
 const DEFAULTS = { timeoutMs: 2000, confidenceThreshold: 0, onLowConfidence: 'server', retryDelayMs: 300 };
-const ONNX_RUNTIME = { format: 'onnx', createBackend: (manifest, bytes, { options }) => createOnnxBackend(manifest, bytes, options) };
 
 // ---------------------------------------------------------------- loading
 
@@ -151,12 +150,22 @@ export class EdgeportModel {
       throw new LoadError('this browser has no WebAssembly, so the model cannot run here', { code: 'no-wasm' });
     }
     const { format } = this.manifest;
-    const runtime = [...(this.options.runtimes ?? []), ONNX_RUNTIME].find((r) => r?.format === format);
+    const runtime = [...(this.options.runtimes ?? []), onnxRuntime].find((r) => r?.format === format);
     if (!runtime) {
       throw new LoadError(format === 'tfjs-graph'
         ? "this bundle is a TF.js model: import { tfjsRuntime } from 'edgeport-client/tfjs' and pass { runtimes: [tfjsRuntime] } to loadModel"
         : `bundle format ${format} is not supported by this client`, { code: 'format' });
     }
+    const prepared = runtime.prepare?.(this.manifest, this.options) ?? null; // overlaps the download below
+    try {
+      await this.openRuntime(runtime, prepared, progress);
+    } catch (err) {
+      prepared?.terminate(err);
+      throw err;
+    }
+  }
+
+  async openRuntime(runtime, prepared, progress) {
     const path = this.manifest.model_file;
     const expected = this.manifest.files.find((f) => f.path === path)?.bytes ?? 0;
     let bytes;
@@ -175,7 +184,7 @@ export class EdgeportModel {
     progress({ stage: 'runtime', loaded: 0, total: 1 });
     try {
       const backend = await runtime.createBackend(this.manifest, bytes,
-        { options: this.options, progress, readFile: (p) => this.readFile(p) });
+        { options: this.options, progress, prepared, readFile: (p) => this.readFile(p) });
       if (this.released) { // released while it loaded (a hedged load): nobody will use it
         await backend.release();
         return;

@@ -4,10 +4,23 @@ import { InferenceError, LoadError } from './errors.js';
 import { isNode } from './bundle.js';
 import { ownBuffers, openSession, runSession, sessionSettings } from './session.js';
 
-/** A backend `{name, run(inputs) -> raw outputs by role, release()}` for an ONNX model's verified bytes. */
-export async function createOnnxBackend(manifest, modelBytes, options) {
-  const useWorker = options.worker ?? (!isNode && typeof Worker !== 'undefined' && !options.ort);
-  return useWorker ? workerBackend(manifest, modelBytes, options) : inThreadBackend(manifest, modelBytes, options);
+/**
+ * The runtime loadModel uses for ONNX bundles. `prepare` starts what needs no model (in browsers: the worker,
+ * onnxruntime-web's module and its WASM) while the page downloads and verifies the model; `createBackend`
+ * then opens the model: a backend `{name, run(inputs) -> raw outputs by role, release()}`.
+ */
+export const onnxRuntime = {
+  format: 'onnx',
+  prepare(manifest, options) {
+    return useWorker(options) ? startWorker(options) : null;
+  },
+  createBackend(manifest, modelBytes, { options, prepared }) {
+    return prepared ? workerBackend(prepared, manifest, modelBytes, options) : inThreadBackend(manifest, modelBytes, options);
+  },
+};
+
+function useWorker(options) {
+  return options.worker ?? (!isNode && typeof Worker !== 'undefined' && !options.ort);
 }
 
 async function inThreadBackend(manifest, modelBytes, options) {
@@ -20,7 +33,8 @@ async function inThreadBackend(manifest, modelBytes, options) {
   };
 }
 
-async function workerBackend(manifest, modelBytes, options) {
+/** The client's worker and a call(message) -> Promise of its answer; terminate() ends it. */
+function startWorker(options) {
   const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
   const pending = new Map();
   let nextId = 0;
@@ -48,10 +62,22 @@ async function workerBackend(manifest, modelBytes, options) {
     pending.set(id, { resolve, reject });
     worker.postMessage({ ...message, id }, transfer);
   });
+  // a warm-up that fails says nothing here: opening the model fails the same way, and says so
+  call({ type: 'warm-up', settings: sessionSettings(options) }).catch(() => {});
+  return {
+    call,
+    terminate(reason) {
+      worker.terminate();
+      fail(reason ?? new LoadError('the edgeport worker was stopped', { code: 'runtime' }));
+    },
+  };
+}
+
+async function workerBackend({ call, terminate }, manifest, modelBytes, options) {
   try {
     await call({ type: 'load', bytes: modelBytes, settings: sessionSettings(options), outputs: manifest.outputs }, ownBuffers([modelBytes]));
   } catch (err) {
-    worker.terminate();
+    terminate(err);
     throw err;
   }
   return {
@@ -59,8 +85,7 @@ async function workerBackend(manifest, modelBytes, options) {
     run: (inputs) => call({ type: 'run', inputs }, ownBuffers(Object.values(inputs).map((t) => t.data))),
     async release() {
       await call({ type: 'release' }).catch(() => {});
-      worker.terminate();
-      fail(new InferenceError('the model was released while this prediction ran', { code: 'released' }));
+      terminate(new InferenceError('the model was released while this prediction ran', { code: 'released' }));
     },
   };
 }

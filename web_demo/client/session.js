@@ -18,6 +18,18 @@ export async function openSession(ort, modelBytes, { numThreads, wasmPaths }) {
   return ort.InferenceSession.create(modelBytes, { executionProviders: ['wasm'] });
 }
 
+// A 67-byte ONNX graph, y = Identity(x): opening it makes onnxruntime-web fetch and compile its WASM, which it
+// otherwise does only when the first real session opens. The worker does this while the page downloads and
+// verifies the model, so the two overlap instead of running one after the other.
+const IDENTITY_ONNX = 'CAgSADo3ChAKAXgSAXkiCElkZW50aXR5EgF3Wg8KAXgSCgoICAESBAoCCAFiDwoBeRIKCggIARIECgIIAUIECgAQDQ==';
+
+/** Start onnxruntime-web's WASM now, with no model yet. */
+export async function warmUp(ort, settings) {
+  const bytes = Uint8Array.from(atob(IDENTITY_ONNX), (c) => c.charCodeAt(0));
+  const session = await openSession(ort, bytes, settings);
+  await session.release?.();
+}
+
 /** Feed `{name: {type, data, dims}}` tensors; return the outputs as `{role: {data, dims}}`. */
 export async function runSession(ort, session, outputs, inputs) {
   const feeds = {};
