@@ -283,7 +283,7 @@ def versions(
 
 @command()
 def serve(
-    path: Path = typer.Argument(..., help="A bundle, or a folder of bundles."),
+    path: str = typer.Argument(..., help="A bundle, a folder of bundles, a registry (edgeport publish), or mlflow:TRACKING_URI."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
     site: Optional[Path] = typer.Option(None, "--site", exists=True, file_okay=False,
@@ -305,6 +305,8 @@ def serve(
     drain_seconds: float = typer.Option(2.0, "--drain-seconds", min=0,
                                         help="On SIGTERM: answer not-ready but keep serving this long, then stop accepting."),
     allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Serve bundles whose parity check failed or never finished."),
+    alias: str = typer.Option("production", "--alias", help="A registry: /v2/models/NAME answers with NAME@ALIAS (the highest version while it is unset)."),
+    cache_mb: int = typer.Option(512, "--cache-mb", min=1, help="A registry: keep at most this many MB of loaded versions (least recently used go first)."),
 ) -> None:
     """Serve the demo site, the bundle files and the Open Inference Protocol v2 fallback endpoint."""
     from edgeport.extras import require
@@ -316,8 +318,8 @@ def serve(
     serve_forever(path, host=host, port=port, site=site, cors_origins=tuple(cors_origin),
                   max_body_bytes=max_body_bytes, max_batch=max_batch, timeout_s=timeout,
                   header_timeout_s=header_timeout, keep_alive_s=keep_alive, max_connections=max_connections,
-                  drain_s=drain_seconds, allow_unverified=allow_unverified, progress=_progress,
-                  on_listening=_announce)
+                  drain_s=drain_seconds, allow_unverified=allow_unverified, alias=alias, cache_bytes=cache_mb * 2**20,
+                  progress=_progress, on_listening=_announce)
 
 
 def _tolerance(option: str, value: Optional[float]) -> Optional[float]:

@@ -71,6 +71,8 @@ class Registry(Protocol):
     def resolve(self, name: str, alias: str = DEFAULT_ALIAS) -> str | None: ...
     def bundle_dir(self, name: str, version: str) -> Path: ...
     def names(self) -> list[str]: ...
+    def version_names(self, name: str) -> list[str]: ...  # oldest first, without checking them (cheap)
+    def aliases(self, name: str) -> dict[str, str]: ...  # alias -> version
 
 
 def open_registry(location: str | Path | None = None) -> Registry:
@@ -113,14 +115,17 @@ class FileRegistry:
         path = self._model_dir(name) / _checked_part(version, "version")
         if not (path / MANIFEST).is_file():
             raise RegistryError(f"{name} has no version {version!r} in {self.root}; "
-                                f"it has {', '.join(self._version_names(name)) or 'none'}")
+                                f"it has {', '.join(self.version_names(name)) or 'none'}")
         return path
 
     def resolve(self, name: str, alias: str = DEFAULT_ALIAS) -> str | None:
-        return self._aliases(name)["aliases"].get(alias)
+        return self.aliases(name).get(alias)
+
+    def aliases(self, name: str) -> dict[str, str]:
+        return self._aliases(name)["aliases"]
 
     def versions(self, name: str) -> list[VersionInfo]:
-        names = self._version_names(name)
+        names = self.version_names(name)
         if not names:
             raise RegistryError(f"no model {name!r} in the registry {self.root}; it has {', '.join(self.names()) or 'nothing yet'} "
                                 "(publish one with edgeport publish BUNDLE)")
@@ -201,8 +206,8 @@ class FileRegistry:
     def _model_dir(self, name: str) -> Path:
         return self.root / _checked_part(name, "model name")
 
-    def _version_names(self, name: str) -> list[str]:
-        from .server.repository import version_key
+    def version_names(self, name: str) -> list[str]:
+        from .server.repository import version_key  # the server's order: "2" before "10"
 
         model_dir = self._model_dir(name)
         if not model_dir.is_dir():

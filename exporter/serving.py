@@ -18,7 +18,7 @@ from .errors import EdgeportError, SiteError
 from .progress import Progress
 from .server.app import DEFAULT_TIMEOUT_S, create_app
 from .server.connections import CloseWhileDraining, ConnectionGuard
-from .server.repository import Repository
+from .server.repository import RegistryRepository, Repository
 
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_KEEP_ALIVE_S = 5.0
@@ -31,15 +31,24 @@ logger = logging.getLogger("uvicorn.error")
 
 
 def build_app(path: str | Path, *, site: Optional[Path] = None, site_cache: Optional[Path] = None,
-              allow_unverified: bool = False, progress: Optional[Progress] = None, **limits):
+              allow_unverified: bool = False, progress: Optional[Progress] = None, alias: str = "production",
+              cache_bytes: int = 512 * 2**20, **limits):
     """The app for a bundle or folder of bundles, with `site` at /: when none is given, a same-origin demo site
-    for the latest version of each model, from the site cache under site_cache (default: site_cache.cache_root())."""
+    for the latest version of each model, from the site cache under site_cache (default: site_cache.cache_root()).
+    For a registry (a directory edgeport publish made, or mlflow:URI) every version is served as asked for, NAME
+    follows NAME@alias, and there is a site only when one is given."""
+    from .model_registry import is_registry, open_registry
+
+    if str(path).startswith("mlflow:") or is_registry(path):
+        repository = RegistryRepository(open_registry(path), alias=alias, allow_unverified=allow_unverified,
+                                        max_bytes=cache_bytes)
+        return create_app(repository, site_dir=site, **limits)
     repository = Repository(path, allow_unverified=allow_unverified)
     if site is not None:
         return create_app(repository, site_dir=site, **limits)
     from .site_cache import cached_site, discard_site, is_temporary  # only for a site of its own: the builder's imports
 
-    latest = [repository.get(name) for name in sorted(repository.models)]
+    latest = [repository.get(name) for name in repository.names()]
     triples = [(m.name, m.version, m.bundle.path) for m in latest]
     site = cached_site(triples, allow_unverified=allow_unverified, progress=progress, root=site_cache)
     try:
@@ -73,7 +82,13 @@ def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000
     max_connections = connection_cap(max_connections)
     progress(f"loading bundles from {path}")
     app = build_app(path, site=site, progress=progress, **limits)
-    progress("serving " + ", ".join(f"{m.name}@{m.version}" for m in app.state.repository.all()))
+    repository = app.state.repository
+    if isinstance(repository, RegistryRepository):
+        progress(f"serving the registry {path}: " + ", ".join(
+            f"{name} (versions {', '.join(repository.versions(name))}; {repository.alias} -> "
+            f"{repository.aliases(name).get(repository.alias, 'unset: the highest version')})" for name in repository.names()))
+    else:
+        progress("serving " + ", ".join(f"{m.name}@{m.version}" for m in repository.all()))
     if on_listening:
         on_listening(f"http://{host}:{port}")
     body_timeout_s = limits.get("timeout_s", DEFAULT_TIMEOUT_S)

@@ -18,6 +18,7 @@ every other route goes through FastAPI. Outermost first:
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from concurrent.futures import Future
@@ -36,7 +37,7 @@ from ..bundle import OutputSpec
 from .http import NOSNIFF, BodyLimit, error
 from .oip import (ErrorResponse, InferInputError, InferRequest, InferResponse, ModelMetadata, RequestBudget,
                   feeds_from_request, parse_request, response_outputs, tensor_metadata)
-from .repository import Repository, ServedModel
+from .repository import ModelUnavailable, Repository, RegistryRepository, ServedModel
 from .static import Snapshot
 
 # on site.json: a site built without --fallback-url falls back to the server that serves it (web_demo/demo/app.js)
@@ -46,6 +47,7 @@ DEFAULT_MAX_BODY = 4 * 1024 * 1024
 DEFAULT_MAX_BATCH = 1024
 DEFAULT_TIMEOUT_S = 10.0
 INLINE_ROWS = 8
+INFER_PATH = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
 # measured here: a thread hop costs ~150 us, about what parsing and checking a 4 KB body takes (a single row: ~10 us)
 INLINE_BODY_BYTES = 4 * 1024
 
@@ -53,7 +55,7 @@ logger = logging.getLogger("uvicorn.error")
 
 
 def create_app(
-    repository: Repository,
+    repository: Repository | RegistryRepository,
     *,
     site_dir: Optional[Path] = None,
     cors_origins: tuple[str, ...] = (),
@@ -74,16 +76,24 @@ def create_app(
     # the site's files are read and hashed (a 14 MB wasm: tens of ms, mostly outside the GIL) while FastAPI builds
     # its routes; a site that fails its check still fails the start, below
     site_loading = _in_background(Snapshot.of_site, site_dir) if site_dir is not None else None
-    budgets = {(m.name, m.version): RequestBudget.for_bundle(m.bundle, max_batch, max_body_bytes)
-               for m in repository.all()}
+    budgets: dict[int, RequestBudget] = {}  # by id(ServedModel): a registry's versions load while the server runs
 
-    # the infer paths of the models that exist, each with its model: the repository never changes once loaded
-    infer_paths = {f"/v2/models/{m.name}/versions/{m.version}/infer": m for m in repository.all()}
-    infer_paths.update({f"/v2/models/{name}/infer": repository.get(name) for name in repository.models})
+    def budget_of(model: ServedModel) -> RequestBudget:
+        budget = budgets.get(id(model))
+        if budget is None:
+            budget = budgets[id(model)] = RequestBudget.for_bundle(model.bundle, max_batch, max_body_bytes)
+        return budget
 
     def infer_model(scope: dict) -> Optional[ServedModel]:
-        """The model of an infer request (POST /v2/models/NAME[/versions/VERSION]/infer) that exists, else None."""
-        return infer_paths.get(scope["path"]) if scope["method"] == "POST" else None
+        """The model of an infer request (POST /v2/models/NAME[/versions/VERSION]/infer) that can answer, else
+        None (FastAPI's routes then say why: no such model, or a version that can't be served)."""
+        match = INFER_PATH.fullmatch(scope["path"]) if scope["method"] == "POST" else None
+        if match is None:
+            return None
+        try:
+            return repository.get(match["name"], match["version"])
+        except ModelUnavailable:
+            return None
 
     def too_large(model: ServedModel, budget: RequestBudget) -> Response:
         # close rather than read (and throw away) the rest of the body
@@ -111,10 +121,13 @@ def create_app(
         return error(exc.status_code, str(exc.detail))
 
     def find(name: str, version: Optional[str]) -> ServedModel:
-        model = repository.get(name, version)
+        try:
+            model = repository.get(name, version)
+        except ModelUnavailable as exc:  # a damaged registry version: refused, and the others keep serving
+            raise StarletteHTTPException(409, str(exc)) from exc
         if model is None:
             what = f"model {name!r}" + (f" version {version!r}" if version else "")
-            raise StarletteHTTPException(404, f"unknown {what}; this server has {', '.join(sorted(repository.models))}")
+            raise StarletteHTTPException(404, f"unknown {what}; this server has {', '.join(repository.names())}")
         return model
 
     @app.get("/v2/health/live")
@@ -136,7 +149,7 @@ def create_app(
         manifest = model.bundle.manifest
         classes = list(manifest.classes) if manifest.classes is not None else None
         return ModelMetadata(
-            name=model.name, versions=sorted(repository.models[model.name]), platform="onnxruntime_onnx",
+            name=model.name, versions=repository.versions(model.name), platform="onnxruntime_onnx",
             inputs=tensor_metadata(model.bundle.inputs), outputs=tensor_metadata(model.bundle.outputs),
             # the manifest URL of this version: apps resolve the active model at run time, not in their code
             parameters={"task": manifest.task, "classes": classes, "version": model.version,
@@ -148,7 +161,7 @@ def create_app(
         return {"name": name, "ready": True}
 
     async def answer_infer(model: ServedModel, scope: dict, receive) -> Response:
-        budget = budgets[model.name, model.version]
+        budget = budget_of(model)
         length = _content_length(scope)
         if length is not None and length > budget.max_bytes:
             # refusing a hostile body must cost far less than serving a good request: refused before reading it
@@ -221,8 +234,8 @@ def create_app(
         infer_defs = {**infer_schema.pop("$defs", {}), "InferRequest": infer_schema}
         schema.setdefault("components", {}).setdefault("schemas", {}).update(infer_defs)
         # the models this server has, so that clients (and fuzzers) name one rather than guess
-        known = {"name": sorted(repository.models),
-                 "version": sorted({v for versions in repository.models.values() for v in versions})}
+        known = {"name": repository.names(),
+                 "version": sorted({v for name in repository.names() for v in repository.versions(name)})}
         for path, operations in schema["paths"].items():
             for operation in operations.values() if path.startswith("/v2/models/") else ():
                 for parameter in operation.get("parameters", ()):
@@ -239,9 +252,20 @@ def create_app(
 
     def bundle_file(name: str, version: str, path: str, request: Request) -> Response:
         model = find(name, version)
-        # the snapshot read at start-up: the files the model was built from, with their manifest hashes as ETags
-        response = model.files.response(path, request, cache="public, max-age=3600")
+        # the snapshot read when the model loaded: the files it was built from, with their manifest hashes as ETags;
+        # a registry's published version never changes, so a browser may keep its files for good
+        cache = "public, max-age=31536000, immutable" if model.immutable else "public, max-age=3600"
+        response = model.files.response(path, request, cache=cache)
         return response or error(404, f"{path!r} is not a file of bundle {name} version {version}")
+
+    @app.get("/bundles/{name}/_aliases.json")
+    def aliases(name: str) -> Response:
+        """Where each alias points now (a registry; bundles on disk have none), read by the client's resolveModel."""
+        versions = repository.versions(name)
+        if not versions:
+            return error(404, f"unknown model {name!r}; this server has {', '.join(repository.names())}")
+        return JSONResponse({"name": name, "aliases": repository.aliases(name), "versions": versions},
+                            headers={"Cache-Control": "no-cache"})
 
     # one route per method, each with its own operation ID (one route for several methods gives them all one)
     for method in ("GET", "HEAD"):

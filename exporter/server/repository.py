@@ -1,4 +1,5 @@
-"""The model repository: bundles read once at start-up, verified, each with an onnxruntime session.
+"""The model repository: bundles read once at start-up, verified, each with an onnxruntime session; or a
+registry's versions, loaded on first use (RegistryRepository).
 
 Each version is a snapshot: the session is built from the very bytes the
 bundle route hands out, so a re-export on disk while the server runs changes
@@ -8,14 +9,20 @@ failed or never finished is refused unless allow_unverified.
 """
 from __future__ import annotations
 
+import logging
 import re
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..bundle import MANIFEST, Bundle, graph_mismatch, read_bundle, read_files, require_verified
-from ..errors import BundleError, InputFileError
+from ..errors import BundleError, EdgeportError, InputFileError
 from .static import Snapshot
+
+logger = logging.getLogger("uvicorn.error")
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,8 @@ class ServedModel:
     session: Any  # onnxruntime.InferenceSession
     onnx_file: str
     files: Snapshot  # the bundle's files as read at start-up, what /bundles/NAME/VERSION/ serves
+    immutable: bool = False  # from a registry: a published version never changes, so its files may be cached for good
+    bytes: int = 0  # the bundle's files, what the registry's LRU cache counts
 
     @property
     def name(self) -> str:
@@ -53,35 +62,20 @@ class Repository:
                                  "a folder of such directories (made by `edgeport export`)")
 
     def add(self, bundle: Bundle) -> None:
-        import onnxruntime as ort
-
-        onnx_file = bundle.server_model_file
-        if not onnx_file.endswith(".onnx"):
-            raise BundleError(f"bundle {bundle.path} has no ONNX artifact for the server to run")
-        if not self.allow_unverified:
-            require_verified(bundle)
         versions = self.models.setdefault(bundle.name, {})
         if bundle.version in versions:
             raise BundleError(f"two bundles are both {bundle.name} version {bundle.version}: "
                               f"{versions[bundle.version].bundle.path} and {bundle.path}")
-        files = read_files(bundle)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1  # many small requests: parallelism comes from concurrent requests
-        try:
-            session = ort.InferenceSession(files[onnx_file], options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime's own error types: a damaged or hostile model file
-            raise BundleError(f"onnxruntime cannot load {onnx_file} of bundle {bundle.path}: "
-                              f"{str(exc).splitlines()[0][:300]}") from exc
-        mismatch = graph_mismatch(bundle.manifest, session, onnx_file)
-        if mismatch:
-            raise BundleError(f"bundle {bundle.path} contradicts its model: {mismatch}. Re-export it.")
-        try:
-            _warm_up(bundle, session)
-        except Exception as exc:  # a golden row the graph refuses: every request would fail the same way
-            raise BundleError(f"bundle {bundle.path} fails its warm-up (one golden row through {onnx_file}): "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}. "
-                              "Re-export it.") from exc
-        versions[bundle.version] = ServedModel(bundle, session, onnx_file, Snapshot.of_bundle(files, bundle.manifest))
+        versions[bundle.version] = load_served(bundle, allow_unverified=self.allow_unverified)
+
+    def names(self) -> list[str]:
+        return sorted(self.models)
+
+    def versions(self, name: str) -> list[str]:
+        return sorted(self.models.get(name, {}), key=version_key)
+
+    def aliases(self, name: str) -> dict[str, str]:
+        return {}  # bundles on disk have versions; a registry (RegistryRepository) has aliases
 
     def get(self, name: str, version: str | None = None) -> ServedModel | None:
         versions = self.models.get(name)
@@ -93,6 +87,110 @@ class Repository:
 
     def all(self) -> list[ServedModel]:
         return [m for versions in self.models.values() for m in versions.values()]
+
+
+def load_served(bundle: Bundle, *, allow_unverified: bool = False, immutable: bool = False) -> ServedModel:
+    """A bundle's files read and verified once, its onnxruntime session built from those very bytes and warmed up."""
+    import onnxruntime as ort
+
+    onnx_file = bundle.server_model_file
+    if not onnx_file.endswith(".onnx"):
+        raise BundleError(f"bundle {bundle.path} has no ONNX artifact for the server to run")
+    if not allow_unverified:
+        require_verified(bundle)
+    files = read_files(bundle)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # many small requests: parallelism comes from concurrent requests
+    try:
+        session = ort.InferenceSession(files[onnx_file], options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own error types: a damaged or hostile model file
+        raise BundleError(f"onnxruntime cannot load {onnx_file} of bundle {bundle.path}: "
+                          f"{str(exc).splitlines()[0][:300]}") from exc
+    mismatch = graph_mismatch(bundle.manifest, session, onnx_file)
+    if mismatch:
+        raise BundleError(f"bundle {bundle.path} contradicts its model: {mismatch}. Re-export it.")
+    try:
+        _warm_up(bundle, session)
+    except Exception as exc:  # a golden row the graph refuses: every request would fail the same way
+        raise BundleError(f"bundle {bundle.path} fails its warm-up (one golden row through {onnx_file}): "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}. "
+                          "Re-export it.") from exc
+    return ServedModel(bundle, session, onnx_file, Snapshot.of_bundle(files, bundle.manifest), immutable,
+                       sum(len(b) for b in files.values()))
+
+
+class ModelUnavailable(EdgeportError):
+    """A registry version that can't be served (damaged, or failing its parity): the server answers 409 for it."""
+
+
+class RegistryRepository:
+    """Every model and version of a registry (model_registry.py): a version loads on its first request and stays
+    in an LRU cache of at most max_bytes of bundle files; `get(name)` follows the alias, which is read again
+    when older than alias_ttl_s, so a promote or a rollback is served within a second, without a restart.
+    A version that fails to load is logged once and answered 409 on every request, and the others keep serving."""
+
+    def __init__(self, registry, *, alias: str = "production", allow_unverified: bool = False,
+                 max_bytes: int = 512 * 2**20, alias_ttl_s: float = 0.25):
+        self.registry = registry
+        self.alias = alias
+        self.allow_unverified = allow_unverified
+        self.max_bytes = max_bytes
+        self.alias_ttl_s = alias_ttl_s
+        self.path = getattr(registry, "root", None)
+        self.loaded: OrderedDict[tuple[str, str], ServedModel] = OrderedDict()
+        self.failed: dict[tuple[str, str], str] = {}
+        self._fresh: dict[tuple, tuple[float, Any]] = {}  # (what, name) -> (when read, value)
+        self._lock = threading.RLock()
+        if not self.names():
+            raise InputFileError(f"the registry {self.path or registry} has no models yet: edgeport publish BUNDLE first")
+
+    def _recent(self, key: tuple, read: Callable[[], Any]) -> Any:
+        now = time.monotonic()
+        cached = self._fresh.get(key)
+        if cached is None or now - cached[0] > self.alias_ttl_s:
+            cached = self._fresh[key] = (now, read())
+        return cached[1]
+
+    def names(self) -> list[str]:
+        return self._recent(("names",), self.registry.names)
+
+    def versions(self, name: str) -> list[str]:
+        if name not in self.names():  # any name in a URL: only the registry's own are looked up and remembered
+            return []
+        return self._recent(("versions", name), lambda: self.registry.version_names(name))
+
+    def aliases(self, name: str) -> dict[str, str]:
+        if name not in self.names():
+            return {}
+        return self._recent(("aliases", name), lambda: self.registry.aliases(name))
+
+    def get(self, name: str, version: str | None = None) -> ServedModel | None:
+        versions = self.versions(name)
+        if version is None:  # the alias, or the highest version while no alias is set
+            version = self.aliases(name).get(self.alias) or (versions[-1] if versions else None)
+        if version is None or version not in versions:
+            return None
+        key = (name, version)
+        with self._lock:
+            if key in self.loaded:
+                self.loaded.move_to_end(key)
+                return self.loaded[key]
+            if key in self.failed:
+                raise ModelUnavailable(self.failed[key])
+            try:
+                bundle = read_bundle(self.registry.bundle_dir(name, version), verify=False)
+                served = load_served(bundle, allow_unverified=self.allow_unverified, immutable=True)
+            except EdgeportError as exc:
+                self.failed[key] = f"{name} version {version} can't be served: {exc}"
+                logger.error("%s", self.failed[key])
+                raise ModelUnavailable(self.failed[key]) from exc
+            self.loaded[key] = served
+            while len(self.loaded) > 1 and sum(m.bytes for m in self.loaded.values()) > self.max_bytes:
+                self.loaded.popitem(last=False)  # the least recently used version: loaded again when asked for
+            return served
+
+    def all(self) -> list[ServedModel]:
+        return list(self.loaded.values())
 
 
 def discover(path: Path) -> list[Path]:
