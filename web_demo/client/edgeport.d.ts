@@ -34,6 +34,7 @@ export interface Prediction {
   low_confidence: boolean;
   browser_confidence?: number;  // the browser's confidence, when low confidence sent the row to the server
   served_by: 'browser' | 'server';
+  model_version: string;         // the version that answered (the server's model_version for a server answer)
   latency_ms: number;
   fallback_reason: FallbackReason | null;
 }
@@ -109,6 +110,9 @@ export declare class EdgeportModel {
   release(): Promise<void>;
 }
 
+/** The manifest URL of a registry's NAME (its production alias), NAME@ALIAS, or NAME at a pinned `version`;
+ * registryUrl is edgeport serve's /bundles/ or a static copy of the registry directory. */
+export declare function resolveModel(registryUrl: string | URL, reference: string, options?: { version?: string; fetch?: typeof fetch }): Promise<string>;
 /** From a manifest URL (or a file path under Node), or a parsed manifest whose files `options.files` locates. */
 export declare function loadModel(source: string | URL | Manifest, options?: LoadOptions): Promise<EdgeportModel>;
 export declare function buildInputs(manifest: Manifest, rows: Row[]): Record<string, { type: DType; data: ArrayLike<unknown>; dims: number[] }>;

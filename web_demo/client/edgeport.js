@@ -62,6 +62,33 @@ export async function loadModel(source, options = {}) {
   return model;
 }
 
+/**
+ * The manifest URL of a registry's model: `reference` is NAME (its production alias), NAME@ALIAS, or NAME with
+ * `{ version }` to pin one. `registryUrl` is where the registry's NAME/ folders are: `edgeport serve REGISTRY`'s
+ * /bundles/, or a static copy of the registry directory. The alias document (NAME/_aliases.json) is read fresh
+ * on every call; a version's files never change, so a browser may cache them for good.
+ */
+export async function resolveModel(registryUrl, reference, { version, fetch: fetchFn = globalThis.fetch } = {}) {
+  const [name, alias = 'production'] = String(reference).split('@');
+  const base = String(registryUrl).replace(/\/?$/, '/');
+  const folder = new URL(`${encodeURIComponent(name)}/`, new URL(base, globalThis.location?.href)).href;
+  if (version !== undefined) return new URL(`${encodeURIComponent(version)}/manifest.json`, folder).href;
+  let document;
+  try {
+    const response = await fetchFn(new URL('_aliases.json', folder).href, { cache: 'no-cache' });
+    if (!response.ok) throw new Error(`it answered ${response.status}`);
+    document = await response.json();
+  } catch (err) {
+    throw new LoadError(`could not read the aliases of ${name} at ${folder}: ${err.message}`, { code: 'manifest', cause: err });
+  }
+  const pinned = document?.aliases?.[alias];
+  if (typeof pinned !== 'string') {
+    throw new LoadError(`${name} has no alias ${JSON.stringify(alias)} (it has ${Object.keys(document?.aliases ?? {}).join(', ') || 'none'})`,
+      { code: 'manifest' });
+  }
+  return new URL(`${encodeURIComponent(pinned)}/manifest.json`, folder).href;
+}
+
 function isPlainObject(value) {
   return Object.prototype.toString.call(value) === '[object Object]';
 }
@@ -239,7 +266,8 @@ export class EdgeportModel {
     }
     const latency = now() - started;
     const results = toResults(this.manifest, raw, rows.length).map((r) => ({
-      ...r, served_by: 'browser', latency_ms: latency, fallback_reason: null, low_confidence: isLow(r, this.policy),
+      ...r, served_by: 'browser', model_version: this.manifest.version, latency_ms: latency, fallback_reason: null,
+      low_confidence: isLow(r, this.policy),
     }));
     if (results.some((r) => r.low_confidence) && this.policy.onLowConfidence === 'server' && this.policy.fallbackUrl) {
       try {
@@ -276,8 +304,10 @@ export class EdgeportModel {
         }
         const raw = fromInferResponse(this.manifest, payload, rows.length);
         const latency = now() - started;
+        const answered = typeof payload.model_version === 'string' ? payload.model_version : version;
         return toResults(this.manifest, raw, rows.length).map((r) => ({
-          ...r, served_by: 'server', latency_ms: latency, fallback_reason: reason, low_confidence: isLow(r, this.policy),
+          ...r, served_by: 'server', model_version: answered, latency_ms: latency, fallback_reason: reason,
+          low_confidence: isLow(r, this.policy),
         }));
       } catch (err) {
         lastError = err instanceof ServerError ? err : new ServerError(`fallback server unreachable: ${err.message}`, { code: 'server-unreachable', cause: err });

@@ -357,6 +357,7 @@ function render(result) {
   }));
   $('served-by').textContent = result.served_by;
   $('served-by').className = `badge ${result.served_by}`;
+  $('model-version').textContent = result.model_version;
   $('latency').textContent = `${result.latency_ms.toFixed(result.latency_ms < 10 ? 2 : 0)} ms`;
   const notice = $('notice');
   notice.className = 'notice';

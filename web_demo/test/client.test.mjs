@@ -480,3 +480,24 @@ test('a manifest object whose files or outputs are malformed is a LoadError (man
     await assert.rejects(loadModel({ ...manifest, ...change }, { ort: fakeOrt() }), (err) => err instanceof LoadError && err.code === 'manifest');
   }
 });
+
+test('resolveModel reads NAME/_aliases.json fresh, follows NAME@ALIAS, pins a version, and names what is missing', async () => {
+  let production = '1';
+  const asked = [];
+  const fetchFn = async (url, init) => {
+    asked.push([url, init?.cache]);
+    if (!url.endsWith('/iris/_aliases.json')) return new Response('{}', { status: 404 });
+    return Response.json({ name: 'iris', aliases: { production, canary: '3' }, versions: ['1', '2', '3'] });
+  };
+  const { resolveModel } = await import('../client/edgeport.js');
+  assert.equal(await resolveModel('https://api.example/bundles', 'iris', { fetch: fetchFn }), 'https://api.example/bundles/iris/1/manifest.json');
+  production = '2';
+  assert.equal(await resolveModel('https://api.example/bundles/', 'iris', { fetch: fetchFn }), 'https://api.example/bundles/iris/2/manifest.json');
+  assert.equal(await resolveModel('https://api.example/bundles/', 'iris@canary', { fetch: fetchFn }), 'https://api.example/bundles/iris/3/manifest.json');
+  assert.deepEqual(asked.map(([, cache]) => cache), ['no-cache', 'no-cache', 'no-cache'], 'the alias document is revalidated on every load');
+  assert.equal(await resolveModel('https://cdn.example/registry', 'iris', { version: '1', fetch: fetchFn }), 'https://cdn.example/registry/iris/1/manifest.json');
+  await assert.rejects(resolveModel('https://api.example/bundles/', 'iris@beta', { fetch: fetchFn }),
+    (err) => err instanceof LoadError && /no alias "beta" \(it has production, canary\)/.test(err.message));
+  await assert.rejects(resolveModel('https://api.example/bundles/', 'nope', { fetch: fetchFn }),
+    (err) => err instanceof LoadError && /aliases of nope.*404/.test(err.message));
+});
