@@ -95,6 +95,24 @@ def iris_bundle(iris_model, tmp_path):
     return export_model(model_path, tmp_path / "bundle", sample=sample_path).bundle
 
 
+@pytest.fixture(scope="module")
+def two_versions(tmp_path_factory):
+    """iris version 1 (logistic regression) and version 2 (a decision tree): their answers differ."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.tree import DecisionTreeClassifier
+
+    from edgeport.export import export_model
+
+    root = tmp_path_factory.mktemp("versions")
+    X, y = iris_frame()
+    bundles = {}
+    for version, model in (("1", LogisticRegression(max_iter=500)), ("2", DecisionTreeClassifier(max_depth=2, random_state=0))):
+        (root / version).mkdir()
+        model_path, sample_path = save_model(model.fit(X, y), root / version, "iris", X.sample(30, random_state=0))
+        bundles[version] = export_model(model_path, root / f"bundle-{version}", sample=sample_path, version=version).bundle
+    return bundles
+
+
 def churn_data(n=400, seed=0):
     from edgeport.examples.churn import make_frame
 

@@ -8,27 +8,8 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from conftest import iris_frame, save_model
 from edgeport.cli import app
 from edgeport.model_registry import ALIASES, FileRegistry, RegistryError, open_registry
-
-
-@pytest.fixture(scope="module")
-def two_versions(tmp_path_factory):
-    """iris version 1 (logistic regression) and version 2 (a decision tree): their answers differ."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.tree import DecisionTreeClassifier
-
-    from edgeport.export import export_model
-
-    root = tmp_path_factory.mktemp("versions")
-    X, y = iris_frame()
-    bundles = {}
-    for version, model in (("1", LogisticRegression(max_iter=500)), ("2", DecisionTreeClassifier(max_depth=2, random_state=0))):
-        (root / version).mkdir()
-        model_path, sample_path = save_model(model.fit(X, y), root / version, "iris", X.sample(30, random_state=0))
-        bundles[version] = export_model(model_path, root / f"bundle-{version}", sample=sample_path, version=version).bundle
-    return bundles
 
 
 def cli(*args: str):
