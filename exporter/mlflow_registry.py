@@ -37,7 +37,7 @@ from typing import Iterator
 
 from .bundle import MANIFEST, FileEntry, read_bundle, read_files, require_verified
 from .errors import EdgeportError
-from .model_registry import (DEFAULT_ALIAS, AliasMove, RegistryError, VersionInfo, _checked_part, _make_read_only,
+from .model_registry import (DEFAULT_ALIAS, AliasMove, RegistryError, VersionInfo, _checked_part, _make_read_only, parity_status,
                              _make_writable, _now, version_problem)
 from .progress import Progress, quiet
 
@@ -85,6 +85,16 @@ class MlflowRegistry:
         with self._calls():
             model = self._model(name)
             return self._bundle_version(name, model.aliases.get(alias)) if model else None
+
+    def version_names(self, name: str) -> list[str]:
+        with self._calls():
+            return list(self._versions(name)) if self._model(_checked_part(name, "model name")) else []
+
+    def aliases(self, name: str) -> dict[str, str]:
+        with self._calls():
+            model = self._model(_checked_part(name, "model name"))
+            aliases = {alias: self._bundle_version(name, number) for alias, number in (model.aliases if model else {}).items()}
+            return {alias: version for alias, version in aliases.items() if version is not None}
 
     def versions(self, name: str) -> list[VersionInfo]:
         with self._calls():
@@ -141,7 +151,7 @@ class MlflowRegistry:
                 client.create_registered_model(name, tags={MODEL_TAG: "bundle"})
             else:
                 client.set_registered_model_tag(name, MODEL_TAG, "bundle")
-            tags = {VERSION_TAG: version, PARITY_TAG: _parity_status(bundle.manifest.parity), FILES_TAG: digest,
+            tags = {VERSION_TAG: version, PARITY_TAG: parity_status(bundle.manifest.parity), FILES_TAG: digest,
                     CREATED_TAG: bundle.manifest.created or "", BYTES_TAG: str(sum(f.bytes for f in bundle.manifest.files))}
             mv = client.create_model_version(name, f"{run.info.artifact_uri}/{ARTIFACT_PATH}", run_id=run.info.run_id, tags=tags)
             return self._info(mv, {}, version_problem(bundle.path))
@@ -341,10 +351,6 @@ def _replace(directory: Path, target: Path) -> None:
     directory.rename(target)
     _make_writable(old)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _parity_status(parity: dict) -> str:
-    return "passed" if parity.get("passed") is True else "failed" if parity.get("passed") is False else "pending"
 
 
 def _history(model) -> dict:

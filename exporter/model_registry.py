@@ -222,8 +222,7 @@ class FileRegistry:
             manifest = json.loads((path / MANIFEST).read_text())
         except (OSError, ValueError):
             manifest = {}
-        parity = manifest.get("parity", {}) if isinstance(manifest, dict) else {}
-        status = "passed" if parity.get("passed") is True else "failed" if parity.get("passed") is False else "pending"
+        status = parity_status(manifest.get("parity", {}) if isinstance(manifest, dict) else {})
         published = (path / ".published").read_text().strip() if (path / ".published").is_file() else ""
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name != ".published")
         return VersionInfo(name, version, status, str(manifest.get("created", "")), published, size,
@@ -264,6 +263,11 @@ class FileRegistry:
         with open(model_dir / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent CLI calls queue here; released when the file closes
             yield model_dir
+
+
+def parity_status(parity: dict) -> str:
+    """A manifest's recorded parity as one word: passed, failed, or pending (never checked, or not finished)."""
+    return "passed" if parity.get("passed") is True else "failed" if parity.get("passed") is False else "pending"
 
 
 def _checked_part(value: str, what: str) -> str:

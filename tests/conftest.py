@@ -175,14 +175,14 @@ def free_port() -> int:
 class ServerProcess:
     """`edgeport serve` as a real process on a free loopback port."""
 
-    def __init__(self, path, *args):
+    def __init__(self, path, *args, log_dir=None):
         import subprocess
         import sys
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         script = Path(sys.executable).with_name("edgeport")
-        self.log = open(Path(path).parent / f"serve-{self.port}.log", "w+")
+        self.log = open(Path(log_dir or Path(path).parent) / f"serve-{self.port}.log", "w+")
         args = tuple(map(str, args))
         if "--drain-seconds" not in args:  # stopping a test server needn't wait for a load balancer
             args += ("--drain-seconds", "0")

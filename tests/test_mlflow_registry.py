@@ -191,3 +191,30 @@ def test_the_cli_loads_mlflow_only_when_asked(store):
     script = Path(sys.executable).with_name("edgeport")
     result = subprocess.run([str(script), "versions", "iris", "--registry", store], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "no model 'iris' in the MLflow registry" in result.stdout + result.stderr
+
+
+def test_edgeport_serve_follows_mlflow_aliases(two_versions, store, tmp_path):
+    """A real `edgeport serve mlflow:…` process: NAME answers with the alias's version, and follows a promote."""
+    import time
+
+    import httpx
+
+    from conftest import ServerProcess
+
+    registry = open_registry(store)
+    for version in ("1", "2"):
+        registry.publish(two_versions[version].path)
+    registry.promote("iris", "1")
+    row = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [6.3, 2.9, 5.6, 1.8]}]}
+    server = ServerProcess(store, log_dir=tmp_path)
+    try:
+        assert httpx.post(f"{server.url}/v2/models/iris/infer", json=row).json()["model_version"] == "1"
+        assert httpx.get(f"{server.url}/bundles/iris/_aliases.json").json()["aliases"] == {"production": "1"}
+        registry.promote("iris", "2")
+        deadline = time.monotonic() + 5
+        while httpx.post(f"{server.url}/v2/models/iris/infer", json=row).json()["model_version"] != "2":
+            assert time.monotonic() < deadline, "the server never followed the promote"
+            time.sleep(0.1)
+        assert httpx.post(f"{server.url}/v2/models/iris/versions/1/infer", json=row).json()["model_version"] == "1"
+    finally:
+        server.stop()

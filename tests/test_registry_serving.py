@@ -13,13 +13,12 @@ import pytest
 from conftest import ServerProcess
 from edgeport.model_registry import FileRegistry
 from edgeport.server.repository import ModelUnavailable, RegistryRepository
-from test_model_registry import two_versions  # noqa: F401 - the fixture: iris versions 1 and 2, with different answers
 
 ROW = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [6.3, 2.9, 5.6, 1.8]}]}
 
 
 @pytest.fixture
-def registry(two_versions, tmp_path):  # noqa: F811
+def registry(two_versions, tmp_path):
     registry = FileRegistry(tmp_path / "registry")
     registry.publish(two_versions["1"].path)
     registry.publish(two_versions["2"].path)
@@ -103,6 +102,42 @@ def test_aliases_are_revalidated_and_versions_cached_for_good(registry, server):
         manifest = client.get("/bundles/iris/2/manifest.json")
         assert "immutable" in manifest.headers["cache-control"] and json.loads(manifest.text)["version"] == "2"
         assert client.get("/bundles/nope/_aliases.json").status_code == 404
+
+
+NODE_CLIENT = """
+import { loadModel, resolveModel } from '%s';
+const [registryUrl, reference] = process.argv.slice(2);
+const model = await loadModel(await resolveModel(registryUrl, reference), { worker: false });
+const [answer] = await model.predict([[6.3, 2.9, 5.6, 1.8]]);
+process.stdout.write(JSON.stringify({ version: answer.model_version, label: answer.label, served_by: answer.served_by }));
+"""
+
+
+def test_the_client_resolves_the_alias_on_each_load(registry, server, tmp_path):
+    """The real client under Node, against the real server: NAME follows the alias from one load to the next."""
+    import subprocess
+
+    from conftest import REPO, need
+    from edgeport.webassets import NODE_MODULES
+
+    need((NODE_MODULES / "onnxruntime-web").is_dir(), "web_demo/node_modules is missing (run make setup)")
+    script = REPO / "web_demo" / "test" / f".resolve-{tmp_path.name}.mjs"  # beside node_modules, so imports resolve
+    script.write_text(NODE_CLIENT % "../client/edgeport.js")
+    try:
+        def load(reference: str) -> dict:
+            done = subprocess.run(["node", str(script), f"{server.url}/bundles/", reference], capture_output=True, text=True,
+                                  timeout=60)
+            assert done.returncode == 0, done.stderr
+            return json.loads(done.stdout)
+
+        assert load("iris")["version"] == "1"
+        registry.promote("iris", "2")
+        second = load("iris")
+        assert second["version"] == "2" and second["served_by"] == "browser"
+        registry.rollback("iris")
+        assert load("iris@production")["version"] == "1"
+    finally:
+        script.unlink()
 
 
 def test_versions_load_on_first_use_into_an_lru_cache(registry):
