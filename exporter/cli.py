@@ -370,8 +370,9 @@ def install_js(
         typer.echo(f"edgeport uses them when EDGEPORT_WEB_DEMO={result.directory} is set")
 
 
-def _announce(url: str) -> None:
-    typer.echo(f"edgeport is serving the demo at {url}/  (OIP v2 at {url}/v2; Ctrl-C stops)")
+def _announce(url: str, has_site: bool = True) -> None:
+    where = f"the demo at {url}/  (OIP v2 at {url}/v2" if has_site else f"OIP v2 at {url}/v2  (bundles at {url}/bundles/"
+    typer.echo(f"edgeport is serving {where}; Ctrl-C stops)")
 
 
 def _write_report(path: Path, data: dict) -> None:

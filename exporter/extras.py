@@ -7,6 +7,8 @@ feature imports:
     browser     playwright (and brotli, optional)            check -r browser (brotli: .br copies in demo sites)
     tensorflow  tensorflow, tensorflowjs, tf2onnx           Keras / SavedModel export (keras_loading.INSTALL_HINT)
     boosting    xgboost, lightgbm, catboost, onnxmltools    XGBoost / LightGBM / CatBoost export and native files
+    torch       torch (CPU wheel), onnxscript                 PyTorch export (torch_loading.py)
+    mlflow      mlflow-skinny, sqlalchemy, alembic           --registry mlflow:URI (mlflow_registry.py)
 """
 from __future__ import annotations
 

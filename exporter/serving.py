@@ -90,7 +90,7 @@ def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000
     else:
         progress("serving " + ", ".join(f"{m.name}@{m.version}" for m in repository.all()))
     if on_listening:
-        on_listening(f"http://{host}:{port}")
+        on_listening(f"http://{host}:{port}", getattr(app.state, "has_site", True))
     body_timeout_s = limits.get("timeout_s", DEFAULT_TIMEOUT_S)
     guard = ConnectionGuard(header_timeout=header_timeout_s, body_timeout=body_timeout_s,
                             max_connections=max_connections)

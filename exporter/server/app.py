@@ -105,6 +105,7 @@ def create_app(
 
     app = EdgeportAPI(title="edgeport", version=__version__, docs_url="/docs", redoc_url=None)
     app.state.repository = repository
+    app.state.has_site = site_dir is not None
     app.state.draining = False  # set by the server on SIGTERM (serving.DrainingServer)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
