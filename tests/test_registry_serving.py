@@ -154,3 +154,13 @@ def test_versions_load_on_first_use_into_an_lru_cache(registry):
     with pytest.raises(ModelUnavailable, match="iris version 1 can't be served"):
         repository.get("iris", "1")
     assert repository.get("iris", "2").version == "2"
+
+
+def test_a_damaged_alias_document_is_a_409_for_the_alias_and_pinned_versions_still_answer(registry, server):
+    (registry.root / "iris" / "_aliases.json").write_text("{ not json")
+    time.sleep(0.5)
+    with httpx.Client(base_url=server.url) as client:
+        refused = client.post("/v2/models/iris/infer", json=ROW)
+        assert refused.status_code == 409 and "_aliases.json" in refused.json()["error"]
+        assert client.get("/bundles/iris/_aliases.json").status_code == 409
+        assert client.post("/v2/models/iris/versions/2/infer", json=ROW).json()["model_version"] == "2"

@@ -124,11 +124,11 @@ def create_app(
     def find(name: str, version: Optional[str]) -> ServedModel:
         try:
             model = repository.get(name, version)
-        except ModelUnavailable as exc:  # a damaged registry version: refused, and the others keep serving
+            if model is None:
+                what = f"model {name!r}" + (f" version {version!r}" if version else "")
+                raise StarletteHTTPException(404, f"unknown {what}; this server has {', '.join(repository.names())}")
+        except ModelUnavailable as exc:  # a damaged registry version, or a registry that can't be read: a 409
             raise StarletteHTTPException(409, str(exc)) from exc
-        if model is None:
-            what = f"model {name!r}" + (f" version {version!r}" if version else "")
-            raise StarletteHTTPException(404, f"unknown {what}; this server has {', '.join(repository.names())}")
         return model
 
     @app.get("/v2/health/live")
@@ -262,11 +262,14 @@ def create_app(
     @app.get("/bundles/{name}/_aliases.json")
     def aliases(name: str) -> Response:
         """Where each alias points now (a registry; bundles on disk have none), read by the client's resolveModel."""
-        versions = repository.versions(name)
-        if not versions:
-            return error(404, f"unknown model {name!r}; this server has {', '.join(repository.names())}")
-        return JSONResponse({"name": name, "aliases": repository.aliases(name), "versions": versions},
-                            headers={"Cache-Control": "no-cache"})
+        try:
+            versions = repository.versions(name)
+            if not versions:
+                return error(404, f"unknown model {name!r}; this server has {', '.join(repository.names())}")
+            return JSONResponse({"name": name, "aliases": repository.aliases(name), "versions": versions},
+                                headers={"Cache-Control": "no-cache"})
+        except ModelUnavailable as exc:
+            return error(409, str(exc))
 
     # one route per method, each with its own operation ID (one route for several methods gives them all one)
     for method in ("GET", "HEAD"):

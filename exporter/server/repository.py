@@ -145,10 +145,16 @@ class RegistryRepository:
             raise InputFileError(f"the registry {self.path or registry} has no models yet: edgeport publish BUNDLE first")
 
     def _recent(self, key: tuple, read: Callable[[], Any]) -> Any:
+        """read(), remembered for alias_ttl_s; a registry that can't be read (a damaged _aliases.json, a store that
+        is down) is a ModelUnavailable, which the server answers 409, never a 5xx."""
         now = time.monotonic()
         cached = self._fresh.get(key)
         if cached is None or now - cached[0] > self.alias_ttl_s:
-            cached = self._fresh[key] = (now, read())
+            try:
+                value = read()
+            except (EdgeportError, OSError) as exc:
+                raise ModelUnavailable(f"the registry {self.path or self.registry} can't be read: {exc}") from exc
+            cached = self._fresh[key] = (now, value)
         return cached[1]
 
     def names(self) -> list[str]:
