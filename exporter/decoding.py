@@ -49,16 +49,17 @@ INT_RANGES = {"int32": (-(2**31), 2**31), "int64": (-(2**63), 2**63)}  # [low, e
 BULK_VALUES = 16
 
 
-def feeds_from_rows(inputs: Sequence[InputSpec], layout: str, rows: Any) -> dict[str, np.ndarray]:
-    """onnxruntime feeds for JSON rows (see the module docstring), or RowValidationError naming the first fault."""
+def feeds_from_rows(inputs: Sequence[InputSpec], layout: str, rows: Any, first_row: int = 0) -> dict[str, np.ndarray]:
+    """onnxruntime feeds for JSON rows (see the module docstring), or RowValidationError naming the first fault
+    (rows are numbered from first_row: a batch's place in a file)."""
     if not isinstance(rows, list) or not rows:
         raise RowValidationError("predict takes a non-empty list of rows", code="rows")
     if layout == "columns":
-        return _columns(inputs, rows)
+        return _columns(inputs, rows, first_row)
     if layout == "matrix":
-        return {inputs[0].name: _matrix(inputs[0], rows)}
+        return {inputs[0].name: _matrix(inputs[0], rows, first_row)}
     if layout == "tensors":
-        return _tensors(inputs, rows)
+        return _tensors(inputs, rows, first_row)
     raise RowValidationError(f"unknown layout {layout!r}", code="rows")
 
 
@@ -69,12 +70,131 @@ def tensor_from_values(spec: InputSpec, shape: Sequence[int], flat: list) -> np.
     return np.array(values, dtype=NUMPY_DTYPES[spec.dtype]).reshape(tuple(shape))
 
 
+def feeds_from_table(inputs: Sequence[InputSpec], layout: str, table: Any, first_row: int = 0, *, text: bool = False
+                     ) -> tuple[dict[str, np.ndarray], np.ndarray, list[RowValidationError]]:
+    """Feeds for a table's rows (a pandas DataFrame from CSV, Parquet or JSON lines), by the same contract as
+    feeds_from_rows, checked column by column in bulk: (the good rows' feeds, a mask of the good rows, the first
+    fault of each bad row). A row the bulk checks doubt goes through feeds_from_rows itself, so a bad row's
+    message is the one the server would give, numbered from first_row. Tables hold columns: the `columns` layout,
+    or one matrix input that names its columns; other inputs need JSON rows. `text`: the table came from CSV,
+    where every cell was text (see _column)."""
+    import pandas as pd
+
+    if layout == "columns":
+        keyed = [(spec, spec.key) for spec in inputs]
+    elif layout == "matrix" and inputs[0].columns:
+        keyed = [(inputs[0], column) for column in inputs[0].columns]
+    else:
+        raise RowValidationError(f"a table's columns can't hold this model's {layout} inputs "
+                                 f"({', '.join(s.name for s in inputs)}); give JSON lines, one row per line", code="rows")
+    missing = [key for _, key in keyed if key not in table.columns]
+    if missing:
+        raise RowValidationError(f'the data has no column "{missing[0]}"; the model takes '
+                                 f"{', '.join(key for _, key in keyed)}", code="missing-column", field=missing[0])
+    n = len(table)
+    doubtful = np.zeros(n, dtype=bool)
+    arrays, cells = {}, {}
+    for spec, key in keyed:
+        arrays[key], doubt, cells[key] = _column(spec, pd.Series(table[key]).reset_index(drop=True), text)
+        doubtful |= doubt
+    good = ~doubtful
+    faults = []
+    for r in np.flatnonzero(doubtful):
+        row = {key: _plain(cells[key][r]) for _, key in keyed}
+        try:
+            feeds = feeds_from_rows(inputs, layout, [row], first_row + int(r))
+        except RowValidationError as fault:
+            faults.append(fault)
+            continue
+        good[r] = True  # the bulk check was stricter than the contract: the row's own values, as decoded
+        for k, (spec, key) in enumerate(keyed):
+            arrays[key][r] = feeds[spec.name].reshape(-1)[0 if layout == "columns" else k]
+    if layout == "columns":
+        feeds = {spec.name: arrays[key][good].astype(NUMPY_DTYPES[spec.dtype]).reshape(-1, 1) for spec, key in keyed}
+    else:
+        spec = inputs[0]
+        feeds = {spec.name: np.column_stack([arrays[key][good] for _, key in keyed]).astype(NUMPY_DTYPES[spec.dtype])
+                 .reshape(-1, len(keyed))}
+    return feeds, good, faults
+
+
+def _column(spec: InputSpec, column: Any, text: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A column as the input's dtype, which rows may break the contract (to check one by one), and its cells as
+    that check should see them. In text (CSV) a number is written as digits: "31" is the number 31 there; in typed
+    data (Parquet, JSON lines) a string stays a string. A missing value is None, NaN or pd.NA alike."""
+    import pandas as pd
+
+    n = len(column)
+    cells = column.to_numpy(dtype=object)
+    absent = column.isna().to_numpy()  # None, NaN or pd.NA: pandas' string columns hold every missing value as one
+    if spec.dtype == "string":
+        is_text = np.fromiter((type(v) is str for v in cells), dtype=bool, count=n)
+        values = np.where(is_text, cells, "").astype(object)
+        malformed = np.fromiter(("\x00" in v or (not v.isascii() and not _utf8(v)) for v in values), dtype=bool, count=n)
+        return values, (~is_text & ~(absent & spec.nullable)) | malformed, np.where(absent, None, cells)
+    kind = column.dtype.kind
+    doubt = np.zeros(n, dtype=bool)
+    exact = None
+    if kind in "iu":
+        exact = column.to_numpy()
+        floats = exact.astype(np.float64)
+    elif kind == "f":
+        floats = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:  # strings, booleans or a mix: what isn't a plain number is looked at row by row
+        if kind == "b":
+            doubt[:] = True
+        else:
+            doubt |= np.fromiter((isinstance(v, bool) for v in cells), dtype=bool, count=n)
+        parsed = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        if text:  # digits are a number; what doesn't parse is checked (and refused) as the string it is
+            doubt |= np.isnan(parsed) & ~absent
+            cells = np.where(np.isnan(parsed) & ~absent, cells, parsed).astype(object)
+            floats = parsed
+        else:
+            doubt |= np.fromiter((type(v) is not float and type(v) is not int and v is not None for v in cells),
+                                 dtype=bool, count=n)
+            floats = np.where(doubt, 0.0, parsed)
+    nan = np.isnan(floats)
+    if not (spec.nullable and spec.dtype not in INT_RANGES):
+        doubt |= nan
+    with np.errstate(invalid="ignore"):
+        doubt |= np.isinf(floats)
+        if spec.dtype == "float32":
+            doubt |= np.abs(floats) > FLOAT32_MAX
+        if spec.dtype in INT_RANGES:
+            low, end = INT_RANGES[spec.dtype]
+            if exact is not None:  # integers as read: exact, where a float64 would round past 2**53
+                doubt |= (exact < low) | (exact > end - 1)
+                return np.where(doubt, 0, exact).astype(np.int64), doubt, cells
+            doubt |= (floats != np.floor(floats)) | (floats < low) | (floats >= end)
+            return np.where(doubt | nan, 0, floats).astype(np.int64), doubt, cells
+    return floats, doubt, cells
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _plain(value: Any) -> Any:
+    """A cell as JSON would hold it: numpy scalars as Python ones, pandas' missing marker as None (NaN stays NaN:
+    _column has already made a text table's empty cells None)."""
+    import pandas as pd
+
+    if value is pd.NA:
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
 # ---------------------------------------------------------------- layouts
 
-def _columns(inputs: Sequence[InputSpec], rows: list) -> dict[str, np.ndarray]:
+def _columns(inputs: Sequence[InputSpec], rows: list, first_row: int = 0) -> dict[str, np.ndarray]:
     keys = [spec.key for spec in inputs]
     values: list[list] = [[] for _ in inputs]
-    for r, row in enumerate(rows):
+    for r, row in enumerate(rows, first_row):
         _check_keys(row, r, keys, "column")
         for spec, column in zip(inputs, values):
             column.append(_value(spec, row[spec.key], lambda: Place(f'row {r}, column "{spec.key}"', r, spec.key)))
@@ -82,10 +202,10 @@ def _columns(inputs: Sequence[InputSpec], rows: list) -> dict[str, np.ndarray]:
             for spec, column in zip(inputs, values)}
 
 
-def _matrix(spec: InputSpec, rows: list) -> np.ndarray:
+def _matrix(spec: InputSpec, rows: list, first_row: int = 0) -> np.ndarray:
     dims = _inner_dims(spec, rows)
     flat: list = []
-    for r, row in enumerate(rows):
+    for r, row in enumerate(rows, first_row):
         if isinstance(row, dict) and spec.columns:
             _check_keys(row, r, list(spec.columns), "column")
             flat.extend(_value(spec, row[c], lambda c=c: Place(f'row {r}, column "{c}"', r, c)) for c in spec.columns)
@@ -99,12 +219,12 @@ def _matrix(spec: InputSpec, rows: list) -> np.ndarray:
     return np.array(flat, dtype=NUMPY_DTYPES[spec.dtype]).reshape(len(rows), *dims)
 
 
-def _tensors(inputs: Sequence[InputSpec], rows: list) -> dict[str, np.ndarray]:
+def _tensors(inputs: Sequence[InputSpec], rows: list, first_row: int = 0) -> dict[str, np.ndarray]:
     dims = {spec.name: _inner_dims(spec, [row.get(spec.name) if isinstance(row, dict) else None for row in rows])
             for spec in inputs}
     flat: dict[str, list] = {spec.name: [] for spec in inputs}
     keys = [spec.name for spec in inputs]
-    for r, row in enumerate(rows):
+    for r, row in enumerate(rows, first_row):
         _check_keys(row, r, keys, "input")
         for spec in inputs:
             where = f'row {r}, input "{spec.name}"'
