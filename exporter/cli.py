@@ -217,6 +217,28 @@ def pack(
                "Run npm pack there, and install the tarball beside edgeport-client (see its README.md).")
 
 
+@command()
+def predict(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    data: Path = typer.Argument(..., help="Rows to predict: .csv/.tsv, .parquet or .jsonl (one JSON object a line)."),
+    out: str = typer.Option(..., "--out", "-o", help="Where predictions go: a .csv/.parquet/.jsonl file, or a SQLAlchemy URL (sqlite:///preds.db, postgresql://...)."),
+    table: Optional[str] = typer.Option(None, "--table", help="The table, for a database --out (default predictions)."),
+    id_column: Optional[str] = typer.Option(None, "--id", help="The data's key column, kept in the output (default: the row number)."),
+    rejects: Optional[Path] = typer.Option(None, "--rejects", help="Write bad rows here (with row number and reason) and go on; without it the first bad row stops the run."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Chunks predicted at once (threads)."),
+    chunk_rows: int = typer.Option(20_000, "--chunk-rows", min=1, help="Rows read, decoded and run at a time (memory stays about this many rows)."),
+    allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Use a bundle whose parity check failed or never finished."),
+) -> None:
+    """Batch prediction with the server's artifact and decoder, streaming in chunks with bounded memory."""
+    from edgeport.batch import predict_file
+
+    result = predict_file(bundle, data, out, table=table, id_column=id_column, rejects=rejects, workers=workers,
+                          chunk_rows=chunk_rows, allow_unverified=allow_unverified, progress=_progress)
+    typer.echo(f"predicted {result.predicted:,} of {result.rows:,} rows into {result.out} in {result.seconds:.1f}s "
+               f"({result.rows_per_s:,.0f} rows/s, peak memory {result.peak_memory_mb:,.0f} MB)"
+               + (f"; {result.rejected:,} rejected into {rejects}" if result.rejected else ""))
+
+
 REGISTRY_HELP = "Registry: a directory (default $EDGEPORT_REGISTRY or ./registry), or mlflow:TRACKING_URI for MLflow's."
 ALIAS_HELP = "The alias to move (the server and the browser resolve NAME@ALIAS; default production)."
 
