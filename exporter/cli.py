@@ -120,6 +120,8 @@ def export(
     nullable: List[str] = typer.Option([], "--nullable", help="ONNX file: this input accepts missing values (repeatable)."),
     confidence_threshold: float = typer.Option(0.6, "--confidence-threshold", min=0.0, max=1.0, help="Below this the client falls back."),
     on_low_confidence: LowConfidence = typer.Option(LowConfidence.server, "--on-low-confidence", help="Ask the server, or abstain."),
+    fallback_version: str = typer.Option("pinned", "--fallback-version", help="Which version the client asks the fallback server for: pinned (the one it runs) or default (the server's own: MLServer's, a registry alias)."),
+    fallback_output: List[str] = typer.Option([], "--fallback-output", help="ROLE=NAME: the fallback server's name for an output (repeatable), e.g. probabilities=predict_proba for MLServer's scikit-learn runtime."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the parity report (JSON) here."),
 ) -> None:
     """Convert a trained model into a bundle and check parity in Python."""
@@ -134,7 +136,8 @@ def export(
     result = export_model(
         model, out, to=to.value, sample=sample, name=name, version=version, allow_pickle=allow_pickle,
         trust=trust, allow_ops=allow_op, imports=import_, force=force, atol=atol, rtol=rtol, confidence_threshold=confidence_threshold,
-        on_low_confidence=on_low_confidence.value, progress=_progress, **options,
+        on_low_confidence=on_low_confidence.value, fallback_version=fallback_version,
+        fallback_outputs=_pairs("--fallback-output", fallback_output), progress=_progress, **options,
     )
     if report:
         _write_report(report, result.report.to_dict())
@@ -342,6 +345,18 @@ def serve(
                   header_timeout_s=header_timeout, keep_alive_s=keep_alive, max_connections=max_connections,
                   drain_s=drain_seconds, allow_unverified=allow_unverified, alias=alias, cache_bytes=cache_mb * 2**20,
                   progress=_progress, on_listening=_announce)
+
+
+def _pairs(option: str, values: List[str]) -> dict[str, str]:
+    from edgeport.errors import OptionError
+
+    pairs = {}
+    for value in values:
+        key, equals, name = value.partition("=")
+        if not equals or not key.strip() or not name.strip():
+            raise OptionError(f"{option} {value!r}: expected ROLE=NAME, e.g. probabilities=predict_proba")
+        pairs[key.strip()] = name.strip()
+    return pairs
 
 
 def _tolerance(option: str, value: Optional[float]) -> Optional[float]:

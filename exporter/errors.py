@@ -77,11 +77,15 @@ class UnsupportedModelError(EdgeportError):
     """Raised when no registered converter handles the model or the target."""
 
 
-class UnusedOptionError(EdgeportError):
-    """Raised when an option is given that the converter for this model doesn't use (e.g. --classes on a
-    scikit-learn model, which knows its classes): refused like a usage error, never swallowed."""
+class OptionError(EdgeportError):
+    """An option value that can't apply to this model: refused like a usage error (exit 2), naming the option."""
 
     exit_code = 2
+
+
+class UnusedOptionError(OptionError):
+    """Raised when an option is given that the converter for this model doesn't use (e.g. --classes on a
+    scikit-learn model, which knows its classes): refused like a usage error, never swallowed."""
 
 
 class ConversionError(EdgeportError):

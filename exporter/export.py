@@ -17,7 +17,7 @@ import numpy as np
 
 from .bundle import GOLDEN, GOLDEN_ROWS, PARITY, Bundle, InputSpec, Manifest, OutputSpec, write_json, write_manifest
 from .check import require_rows_fit, run_parity
-from .errors import RowValidationError, SampleError
+from .errors import OptionError, RowValidationError, SampleError
 from .loading import load_model
 from .parity import ParityReport, Tolerance
 from .publish import publish, staging_dir
@@ -62,6 +62,8 @@ def export_model(
     rtol: float | None = None,
     confidence_threshold: float = 0.6,
     on_low_confidence: str = "server",
+    fallback_version: str = "pinned",
+    fallback_outputs: dict[str, str] | None = None,
     runtimes: Sequence[str] | None = None,
     progress: Progress | None = None,
     **converter_options: Any,
@@ -124,7 +126,8 @@ def export_model(
             tolerance={"atol": tolerance.atol, "rtol": tolerance.rtol},
             parity={"passed": False, "pending": True},
             fallback={"confidence_threshold": confidence_threshold, "on_low_confidence": on_low_confidence,
-                      "timeout_ms": 2000, "url": None},
+                      "timeout_ms": 2000, "url": None,
+                      **_fallback_target(fallback_version, fallback_outputs, [o["role"] for o in converted.outputs])},
         )
         staged_bundle = Bundle(path=staged, manifest=write_manifest(staged, manifest))
         require_rows_fit(staged_bundle, rows, f"the sample's rows (from {Path(sample).name})")
@@ -256,3 +259,15 @@ def quantization_cost(sizes: dict, report: ParityReport) -> dict:
 def _default_name(path: Path) -> str:
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem if path.is_file() else path.name).strip("-._")
     return (stem or "model")[:64]
+
+
+def _fallback_target(version_policy: str, outputs: dict[str, str] | None, roles: list[str]) -> dict:
+    """The manifest's fallback target beyond the defaults: which version the client asks for, and the server's name
+    for each output role it names otherwise (only what differs from the defaults is written)."""
+    if version_policy not in ("pinned", "default"):
+        raise OptionError(f"--fallback-version {version_policy}: expected pinned or default")
+    stray = sorted(set(outputs or {}) - set(roles))
+    if stray:
+        raise OptionError(f"--fallback-output {stray[0]}=...: this model's outputs have the roles {', '.join(roles)}")
+    target = {"version_policy": version_policy} if version_policy != "pinned" else {}
+    return {**target, **({"outputs": dict(outputs)} if outputs else {})}

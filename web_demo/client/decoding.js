@@ -232,7 +232,7 @@ function makeTensor(dtype, values, dims) {
  * An OIP v2 infer request body for inputs from buildInputs: the decoded values, so the server sees what the
  * browser would have run. JSON has no NaN: a missing float goes as null; a missing nullable string is already "".
  */
-export function toInferRequest(manifest, inputs, parameters) {
+export function toInferRequest(manifest, inputs, parameters, outputNames = {}) {
   return {
     ...(parameters ? { parameters } : {}),
     inputs: manifest.inputs.map((spec) => {
@@ -242,6 +242,6 @@ export function toInferRequest(manifest, inputs, parameters) {
           : Array.from(t.data, (v) => (Number.isNaN(v) ? null : v));
       return { name: spec.name, shape: t.dims, datatype: OIP_DATATYPE[spec.dtype], data };
     }),
-    outputs: manifest.outputs.map((o) => ({ name: o.name })),
+    outputs: manifest.outputs.map((o) => ({ name: outputNames[o.role] ?? o.name })), // the server's names, where they differ
   };
 }

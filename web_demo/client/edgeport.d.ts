@@ -17,7 +17,8 @@ export interface Manifest {
   layout: Layout; model_file: string; server_model_file: string; inputs: ManifestInput[]; outputs: ManifestOutput[]; classes?: (string | number | boolean)[];
   files: { path: string; bytes: number; sha256: string }[];
   feature_stats: Record<string, unknown>; tolerance: { atol: number; rtol: number };
-  fallback: { confidence_threshold: number; on_low_confidence: 'server' | 'abstain'; timeout_ms?: number; url?: string | null };
+  fallback: { confidence_threshold: number; on_low_confidence: 'server' | 'abstain'; timeout_ms?: number; url?: string | null;
+    version_policy?: 'pinned' | 'default'; outputs?: Partial<Record<ManifestOutput['role'], string>> };
   [key: string]: unknown;
 }
 
@@ -49,6 +50,8 @@ export interface LoadOptions {
   confidenceThreshold?: number;
   onLowConfidence?: 'server' | 'abstain';
   retryDelayMs?: number;
+  fallbackVersion?: 'pinned' | 'default'; // ask the server for the version this client runs (default), or for its own default
+  fallbackOutputs?: Partial<Record<ManifestOutput['role'], string>>; // the server's output names, e.g. { probabilities: 'predict_proba' }
   numThreads?: number;           // default 1 unless the page is cross-origin isolated
   wasmPaths?: string | Record<string, string>;
   worker?: boolean;              // run onnxruntime-web in the client's worker (worker.js); default true in browsers, false in Node
@@ -126,4 +129,5 @@ export declare function sha256Hex(bytes: Uint8Array): Promise<string>;
 export declare function resolveRelative(manifestUrl: string, relative: string): string;
 /** Predictions from a runtime's raw outputs (keyed by role: label, probabilities, value, score, distances), one per row. */
 export declare function toResults(manifest: Manifest, raw: Record<string, { data: ArrayLike<unknown>; dims?: readonly number[] }>, rowCount: number): Prediction[];
-export declare function toInferRequest(manifest: Manifest, inputs: ReturnType<typeof buildInputs>, parameters?: Record<string, unknown>): object;
+export declare function toInferRequest(manifest: Manifest, inputs: ReturnType<typeof buildInputs>, parameters?: Record<string, unknown>,
+  outputNames?: Partial<Record<ManifestOutput['role'], string>>): object;

@@ -101,6 +101,10 @@ function resolvePolicy(manifest, options) {
     onLowConfidence: options.onLowConfidence ?? fromManifest.on_low_confidence ?? DEFAULTS.onLowConfidence,
     fallbackUrl: (options.fallbackUrl ?? fromManifest.url ?? null) || null,
     retryDelayMs: options.retryDelayMs ?? DEFAULTS.retryDelayMs,
+    // the server asked: the version this client runs (pinned), or the server's own default; and the server's name
+    // for each output role where it differs from the graph's (MLServer's scikit-learn runtime: predict_proba)
+    versionPolicy: options.fallbackVersion ?? fromManifest.version_policy ?? 'pinned',
+    outputNames: { ...(fromManifest.outputs ?? {}), ...(options.fallbackOutputs ?? {}) },
   };
 }
 
@@ -286,9 +290,11 @@ export class EdgeportModel {
       throw new ServerError(`the model can't run here (${reason}) and no fallback server is configured`, { code: 'no-fallback', cause: this.localError });
     }
     const started = now();
-    const body = JSON.stringify(toInferRequest(this.manifest, buildInputs(this.manifest, rows), { fallback_reason: reason }));
+    const { outputNames, versionPolicy } = this.policy;
+    const body = JSON.stringify(toInferRequest(this.manifest, buildInputs(this.manifest, rows), { fallback_reason: reason }, outputNames));
     const { name, version } = this.manifest;
-    const url = `${this.policy.fallbackUrl.replace(/\/$/, '')}/v2/models/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}/infer`;
+    const pinned = versionPolicy === 'pinned' ? `/versions/${encodeURIComponent(version)}` : '';
+    const url = `${this.policy.fallbackUrl.replace(/\/$/, '')}/v2/models/${encodeURIComponent(name)}${pinned}/infer`;
     let lastError;
     for (let attempt = 0; attempt < 2; attempt++) {
       if (attempt) await sleep(this.policy.retryDelayMs);
@@ -302,7 +308,7 @@ export class EdgeportModel {
           if (response.status < 500) break; // a 4xx will not change on retry
           continue;
         }
-        const raw = fromInferResponse(this.manifest, payload, rows.length);
+        const raw = fromInferResponse(this.manifest, payload, rows.length, outputNames);
         const latency = now() - started;
         const answered = typeof payload.model_version === 'string' ? payload.model_version : version;
         return toResults(this.manifest, raw, rows.length).map((r) => ({
@@ -330,27 +336,31 @@ export class EdgeportModel {
  * The server's outputs by role, checked against the manifest first (values per row, numbers where the model
  * gives numbers, labels among its classes): a wrong answer is a ServerError, never a prediction.
  */
-function fromInferResponse(manifest, payload, rowCount) {
+function fromInferResponse(manifest, payload, rowCount, outputNames = {}) {
   const bad = (why) => new ServerError(`the fallback server's answer does not fit the model: ${why}`, { code: 'server-response' });
   const outputs = Array.isArray(payload?.outputs) ? payload.outputs : [];
   const raw = {};
   for (const spec of manifest.outputs) {
-    const out = outputs.find((o) => o?.name === spec.name);
-    if (!out) throw bad(`it has no "${spec.name}" output`);
-    if (!Array.isArray(out.data)) throw bad(`"${spec.name}" has no data array`);
+    const served = outputNames[spec.role] ?? spec.name;
+    const out = outputs.find((o) => o?.name === served);
+    if (!out) {
+      throw bad(`it has no "${served}" output (the model's ${spec.role}; it has ${outputs.map((o) => JSON.stringify(o?.name)).join(', ') || 'none'}` +
+        `${outputNames[spec.role] ? '' : '; a server that names it otherwise needs fallbackOutputs, or export --fallback-output'})`);
+    }
+    if (!Array.isArray(out.data)) throw bad(`"${served}" has no data array`);
     const data = out.data.flat(Infinity);
     const inner = spec.shape.slice(1);
     const known = inner.every((d) => Number.isInteger(d) && d >= 0);
     const width = spec.role === 'probabilities' && manifest.classes ? manifest.classes.length
       : known ? inner.reduce((a, b) => a * b, 1) : data.length / rowCount;
     if (!Number.isInteger(width) || data.length !== rowCount * width) {
-      throw bad(`"${spec.name}" has ${data.length} values for ${rowCount} row${rowCount === 1 ? '' : 's'}`);
+      throw bad(`"${served}" has ${data.length} values for ${rowCount} row${rowCount === 1 ? '' : 's'}`);
     }
     if (spec.dtype === 'string' ? !data.every((v) => typeof v === 'string') : !data.every((v) => typeof v === 'number')) {
-      throw bad(`"${spec.name}" holds values that are not ${spec.dtype === 'string' ? 'strings' : 'numbers'}`);
+      throw bad(`"${served}" holds values that are not ${spec.dtype === 'string' ? 'strings' : 'numbers'}`);
     }
     if (spec.role === 'label' && manifest.task === 'classification' && manifest.classes && !data.every((v) => manifest.classes.includes(v))) {
-      throw bad(`"${spec.name}" holds a label that is not one of the model's classes`);
+      throw bad(`"${served}" holds a label that is not one of the model's classes`);
     }
     raw[spec.role] = { data, dims: known && !(spec.role === 'probabilities' && manifest.classes) ? [rowCount, ...inner] : [rowCount, width] };
   }

@@ -501,3 +501,30 @@ test('resolveModel reads NAME/_aliases.json fresh, follows NAME@ALIAS, pins a ve
   await assert.rejects(resolveModel('https://api.example/bundles/', 'nope', { fetch: fetchFn }),
     (err) => err instanceof LoadError && /aliases of nope.*404/.test(err.message));
 });
+
+test("the fallback target: the server's default version and its own output names (MLServer's predict_proba), or a clear ServerError without the map", async () => {
+  const { dir } = await writeBundle(Buffer.from('x'), { manifest: {
+    ...matrix, task: 'classification', classes: ['no', 'yes'],
+    outputs: [{ name: 'label', dtype: 'string', shape: [null], role: 'label' }, { name: 'probabilities', dtype: 'float32', shape: [null, 2], role: 'probabilities' }],
+  } });
+  const { server, requests, url } = await fakeServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ model_name: 'm', model_version: 'v7', outputs: [
+      { name: 'predict', shape: [1], datatype: 'BYTES', data: ['yes'] },
+      { name: 'predict_proba', shape: [1, 2], datatype: 'FP64', data: [0.3, 0.7] }] }));
+  });
+  try {
+    const mapped = await loadModel(path.join(dir, 'manifest.json'), { fallbackUrl: url, forceNoWasm: true,
+      fallbackVersion: 'default', fallbackOutputs: { label: 'predict', probabilities: 'predict_proba' } });
+    const [result] = await mapped.predict([[1, 2, 3]]);
+    assert.deepEqual([result.label, result.probabilities, result.served_by, result.model_version], ['yes', [0.3, 0.7], 'server', 'v7']);
+    assert.equal(requests[0].url, '/v2/models/m/infer', "the server's own default version");
+    assert.deepEqual(requests[0].body.outputs, [{ name: 'predict' }, { name: 'predict_proba' }]);
+    const unmapped = await loadModel(path.join(dir, 'manifest.json'), { fallbackUrl: url, forceNoWasm: true, retryDelayMs: 1 });
+    await assert.rejects(unmapped.predict([[1, 2, 3]]), (err) => err instanceof ServerError && err.code === 'server-response' &&
+      /no "label" output .*"predict", "predict_proba".*fallbackOutputs/.test(err.message));
+    assert.equal(requests.at(-1).url, '/v2/models/m/versions/1/infer', 'pinned by default');
+  } finally {
+    server.close();
+  }
+});
