@@ -8,9 +8,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 NODE_MODULES := web_demo/node_modules
 
-.PHONY: setup demo test test-fast test-js bench clean chromium
+.PHONY: setup demo test test-fast test-js bench clean chromium postgresql
 
-setup: $(VENV)/.installed $(NODE_MODULES)/.installed chromium
+setup: $(VENV)/.installed $(NODE_MODULES)/.installed chromium postgresql
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ chromium:
 	  echo "installing Debian's chromium (apt-get install -y chromium)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "warning: chromium is not on PATH and this is not root: browser tests will be skipped (install: sudo apt-get install -y chromium)" >&2; fi
+
+# Debian's postgresql for the PostgreSQL batch tests: tests/test_batch_postgres.py runs its binaries (initdb, pg_ctl from
+# /usr/lib/postgresql/*/bin) as a throwaway cluster of its own; no system service is started or needed.
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's postgresql (apt-get install -y postgresql)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else echo "warning: postgresql's initdb is not installed and this is not root: PostgreSQL tests will be skipped (install: sudo apt-get install -y postgresql)" >&2; fi
 
 demo: setup
 	$(VENV)/bin/edgeport quickstart

@@ -9,6 +9,7 @@ feature imports:
     boosting    xgboost, lightgbm, catboost, onnxmltools    XGBoost / LightGBM / CatBoost export and native files
     torch       torch (CPU wheel), onnxscript                 PyTorch export (torch_loading.py)
     mlflow      mlflow-skinny, sqlalchemy, alembic           --registry mlflow:URI (mlflow_registry.py)
+    db          sqlalchemy, psycopg[binary]                  predict --out sqlite:///... or postgresql+psycopg://... (batch.py)
 """
 from __future__ import annotations
 
