@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from datetime import datetime, timezone
@@ -61,6 +62,9 @@ class MlflowRegistry:
             raise RegistryError("--registry mlflow: needs a tracking URI after the colon, for example "
                                 "mlflow:sqlite:///mlflow.db or mlflow:http://mlflow.example:5000")
         self.uri = tracking_uri
+        # MLflow retries an unreachable tracking server with backoff for minutes: a CLI call says so in seconds
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self._client = None
         self._numbers: dict[tuple[str, str], str | None] = {}  # (name, MLflow's number) -> bundle version; immutable
 

@@ -90,11 +90,12 @@ def is_registry(path: str | Path) -> bool:
 
 
 def version_problem(bundle_dir: Path) -> str | None:
-    """Why this version may not be promoted: its schema, a file's hash or size, or its recorded parity; else None."""
+    """Why this version may not be promoted: its schema, a file's hash or size, its recorded parity, or that the
+    server could not serve it (onnxruntime can't open it, or a golden row fails its warm-up); else None."""
+    from .server.repository import load_served
+
     try:
-        bundle = read_bundle(bundle_dir, verify=False)  # the schema and consistency, read from disk now
-        read_files(bundle)  # every file's size and sha256
-        require_verified(bundle)
+        load_served(read_bundle(bundle_dir, verify=False))  # every file's hash, parity, a session and its warm-up
     except EdgeportError as exc:
         return str(exc)
     return None
@@ -103,6 +104,8 @@ def version_problem(bundle_dir: Path) -> str | None:
 class FileRegistry:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise RegistryError(f"--registry {self.root} is a file; a registry is a directory (or mlflow:TRACKING_URI)")
 
     # ------------------------------------------------------------------ reading
 
@@ -151,6 +154,9 @@ class FileRegistry:
                     f"{name} version {version} is already in the registry with different files; a published version "
                     "never changes: export this bundle with another --version and publish that.")
             progress(f"publishing {name} version {version} ({len(files)} files verified) to {self.root}")
+            for stale in model_dir.glob(".*.staging-*"):  # a publish killed before its rename (we hold the lock)
+                _make_writable(stale)
+                shutil.rmtree(stale, ignore_errors=True)
             staged = model_dir / f".{version}.staging-{os.getpid()}"
             shutil.rmtree(staged, ignore_errors=True)
             try:
@@ -237,8 +243,13 @@ class FileRegistry:
         except (OSError, ValueError) as exc:
             raise RegistryError(f"{path} is damaged ({exc}); restore it from its events or delete it to start the "
                                 "aliases afresh") from exc
-        return {"name": name, "aliases": dict(document.get("aliases", {})), "history": dict(document.get("history", {})),
-                "events": list(document.get("events", []))}
+        aliases, history = (document.get("aliases", {}), document.get("history", {})) if isinstance(document, dict) else (None, None)
+        if not (isinstance(aliases, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items())
+                and isinstance(history, dict) and all(isinstance(v, list) for v in history.values())
+                and isinstance(document.get("events", []), list)):
+            raise RegistryError(f"{path} is damaged (aliases must map names to version strings); restore it from its "
+                                "events or delete it to start the aliases afresh")
+        return {"name": name, "aliases": dict(aliases), "history": dict(history), "events": list(document.get("events", []))}
 
     def _write_aliases(self, name: str, document: dict) -> None:
         path = self._model_dir(name) / ALIASES

@@ -139,3 +139,33 @@ def test_the_registry_location_comes_from_the_option_then_the_environment(monkey
     assert open_registry(tmp_path / "given").root == tmp_path / "given"
     monkeypatch.delenv("EDGEPORT_REGISTRY")
     assert str(open_registry().root) == "registry"
+
+
+def test_a_version_the_server_could_not_serve_is_not_promoted(two_versions, tmp_path):
+    """Its hashes are fine, but its golden rows aren't listed: the server's warm-up would fail, so promote refuses."""
+    bundle = copy_bundle(two_versions["2"], tmp_path / "no-golden")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"] = [f for f in manifest["files"] if f["path"] != "golden.json"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    (bundle / "golden.json").unlink()
+    registry = FileRegistry(tmp_path / "registry")
+    registry.publish(bundle)
+    with pytest.raises(RegistryError, match="can't be promoted"):
+        registry.promote("iris", "2")
+
+
+def test_a_publish_killed_before_its_rename_leaves_nothing_visible_and_is_cleared(two_versions, tmp_path):
+    registry = FileRegistry(tmp_path / "registry")
+    registry.publish(two_versions["1"].path)
+    stale = tmp_path / "registry" / "iris" / ".2.staging-999999"
+    stale.mkdir()
+    (stale / "model.onnx").write_bytes(b"half")
+    assert registry.version_names("iris") == ["1"]
+    registry.publish(two_versions["2"].path)
+    assert registry.version_names("iris") == ["1", "2"] and not stale.exists()
+
+
+def test_a_registry_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    result = cli("versions", "iris", "--registry", tmp_path / "afile")
+    assert result.exit_code == 1 and "is a file" in result.output

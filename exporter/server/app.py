@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import logging
 import re
+import weakref
 import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import anyio
 from fastapi import FastAPI, Request
@@ -76,22 +77,24 @@ def create_app(
     # the site's files are read and hashed (a 14 MB wasm: tens of ms, mostly outside the GIL) while FastAPI builds
     # its routes; a site that fails its check still fails the start, below
     site_loading = _in_background(Snapshot.of_site, site_dir) if site_dir is not None else None
-    budgets: dict[int, RequestBudget] = {}  # by id(ServedModel): a registry's versions load while the server runs
+    # by model: a registry's versions load (and leave the cache) while the server runs
+    budgets: "weakref.WeakKeyDictionary[Any, RequestBudget]" = weakref.WeakKeyDictionary()
 
     def budget_of(model: ServedModel) -> RequestBudget:
-        budget = budgets.get(id(model))
+        budget = budgets.get(model.session)
         if budget is None:
-            budget = budgets[id(model)] = RequestBudget.for_bundle(model.bundle, max_batch, max_body_bytes)
+            budget = budgets[model.session] = RequestBudget.for_bundle(model.bundle, max_batch, max_body_bytes)
         return budget
 
     def infer_model(scope: dict) -> Optional[ServedModel]:
-        """The model of an infer request (POST /v2/models/NAME[/versions/VERSION]/infer) that can answer, else
-        None (FastAPI's routes then say why: no such model, or a version that can't be served)."""
+        """The model of an infer request (POST /v2/models/NAME[/versions/VERSION]/infer) that is loaded and can
+        answer, else None: FastAPI's route then loads it off the event loop, or says why it can't (no such model,
+        a version that can't be served)."""
         match = INFER_PATH.fullmatch(scope["path"]) if scope["method"] == "POST" else None
         if match is None:
             return None
         try:
-            return repository.get(match["name"], match["version"])
+            return repository.peek(match["name"], match["version"])
         except ModelUnavailable:
             return None
 
@@ -211,8 +214,10 @@ def create_app(
         return Response(response.model_dump_json(exclude_none=True), media_type="application/json")
 
     async def infer(request: Request, name: str, version: Optional[str] = None) -> Response:
-        # Front answers every infer request for a model that exists: this route is for the OpenAPI schema
-        return await answer_infer(find(name, version), request.scope, request.receive)
+        # Front answers every infer request for a loaded model: this route is for the OpenAPI schema, and loads a
+        # registry's version on its first request, in a worker thread
+        model = await anyio.to_thread.run_sync(find, name, version)
+        return await answer_infer(model, request.scope, request.receive)
 
     infer_body = {"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}}}}

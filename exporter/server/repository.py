@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..bundle import MANIFEST, Bundle, graph_mismatch, read_bundle, read_files, require_verified
-from ..errors import BundleError, EdgeportError, InputFileError
+from ..errors import BundleError, EdgeportError, InputFileError, first_line
 from .static import Snapshot
 
 logger = logging.getLogger("uvicorn.error")
@@ -77,6 +77,9 @@ class Repository:
     def aliases(self, name: str) -> dict[str, str]:
         return {}  # bundles on disk have versions; a registry (RegistryRepository) has aliases
 
+    def peek(self, name: str, version: str | None = None) -> ServedModel | None:
+        return self.get(name, version)  # everything is loaded at start
+
     def get(self, name: str, version: str | None = None) -> ServedModel | None:
         versions = self.models.get(name)
         if not versions:
@@ -123,11 +126,17 @@ class ModelUnavailable(EdgeportError):
     """A registry version that can't be served (damaged, or failing its parity): the server answers 409 for it."""
 
 
+REFRESH_WAIT_S = 0.05  # how long a request waits for the registry before it uses what was last read
+
+
 class RegistryRepository:
-    """Every model and version of a registry (model_registry.py): a version loads on its first request and stays
-    in an LRU cache of at most max_bytes of bundle files; `get(name)` follows the alias, which is read again
-    when older than alias_ttl_s, so a promote or a rollback is served within a second, without a restart.
-    A version that fails to load is logged once and answered 409 on every request, and the others keep serving."""
+    """Every model and version of a registry (model_registry.py). A version loads on its first request, in a
+    worker thread (`peek` never loads, so the event loop never waits on a model), and stays in an LRU cache of at
+    most max_bytes of model files. NAME follows NAME@alias: the registry is read again when older than
+    alias_ttl_s, in the background, while requests use what was last read, so a promote or a rollback is served
+    within a second, without a restart, and a registry that is slow or locked (MLflow's database) never stalls
+    a request. An alias that isn't set, or names a version the registry hasn't got, is a 409 saying so; a version
+    that fails to load is logged once and answered 409, and the others keep serving."""
 
     def __init__(self, registry, *, alias: str = "production", allow_unverified: bool = False,
                  max_bytes: int = 512 * 2**20, alias_ttl_s: float = 0.25):
@@ -136,26 +145,42 @@ class RegistryRepository:
         self.allow_unverified = allow_unverified
         self.max_bytes = max_bytes
         self.alias_ttl_s = alias_ttl_s
-        self.path = getattr(registry, "root", None)
+        self.path = getattr(registry, "root", None) or getattr(registry, "uri", None) or "the registry"
         self.loaded: OrderedDict[tuple[str, str], ServedModel] = OrderedDict()
         self.failed: dict[tuple[str, str], str] = {}
-        self._fresh: dict[tuple, tuple[float, Any]] = {}  # (what, name) -> (when read, value)
+        self._fresh: dict[tuple, tuple[float, Any]] = {}  # (what, name) -> (when read, value or the error it raised)
+        self._refreshing: set[tuple] = set()
         self._lock = threading.RLock()
         if not self.names():
-            raise InputFileError(f"the registry {self.path or registry} has no models yet: edgeport publish BUNDLE first")
+            raise InputFileError(f"the registry {self.path} has no models yet: edgeport publish BUNDLE first")
 
     def _recent(self, key: tuple, read: Callable[[], Any]) -> Any:
-        """read(), remembered for alias_ttl_s; a registry that can't be read (a damaged _aliases.json, a store that
-        is down) is a ModelUnavailable, which the server answers 409, never a 5xx."""
-        now = time.monotonic()
+        """read(), remembered: once older than alias_ttl_s it is read again in a background thread while callers get
+        the last value. Only the very first read waits. A registry that can't be read (a damaged _aliases.json, a
+        store that is down) is a ModelUnavailable, which the server answers 409, never a 5xx."""
         cached = self._fresh.get(key)
-        if cached is None or now - cached[0] > self.alias_ttl_s:
-            try:
-                value = read()
-            except (EdgeportError, OSError) as exc:
-                raise ModelUnavailable(f"the registry {self.path or self.registry} can't be read: {exc}") from exc
-            cached = self._fresh[key] = (now, value)
+        if cached is None:
+            self._refresh(key, read)
+        elif time.monotonic() - cached[0] > self.alias_ttl_s and key not in self._refreshing:
+            self._refreshing.add(key)
+            reader = threading.Thread(target=self._refresh, args=(key, read), daemon=True, name="edgeport-registry")
+            reader.start()
+            reader.join(REFRESH_WAIT_S)  # a quick registry (files) answers fresh; a slow one answers what it had
+        cached = self._fresh[key]
+        if isinstance(cached[1], ModelUnavailable):
+            raise cached[1]
         return cached[1]
+
+    def _refresh(self, key: tuple, read: Callable[[], Any]) -> None:
+        try:
+            value = read()
+        except (EdgeportError, OSError) as exc:
+            value = ModelUnavailable(f"{self.path} can't be read: {first_line(exc)}")
+        except Exception as exc:  # a registry backend's own error (MLflow's, SQLAlchemy's): the same 409
+            value = ModelUnavailable(f"{self.path} can't be read: {type(exc).__name__}: {first_line(exc)}")
+        finally:
+            self._refreshing.discard(key)
+        self._fresh[key] = (time.monotonic(), value)
 
     def names(self) -> list[str]:
         return self._recent(("names",), self.registry.names)
@@ -170,19 +195,37 @@ class RegistryRepository:
             return {}
         return self._recent(("aliases", name), lambda: self.registry.aliases(name))
 
-    def get(self, name: str, version: str | None = None) -> ServedModel | None:
+    def _key(self, name: str, version: str | None) -> tuple[str, str] | None:
         versions = self.versions(name)
-        if version is None:  # the alias, or the highest version while no alias is set
-            version = self.aliases(name).get(self.alias) or (versions[-1] if versions else None)
-        if version is None or version not in versions:
+        if not versions:
             return None
-        key = (name, version)
+        if version is None:
+            version = self.aliases(name).get(self.alias)
+            if version is None:
+                raise ModelUnavailable(f"{name}@{self.alias} is not set: promote a version (edgeport promote {name} "
+                                       f"VERSION), or ask for one: /v2/models/{name}/versions/{versions[-1]}")
+            if version not in versions:
+                raise ModelUnavailable(f"{name}@{self.alias} points at version {version}, which the registry hasn't got "
+                                       f"(it has {', '.join(versions)}): promote or roll back")
+        return (name, version) if version in versions else None
+
+    def peek(self, name: str, version: str | None = None) -> ServedModel | None:
+        """The model if it is loaded already (for the event loop: never loads, never waits on the registry's lock)."""
+        key = self._key(name, version)
+        return self.loaded.get(key) if key else None
+
+    def get(self, name: str, version: str | None = None) -> ServedModel | None:
+        """The model, loaded now if it isn't (call it off the event loop)."""
+        key = self._key(name, version)
+        if key is None:
+            return None
         with self._lock:
             if key in self.loaded:
                 self.loaded.move_to_end(key)
                 return self.loaded[key]
             if key in self.failed:
                 raise ModelUnavailable(self.failed[key])
+            name, version = key
             try:
                 bundle = read_bundle(self.registry.bundle_dir(name, version), verify=False)
                 served = load_served(bundle, allow_unverified=self.allow_unverified, immutable=True)
