@@ -82,13 +82,6 @@ def plain_run(bundle: str, data: str, out: str) -> dict:
     return {"rows": rows, "seconds": time.perf_counter() - start}
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. Not getrusage's ru_maxrss: Linux carries it across fork and exec, so a
-    child started by this (large) bench process would report the bench's own peak."""
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
-
-
 def measure(kind: str, *args: object) -> dict:
     """One run in a fresh interpreter: rows, seconds, rows/s and the process's peak resident memory."""
     done = subprocess.run([sys.executable, __file__, "--run", kind, *map(str, args)], capture_output=True, text=True,
@@ -156,6 +149,8 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--run"]:
         kind, args = sys.argv[2], sys.argv[3:]
         result = {"edgeport": edgeport_run, "plain": plain_run}[kind](*args)
-        print(json.dumps({**result, "peak_mb": peak_rss_mb()}))
+        from edgeport.batch import peak_memory_mb
+
+        print(json.dumps({**result, "peak_mb": peak_memory_mb()}))
     else:
         print(main())

@@ -128,7 +128,7 @@ def predict_file(bundle_dir: str | Path, data: str | Path, out: str, *, table: O
             reject_sink.abandon()
         raise
     seconds = time.monotonic() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_memory_mb()
     return BatchResult(counts["rows"], counts["predicted"], counts["rejected"], seconds, sink.describe(), peak)
 
 
@@ -448,6 +448,17 @@ class TableSink:
 
     def abandon(self) -> None:
         self.engine.dispose()
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident memory: VmHWM (ru_maxrss would carry a large parent's peak across fork and exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _sql_value(value: Any) -> Any:

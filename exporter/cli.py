@@ -221,6 +221,21 @@ def pack(
 
 
 @command()
+def triton(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Triton model repository: the model goes to OUT/NAME (a new directory)."),
+    allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Write a bundle whose parity check failed or never finished."),
+) -> None:
+    """Write a Triton model repository entry (config.pbtxt, VERSION/model.onnx) for Triton's or KServe's onnxruntime backend."""
+    from edgeport.triton import write_triton_repository
+
+    result = write_triton_repository(bundle, out, allow_unverified=allow_unverified, progress=_progress)
+    pinned = "" if result.triton_version == result.version else " (a client should ask for its default: export --fallback-version default)"
+    typer.echo(f"wrote {result.path}: {result.name} version {result.version} as Triton's version {result.triton_version}"
+               f"{pinned}. Serve it with tritonserver --model-repository {out}, and point the client's fallbackUrl at it.")
+
+
+@command()
 def predict(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
     data: Path = typer.Argument(..., help="Rows to predict: .csv/.tsv, .parquet or .jsonl (one JSON object a line)."),
@@ -330,8 +345,8 @@ def serve(
     drain_seconds: float = typer.Option(2.0, "--drain-seconds", min=0,
                                         help="On SIGTERM: answer not-ready but keep serving this long, then stop accepting."),
     allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Serve bundles whose parity check failed or never finished."),
-    alias: str = typer.Option("production", "--alias", help="A registry: /v2/models/NAME answers with NAME@ALIAS (the highest version while it is unset)."),
-    cache_mb: int = typer.Option(512, "--cache-mb", min=1, help="A registry: keep at most this many MB of loaded versions (least recently used go first)."),
+    alias: str = typer.Option("production", "--alias", help="A registry: /v2/models/NAME answers with NAME@ALIAS (a 409 while it is unset)."),
+    cache_mb: int = typer.Option(512, "--cache-mb", min=1, help="A registry: keep loaded versions whose model files come to at most this many MB (least recently used go first)."),
 ) -> None:
     """Serve the demo site, the bundle files and the Open Inference Protocol v2 fallback endpoint."""
     from edgeport.extras import require
