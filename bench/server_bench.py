@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 
 from common import ROOT, save, table
+from mlserver_env import MLSERVER, mlserver_command, mlserver_python  # tests/, on the path by common
 
 DURATION_S = int(os.environ.get("BENCH_SECONDS", "10"))
 CONNECTIONS = 16
@@ -37,7 +38,6 @@ STARTS = 3
 ROUNDS = 2
 BARE = "bare FastAPI + onnxruntime"
 EDGEPORT = "edgeport serve (onnxruntime)"
-MLSERVER_VENV = ROOT / "bench" / ".venv-mlserver"
 ROW = [5.1, 3.5, 1.4, 0.2]
 HOSTILE_CLIENTS = 2
 ATTACK_ROUNDS = 2
@@ -164,21 +164,6 @@ class Server:
             self.proc = None
 
 
-def mlserver_python() -> tuple[str | None, str]:
-    """MLServer's own venv: uvloop 0.21 because 0.23 crashes its inference worker (see DESIGN.md)."""
-    python = MLSERVER_VENV / "bin" / "python"
-    if not (MLSERVER_VENV / ".installed").exists():
-        try:
-            subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_VENV)], check=True, capture_output=True)
-            subprocess.run([str(python), "-m", "pip", "install", "-q", "mlserver==1.7.1", "mlserver-sklearn==1.7.1",
-                            "uvloop==0.21.0"], check=True, capture_output=True, text=True, timeout=900)
-            (MLSERVER_VENV / ".installed").touch()
-        except (subprocess.SubprocessError, OSError) as exc:
-            detail = getattr(exc, "stderr", "") or str(exc)
-            return None, f"MLServer did not install: {detail.strip().splitlines()[-1][:160] if detail.strip() else exc}"
-    return str(python), ""
-
-
 def main() -> str:
     import joblib
 
@@ -209,7 +194,7 @@ def main() -> str:
             servers.append(_mlserver(python, tmp))
         results = compare(servers, body)
         if not python:
-            results["MLServer 1.7.1 (sklearn runtime)"] = {"skipped": why}
+            results[MLSERVER] = {"skipped": why}
         attack = under_attack(quick.bundles_dir, body, tmp / "cache")
     save("server", {**results, "under attack": attack})
     return comparison_table(results) + "\n" + attack_table(attack)
@@ -353,21 +338,11 @@ def attack_table(attack: dict) -> str:
 
 
 def _mlserver(python: str, tmp: Path) -> Server:
-    import joblib
-
-    model_dir = tmp / "mlserver" / "iris"
-    model_dir.mkdir(parents=True)
-    joblib.dump(joblib.load(tmp / "iris.joblib"), model_dir / "model.joblib")
-    grpc_port, metrics_port = free_port(), free_port()
-    server = Server("MLServer 1.7.1 (sklearn runtime)", [str(Path(python).with_name("mlserver")), "start",
-                                                          str(tmp / "mlserver")], "/v2/models/iris/ready")
-    (tmp / "mlserver" / "settings.json").write_text(json.dumps(
-        {"http_port": server.port, "grpc_port": grpc_port, "metrics_port": metrics_port, "parallel_workers": 0}))
-    # predict_proba, as edgeport returns probabilities; MLServer's default is predict only
-    (model_dir / "model-settings.json").write_text(json.dumps(
-        {"name": "iris", "implementation": "mlserver_sklearn.SKLearnModel",
-         "parameters": {"uri": "./model.joblib", "extra": {"predict_fn": "predict_proba"}}}))
     # MLServer's sklearn runtime takes a plain numeric tensor; names don't matter to it
+    server = Server(MLSERVER, [], "/v2/models/iris/ready")
+    # predict_proba, as edgeport returns probabilities; MLServer's default is predict only
+    server.cmd = mlserver_command(python, tmp / "mlserver", "iris", tmp / "iris.joblib", http_port=server.port,
+                                  grpc_port=free_port(), metrics_port=free_port(), extra={"predict_fn": "predict_proba"})
     return server
 
 

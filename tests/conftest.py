@@ -164,6 +164,27 @@ def artifact_dir(name: str) -> Path:
     return path
 
 
+def run_node_client(script: str, *args: str, timeout: float = 60) -> Any:
+    """Run `script`, an ES module that imports the real JS client as '../client/edgeport.js', under Node and return
+    what it printed, parsed as JSON. It is written beside web_demo/node_modules (web_demo/test/), where its
+    imports resolve, and removed after the run."""
+    import subprocess
+    import tempfile
+
+    from edgeport.webassets import NODE_MODULES
+
+    need((NODE_MODULES / "onnxruntime-web").is_dir(), "web_demo/node_modules is missing (run make setup)")
+    fd, path = tempfile.mkstemp(prefix=".node-client-", suffix=".mjs", dir=REPO / "web_demo" / "test")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(script)
+        done = subprocess.run(["node", path, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    finally:
+        os.unlink(path)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 def free_port() -> int:
     import socket
 
