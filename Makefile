@@ -8,9 +8,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 NODE_MODULES := web_demo/node_modules
 
-.PHONY: setup demo test test-fast test-js bench clean chromium postgresql
+.PHONY: setup demo test test-fast test-js bench clean chromium postgresql jre
 
-setup: $(VENV)/.installed $(NODE_MODULES)/.installed chromium postgresql
+setup: $(VENV)/.installed $(NODE_MODULES)/.installed chromium postgresql jre
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,15 @@ postgresql:
 	  echo "installing Debian's postgresql (apt-get install -y postgresql)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	else echo "warning: postgresql's initdb is not installed and this is not root: PostgreSQL tests will be skipped (install: sudo apt-get install -y postgresql)" >&2; fi
+
+# Java for Spark (pyspark 4 needs 17 or later: Debian 12's default-jre-headless is OpenJDK 17); tests/test_distributed.py
+# runs the mapInPandas recipe in Spark's local mode with it
+jre:
+	@if command -v java >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's Java runtime (apt-get install -y default-jre-headless)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless >/dev/null; \
+	else echo "warning: java is not on PATH and this is not root: the Spark test will be skipped (install: sudo apt-get install -y default-jre-headless)" >&2; fi
 
 demo: setup
 	$(VENV)/bin/edgeport quickstart
