@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from conftest import ServerProcess
+from conftest import ServerProcess, run_node_client
 from edgeport.model_registry import FileRegistry
 from edgeport.server.repository import ModelUnavailable, RegistryRepository
 
@@ -105,7 +105,7 @@ def test_aliases_are_revalidated_and_versions_cached_for_good(registry, server):
 
 
 NODE_CLIENT = """
-import { loadModel, resolveModel } from '%s';
+import { loadModel, resolveModel } from '../client/edgeport.js';
 const [registryUrl, reference] = process.argv.slice(2);
 const model = await loadModel(await resolveModel(registryUrl, reference), { worker: false });
 const [answer] = await model.predict([[6.3, 2.9, 5.6, 1.8]]);
@@ -113,31 +113,19 @@ process.stdout.write(JSON.stringify({ version: answer.model_version, label: answ
 """
 
 
-def test_the_client_resolves_the_alias_on_each_load(registry, server, tmp_path):
+def test_the_client_resolves_the_alias_on_each_load(registry, server):
     """The real client under Node, against the real server: NAME follows the alias from one load to the next."""
-    import subprocess
+    def load(reference: str) -> dict:
+        return run_node_client(NODE_CLIENT, f"{server.url}/bundles/", reference)
 
-    from conftest import REPO, need
-    from edgeport.webassets import NODE_MODULES
-
-    need((NODE_MODULES / "onnxruntime-web").is_dir(), "web_demo/node_modules is missing (run make setup)")
-    script = REPO / "web_demo" / "test" / f".resolve-{tmp_path.name}.mjs"  # beside node_modules, so imports resolve
-    script.write_text(NODE_CLIENT % "../client/edgeport.js")
-    try:
-        def load(reference: str) -> dict:
-            done = subprocess.run(["node", str(script), f"{server.url}/bundles/", reference], capture_output=True, text=True,
-                                  timeout=60)
-            assert done.returncode == 0, done.stderr
-            return json.loads(done.stdout)
-
-        assert load("iris")["version"] == "1"
-        registry.promote("iris", "2")
-        second = load("iris")
-        assert second["version"] == "2" and second["served_by"] == "browser"
-        registry.rollback("iris")
-        assert load("iris@production")["version"] == "1"
-    finally:
-        script.unlink()
+    assert load("iris")["version"] == "1"
+    registry.promote("iris", "2")
+    time.sleep(0.5)  # the server reads the alias again within RegistryRepository.alias_ttl_s (0.25 s)
+    second = load("iris")
+    assert second["version"] == "2" and second["served_by"] == "browser"
+    registry.rollback("iris")
+    time.sleep(0.5)
+    assert load("iris@production")["version"] == "1"
 
 
 def test_versions_load_on_first_use_into_an_lru_cache(registry):
@@ -164,3 +152,47 @@ def test_a_damaged_alias_document_is_a_409_for_the_alias_and_pinned_versions_sti
         assert refused.status_code == 409 and "_aliases.json" in refused.json()["error"]
         assert client.get("/bundles/iris/_aliases.json").status_code == 409
         assert client.post("/v2/models/iris/versions/2/infer", json=ROW).json()["model_version"] == "2"
+
+
+@pytest.mark.parametrize("document, says", [
+    ({"aliases": {}}, "iris@production is not set"),
+    ({"aliases": {"production": "9"}}, "points at version 9, which the registry hasn't got"),
+    ([], "_aliases.json is damaged"),
+    ({"aliases": {"production": 2}}, "_aliases.json is damaged"),
+])
+def test_an_unset_dangling_or_misshapen_alias_is_a_409_saying_so(registry, document, says):
+    """Never a 5xx, and never a silent fall back to some other version."""
+    (registry.root / "iris" / "_aliases.json").write_text(json.dumps(document))
+    repository = RegistryRepository(registry)
+    with pytest.raises(ModelUnavailable, match=says):
+        repository.get("iris")
+    assert repository.get("iris", "2").version == "2"
+
+
+def test_a_slow_registry_never_stalls_a_request(registry):
+    """A registry that takes seconds to answer (MLflow's database, locked) is read in the background: requests use
+    what was last read, and see the new alias once the read is done."""
+    class Slow:
+        def __init__(self, inner):
+            self.inner, self.delay = inner, 0.0
+
+        def __getattr__(self, name):
+            method = getattr(self.inner, name)
+
+            def slowly(*args):
+                time.sleep(self.delay)
+                return method(*args)
+            return slowly
+
+    slow = Slow(registry)
+    repository = RegistryRepository(slow, alias_ttl_s=0.05)
+    assert repository.get("iris").version == "1"
+    slow.delay = 1.0
+    registry.promote("iris", "2")
+    time.sleep(0.1)
+    started = time.monotonic()
+    for _ in range(20):
+        assert repository.get("iris").version == "1"  # what was last read, while the new read takes its second
+    assert time.monotonic() - started < 0.5
+    time.sleep(1.2)
+    assert repository.get("iris").version == "2"
