@@ -10,6 +10,9 @@ feature imports:
     torch       torch (CPU wheel), onnxscript                 PyTorch export (torch_loading.py)
     mlflow      mlflow-skinny, sqlalchemy, alembic           --registry mlflow:URI (mlflow_registry.py)
     db          sqlalchemy, psycopg[binary]                  predict --out sqlite:///... or postgresql+psycopg://... (batch.py)
+    dask        dask[dataframe], distributed                 distributed.predict_dask
+    spark       pyspark (and a JRE: make jre)                distributed.spark_predict (mapInPandas)
+    ray         ray[serve] (not in all: it clashes with TF)  ray_serve.py
 """
 from __future__ import annotations
 
