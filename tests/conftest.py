@@ -193,6 +193,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_mark(page, name):
+    """Wait until the page has set performance.mark(name): the demo's edgeport:ready, edgeport:runtime-ready..."""
+    page.wait_for_function("(name) => performance.getEntriesByName(name).length > 0", arg=name)
+
+
+def wait_for_browser_runtime(page):
+    """The demo enables Predict as soon as the manifest is read (it hedges with the server while the runtime
+    loads): a test that wants the browser's own answer waits for the runtime too."""
+    page.wait_for_selector("#predict:not([disabled])")
+    wait_for_mark(page, "edgeport:runtime-ready")
+
+
 class ServerProcess:
     """`edgeport serve` as a real process on a free loopback port."""
 

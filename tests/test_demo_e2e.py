@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ServerProcess, artifact_dir, need
+from conftest import ServerProcess, artifact_dir, need, wait_for_browser_runtime, wait_for_mark
 
 pytestmark = [pytest.mark.browser]
 SHOTS = "demo"
@@ -52,12 +52,7 @@ def open_model(page, url, model, block_wasm=False):
     if block_wasm:
         page.route("**/*.wasm", lambda route: route.abort())
     page.goto(f"{url}/?model={model}")
-    page.wait_for_selector("#predict:not([disabled])")
-    wait_for_mark(page, "edgeport:runtime-ready")
-
-
-def wait_for_mark(page, name):
-    page.wait_for_function("(name) => performance.getEntriesByName(name).length > 0", arg=name)
+    wait_for_browser_runtime(page)
 
 
 def marks(page):

@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from conftest import IN_CI, ExportOnce, ServerProcess, artifact_dir, assert_parity, need
+from conftest import IN_CI, ExportOnce, ServerProcess, artifact_dir, assert_parity, need, wait_for_browser_runtime
 
 pytestmark = [pytest.mark.tensorflow]
 runner = CliRunner()
@@ -245,7 +245,7 @@ def _predict(page):
 
 def _sequence_page(page, url, golden):
     page.goto(f"{url}/?model=sequence")
-    page.wait_for_selector("#predict:not([disabled])")
+    wait_for_browser_runtime(page)
     assert not page.locator("#canvas").count()  # not an image
     grid = page.locator("textarea[name='steps']")
     assert grid.is_visible() and "5 steps" in page.text_content("#form") and "3 features" in page.text_content("#form")
@@ -265,7 +265,7 @@ def _tokens_page(page, url, golden):
     probabilities = np.asarray(golden["outputs"]["probabilities"])
     unsure = int(np.argmin(probabilities.max(axis=1)))  # under the 0.6 threshold? ask for more below
     page.goto(f"{url}/?model=tokens&threshold=1")  # every answer is low-confidence: the server is asked
-    page.wait_for_selector("#predict:not([disabled])")
+    wait_for_browser_runtime(page)
     fields = page.locator("#form input")
     assert fields.count() == 6 and fields.first.get_attribute("step") == "1"
     for i, value in enumerate(golden["rows"][unsure]):

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from conftest import assert_parity, need, save_model
+from conftest import assert_parity, need, save_model, wait_for_browser_runtime
 from zoo import reviews
 
 runner = CliRunner()
@@ -199,7 +199,7 @@ def test_the_demo_shows_a_text_box_and_predicts_what_is_typed(root_bundle):
             page = context.new_page()
             page.set_default_timeout(30_000)
             page.goto(f"{server.url}/?model=reviews")
-            page.wait_for_selector("#predict:not([disabled])")
+            wait_for_browser_runtime(page)
             assert page.locator("#form select").count() == 0  # not a dropdown of the sample's texts
             text = "What a WONDERFUL, charming film: loved the café scene"
             page.fill("textarea[name='review']", text)
