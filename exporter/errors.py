@@ -18,7 +18,8 @@
     ├── RuntimeUnavailableError   node / npm ci / chromium / TensorFlow is missing
     ├── RuntimeFailedError        a runtime ran but gave no outputs (recorded in the report)
     ├── ParityUndecidedError      no numbers differ, but parity wasn't decided: a runtime couldn't run, or none applied
-    └── ParityError               exit 3: the exported model's outputs differ from the reference
+    ├── ParityError               exit 3: the exported model's outputs differ from the reference
+    └── DriftDetectedError        exit 4: live data drifted from the training data beyond a threshold (drift.py)
 
 The CLI maps every EdgeportError to its `exit_code` in one place and prints the
 message without a traceback (unless --debug). Third-party exceptions are
@@ -114,6 +115,13 @@ class ParityError(EdgeportError):
     Only differing numbers are a parity failure: a runtime that could not run is a ParityUndecidedError."""
 
     exit_code = 3
+
+
+class DriftDetectedError(EdgeportError):
+    """Raised when a feature's (or the confidence's) PSI against the training data is above its threshold, naming
+    each one: `edgeport drift` exits 4, so CI and cron can gate on it. The report is written first."""
+
+    exit_code = 4
 
 
 class ParityUndecidedError(EdgeportError):

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .bundle import InputSpec
+from .drift import numeric_bins
 from .errors import InputFileError, SampleError
 
 
@@ -124,7 +125,8 @@ def table_from_rows(rows: Sequence, inputs: Sequence[InputSpec], layout: str) ->
 
 
 def feature_stats(table: Any, inputs: Sequence[InputSpec], layout: str) -> dict:
-    """Per-column statistics of the sample, for the demo form and later drift checks."""
+    """Per-column statistics of the sample, for the demo form and drift checks: a numeric column's `bins` are
+    about ten quantile bins of the sample (drift.numeric_bins), a string column's `frequencies` its top 50."""
     import pandas as pd
 
     if layout == "tensors":
@@ -172,7 +174,7 @@ def _numeric_stats(series: Any) -> dict:
     present = series.dropna()
     if present.empty:
         return {"count": 0, "missing": int(series.isna().sum()), "mean": None, "std": None, "min": None, "max": None}
-    return {
+    stats = {
         "count": int(present.size),
         "missing": int(series.isna().sum()),
         "mean": float(present.mean()),
@@ -180,6 +182,8 @@ def _numeric_stats(series: Any) -> dict:
         "min": float(present.min()),
         "max": float(present.max()),
     }
+    bins = numeric_bins(present.to_numpy())  # training's distribution, for drift (drift.py)
+    return {**stats, "bins": bins} if bins else stats
 
 
 def table_len(table: Any) -> int:
