@@ -3,8 +3,8 @@
 Exit codes are decided in one place, `_fail`, which every command goes through
 (`@command`): 0 success, otherwise the `exit_code` of the EdgeportError raised
 (1 a domain error, one paragraph, no traceback unless --debug; 2 an option the
-model's converter doesn't take; 3 parity failed: outputs differ, a ParityError; a runtime that could not run is 1), and 2 for
-Click's own usage errors.
+model's converter doesn't take; 3 parity failed: outputs differ, a ParityError; a runtime that could not run is 1;
+4 drift above a threshold, a DriftDetectedError), and 2 for Click's own usage errors.
 """
 from __future__ import annotations
 
@@ -257,6 +257,37 @@ def predict(
                + (f"; {result.rejected:,} rejected into {rejects}" if result.rejected else ""))
 
 
+@command()
+def drift(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    data: Path = typer.Option(..., "--data", help="Live rows: .csv/.tsv, .parquet or .jsonl (streamed)."),
+    threshold: float = typer.Option(0.2, "--threshold", help="PSI above which a feature (or the confidence) has drifted."),
+    threshold_for: List[str] = typer.Option([], "--threshold-for", help="COL=X: another threshold for this feature, or for confidence (repeatable)."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained page: one panel per feature, training against live."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON."),
+    allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Use a bundle whose parity check failed or never finished."),
+) -> None:
+    """Compare live data with the bundle's training data (PSI per feature and for the confidence); exit 4 on drift."""
+    from edgeport.drift import drift_file, require_no_drift
+    from edgeport.drift_format import format_drift, format_drift_html
+    from edgeport.errors import OptionError
+
+    per_feature = {}
+    for column, value in _pairs("--threshold-for", threshold_for, "COL=X, e.g. tenure_months=0.3").items():
+        try:
+            per_feature[column] = float(value)
+        except ValueError:
+            raise OptionError(f"--threshold-for {column}={value}: {value!r} is not a number") from None
+    report = drift_file(bundle, data, threshold=threshold, thresholds=per_feature, allow_unverified=allow_unverified,
+                        progress=_progress)
+    typer.echo(format_drift(report))
+    if json_out:
+        _write_report(json_out, report.to_dict())
+    if html:
+        _write_text(html, format_drift_html(report))
+    require_no_drift(report)
+
+
 REGISTRY_HELP = "Registry: a directory (default $EDGEPORT_REGISTRY or ./registry), or mlflow:TRACKING_URI for MLflow's."
 ALIAS_HELP = "The alias to move (the server and the browser resolve NAME@ALIAS; default production)."
 
@@ -362,14 +393,14 @@ def serve(
                   progress=_progress, on_listening=_announce)
 
 
-def _pairs(option: str, values: List[str]) -> dict[str, str]:
+def _pairs(option: str, values: List[str], expected: str = "ROLE=NAME, e.g. probabilities=predict_proba") -> dict[str, str]:
     from edgeport.errors import OptionError
 
     pairs = {}
     for value in values:
         key, equals, name = value.partition("=")
         if not equals or not key.strip() or not name.strip():
-            raise OptionError(f"{option} {value!r}: expected ROLE=NAME, e.g. probabilities=predict_proba")
+            raise OptionError(f"{option} {value!r}: expected {expected}")
         pairs[key.strip()] = name.strip()
     return pairs
 
