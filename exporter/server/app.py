@@ -30,11 +30,15 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..bundle import OutputSpec
+from ..errors import RowValidationError, RuntimeUnavailableError
+from ..explain import (DEFAULT_MAX_SAMPLES, DEFAULT_TIMEOUT_S as DEFAULT_EXPLAIN_TIMEOUT_S, ExplanationBudgetError,
+                       ExplanationUnsupportedError, explain_row)
 from .http import NOSNIFF, BodyLimit, error
 from .oip import (ErrorResponse, InferInputError, InferRequest, InferResponse, ModelMetadata, RequestBudget,
                   feeds_from_request, parse_request, response_outputs, tensor_metadata)
@@ -63,16 +67,20 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY,
     max_batch: int = DEFAULT_MAX_BATCH,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    explain_timeout_s: float = DEFAULT_EXPLAIN_TIMEOUT_S,
+    explain_samples: int = DEFAULT_MAX_SAMPLES,
 ) -> FastAPI:
     """The ASGI app serving `repository`'s models (and `site_dir` at /, if given).
 
     Refuses bodies over max_body_bytes (and over what each model can need) and requests over max_batch rows;
-    inference gets timeout_s (and so does a body's arrival, under serving.serve_forever)."""
+    inference gets timeout_s (and so does a body's arrival, under serving.serve_forever). An explanation
+    (explain.py) gets explain_timeout_s and at most explain_samples of shap's samples."""
     from .metrics import Metrics
 
-    if max_body_bytes < 1 or max_batch < 1 or not timeout_s > 0:
-        raise ValueError(f"max_body_bytes and max_batch must be at least 1 and timeout_s above 0; got "
-                         f"{max_body_bytes}, {max_batch}, {timeout_s}")
+    if max_body_bytes < 1 or max_batch < 1 or not timeout_s > 0 or not explain_timeout_s > 0 or explain_samples < 1:
+        raise ValueError(f"max_body_bytes, max_batch and explain_samples must be at least 1, timeout_s and "
+                         f"explain_timeout_s above 0; got {max_body_bytes}, {max_batch}, {explain_samples}, "
+                         f"{timeout_s}, {explain_timeout_s}")
     metrics = Metrics()
     # the site's files are read and hashed (a 14 MB wasm: tens of ms, mostly outside the GIL) while FastAPI builds
     # its routes; a site that fails its check still fails the start, below
@@ -230,6 +238,22 @@ def create_app(
         app.post(prefix + "/infer", openapi_extra=infer_body,
                  responses={200: {"model": InferResponse}, **refusals})(infer)
 
+    async def explain(body: ExplainRequest, name: str, version: Optional[str] = None) -> Response:
+        model = await anyio.to_thread.run_sync(find, name, version)
+        try:  # shap's work is seconds of CPU: never on the event loop
+            explanation = await anyio.to_thread.run_sync(
+                lambda: explain_row(model, body.row, timeout_s=explain_timeout_s, max_samples=explain_samples))
+        except tuple(EXPLAIN_REFUSALS) as exc:
+            return error(next(status for kind, status in EXPLAIN_REFUSALS.items() if isinstance(exc, kind)), str(exc))
+        return JSONResponse(explanation.to_dict())
+
+    explain_refusals = {status: {"model": ErrorResponse, "description": what} for status, what in (
+        (400, "the row doesn't fit the model, or is more than one row"), (404, "no such model or version"),
+        (422, "the model can't be explained per column, or the explanation passed its time budget"),
+        (501, "this server hasn't the explain extra (shap)"))}
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        app.post(prefix + "/explain", responses={200: {"model": ExplainResponse}, **explain_refusals})(explain)
+
     generate_openapi = app.openapi
 
     def openapi() -> dict:
@@ -315,6 +339,32 @@ def create_app(
         routed, infer_asgi = cors(routed), cors(infer_asgi)
     app.front = Front(routed, infer_model, infer_asgi)
     return app
+
+
+class ExplainRequest(BaseModel):
+    """POST /v2/models/NAME/explain: one row, as the JS client sends rows (decoding.py)."""
+    model_config = ConfigDict(extra="forbid")
+    row: Any
+
+
+class AttributionItem(BaseModel):
+    feature: str
+    value: Any
+    attribution: float
+
+
+class ExplainResponse(BaseModel):
+    model_name: str
+    model_version: str
+    target: Any
+    base_value: float
+    prediction: float
+    attributions: list[AttributionItem]
+
+
+# bad input is a 4xx, never a 5xx; a server without shap is 501: the request was fine, the feature isn't installed
+EXPLAIN_REFUSALS = {RowValidationError: 400, ExplanationUnsupportedError: 422, ExplanationBudgetError: 422,
+                    RuntimeUnavailableError: 501}
 
 
 def _specs(model: ServedModel, names: list[str]) -> list[OutputSpec]:

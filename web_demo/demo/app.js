@@ -24,6 +24,7 @@ let columns = [];
 let golden = null;
 let servedByEdgeport = false; // site.json came from `edgeport serve`, which answers OIP v2 on this origin
 let predictions = 0;
+let lastRow = null; // the row of the prediction on screen, for "Why?"
 
 function pct(x) { return x === undefined || x === null ? '?' : `${(100 * x).toFixed(0)}%`; }
 
@@ -67,6 +68,7 @@ async function main() {
   $('predict').addEventListener('click', predict);
   $('sample').addEventListener('click', fillSample);
   $('retry').addEventListener('click', predict);
+  $('why').addEventListener('click', explain);
   await open(chosen);
 }
 
@@ -319,7 +321,9 @@ function fillSample(index) {
 async function predict() {
   $('predict').disabled = true;
   try {
-    const [result] = await model.predict([readRow()]);
+    const row = readRow();
+    const [result] = await model.predict([row]);
+    lastRow = row;
     render(result);
   } catch (err) {
     if (err instanceof ServerError) {
@@ -372,8 +376,69 @@ function render(result) {
     notice.hidden = true;
   }
   notice.dataset.reason = result.fallback_reason ?? '';
+  $('why-area').hidden = !explainable(model.manifest);
+  $('why-result').hidden = true;
+  $('why-error').hidden = true;
   show('result');
   if (predictions++ === 0) performance.mark('edgeport:first-prediction', { detail: { served_by: result.served_by } });
+}
+
+// ------------------------------------------------------------------ "Why?": the top contributing columns
+
+// the fallback server explains a row per named column (shap over the ONNX session it serves), for classifiers and
+// regressors; a page without a fallback server has no button
+function explainable(manifest) {
+  const [input] = manifest.inputs;
+  const named = manifest.layout === 'columns' || (manifest.layout === 'matrix' && input.columns && input.shape.length === 2);
+  return Boolean(fallbackUrl()) && named && ['classification', 'regression'].includes(manifest.task);
+}
+
+async function explain() {
+  const { name, version } = model.manifest;
+  const url = `${fallbackUrl().replace(/\/$/, '')}/v2/models/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}/explain`;
+  $('why').disabled = true;
+  $('why-error').hidden = true;
+  try {
+    const response = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ row: lastRow }) });
+    const payload = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(payload.error ?? `the server answered ${response.status}`);
+    renderWhy(payload);
+  } catch (err) {
+    $('why-error').textContent = `No explanation right now: ${err.message}`;
+    $('why-error').hidden = false;
+  } finally {
+    $('why').disabled = false;
+  }
+}
+
+// the five largest attributions as bars from a zero line: right (positive) pushes the answer up, left pulls it down
+function renderWhy(explanation) {
+  const top = explanation.attributions.slice(0, 5);
+  const largest = Math.max(...top.map((a) => Math.abs(a.attribution)), 1e-12);
+  const classifier = model.manifest.task === 'classification';
+  const shown = (x) => (classifier ? pct(x) : format(x));
+  $('why-caption').textContent = `${classifier ? `P(${explanation.target})` : explanation.target}: ${shown(explanation.prediction)}, `
+    + `against ${shown(explanation.base_value)} on average. What moved it (SHAP, on the server's model):`;
+  $('why-bars').replaceChildren(...top.map((a) => {
+    const row = document.createElement('div');
+    row.className = `why-row ${a.attribution >= 0 ? 'positive' : 'negative'}`;
+    const name = document.createElement('span');
+    name.textContent = `${a.feature} = ${a.value ?? 'missing'}`;
+    name.title = name.textContent;
+    const track = document.createElement('div');
+    track.className = 'why-track';
+    const halves = [document.createElement('div'), document.createElement('div')];
+    const fill = document.createElement('div');
+    fill.className = 'fill';
+    fill.style.width = `${(100 * Math.abs(a.attribution) / largest).toFixed(1)}%`;
+    halves[a.attribution >= 0 ? 1 : 0].append(fill);
+    track.append(...halves);
+    const value = document.createElement('span');
+    value.textContent = `${a.attribution >= 0 ? '+' : '−'}${Math.abs(a.attribution).toPrecision(2)}`;
+    row.append(name, track, value);
+    return row;
+  }));
+  $('why-result').hidden = false;
 }
 
 // the headline and the line under it, by what the outputs mean (the manifest's task)
