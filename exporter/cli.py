@@ -288,6 +288,23 @@ def drift(
     require_no_drift(report)
 
 
+@command()
+def explain(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    data: Path = typer.Option(..., "--data", help="Rows to explain: .csv/.tsv, .parquet or .jsonl."),
+    rows: int = typer.Option(5, "--rows", min=1, help="Explain this many rows, from the first."),
+    timeout: float = typer.Option(5.0, "--timeout", callback=lambda v: _above_zero("--timeout", v),
+                                  help="Time budget per row, seconds."),
+    samples: int = typer.Option(1024, "--samples", min=1, help="shap's samples per row, at most."),
+    allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Use a bundle whose parity check failed or never finished."),
+) -> None:
+    """Per-column attributions (shap, on the bundle's own ONNX model) for the first rows of a data file."""
+    from edgeport.explain import explain_file, format_explanations
+
+    typer.echo(format_explanations(explain_file(bundle, data, rows=rows, timeout_s=timeout, max_samples=samples,
+                                                allow_unverified=allow_unverified, progress=_progress)))
+
+
 REGISTRY_HELP = "Registry: a directory (default $EDGEPORT_REGISTRY or ./registry), or mlflow:TRACKING_URI for MLflow's."
 ALIAS_HELP = "The alias to move (the server and the browser resolve NAME@ALIAS; default production)."
 
@@ -378,6 +395,9 @@ def serve(
     allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Serve bundles whose parity check failed or never finished."),
     alias: str = typer.Option("production", "--alias", help="A registry: /v2/models/NAME answers with NAME@ALIAS (a 409 while it is unset)."),
     cache_mb: int = typer.Option(512, "--cache-mb", min=1, help="A registry: keep loaded versions whose model files come to at most this many MB (least recently used go first)."),
+    explain_timeout: float = typer.Option(5.0, "--explain-timeout", callback=lambda v: _above_zero("--explain-timeout", v),
+                                          help="Time budget of an explanation (/explain), seconds; past it a 422."),
+    explain_samples: int = typer.Option(1024, "--explain-samples", min=1, help="shap's samples per explanation, at most."),
 ) -> None:
     """Serve the demo site, the bundle files and the Open Inference Protocol v2 fallback endpoint."""
     from edgeport.extras import require
@@ -390,6 +410,7 @@ def serve(
                   max_body_bytes=max_body_bytes, max_batch=max_batch, timeout_s=timeout,
                   header_timeout_s=header_timeout, keep_alive_s=keep_alive, max_connections=max_connections,
                   drain_s=drain_seconds, allow_unverified=allow_unverified, alias=alias, cache_bytes=cache_mb * 2**20,
+                  explain_timeout_s=explain_timeout, explain_samples=explain_samples,
                   progress=_progress, on_listening=_announce)
 
 
