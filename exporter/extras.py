@@ -13,6 +13,7 @@ feature imports:
     dask        dask[dataframe], distributed                 distributed.predict_dask
     spark       pyspark (and a JRE: make jre)                distributed.spark_predict (mapInPandas)
     ray         ray[serve] (not in all: it clashes with TF)  ray_serve.py
+    explain     shap                                         /v2/models/NAME/explain, edgeport explain (explain.py)
 """
 from __future__ import annotations
 
