@@ -56,7 +56,7 @@ demo: setup
 # groups the tests that share expensive fixtures onto one worker and hands out the slowest groups first
 test: setup
 	cd web_demo && node --test test/ && node_modules/.bin/tsc -p .
-	$(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder
+	$(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
 
 # the JS client alone: node --test, and its .d.ts checked by a type test (web_demo/typecheck/usage.ts)
 test-js: setup

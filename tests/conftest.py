@@ -317,6 +317,7 @@ def zoo_export(tmp_path_factory):
 # (trained and exported once, ~40 s) are one group, and so are those that share the zoo's bundles. The slowest
 # groups are handed out first, so the two workers finish together instead of one waiting on a late long group.
 SLOW_GROUPS_FIRST = ("tests/test_keras.py", "tests/test_keras_inputs.py", "examples", "zoo", "tests/test_wheel.py",
+                     "tests/test_interop_mlserver.py", "tests/test_examples.py", "tests/test_distributed.py",
                      "tests/test_user_code.py", "tests/test_torch.py", "tests/test_boosting.py")
 
 
