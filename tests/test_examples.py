@@ -85,16 +85,29 @@ def wasm_only_digest() -> str:
 
 
 def run_in_chromium(root: Path, name: str, interact) -> dict:
-    """Serve `root`, open it, let `interact(page)` drive it; report long tasks and the .wasm files fetched."""
+    """Serve `root`, open it, let `interact(page)` drive it; report long tasks and the .wasm files fetched.
+
+    Long tasks are timings, and this machine is shared: a page that shows one is opened once more in a fresh
+    profile, and only a long task seen again counts (a synchronous WASM compile or model run on the main thread
+    shows every time; the structural check below catches that too)."""
+    first = _open_in_chromium(root, name, interact)
+    if not first["long_tasks"]:
+        return first
+    again = _open_in_chromium(root, name, interact)
+    return {**again, "long_tasks_first_try": first["long_tasks"]}
+
+
+def _open_in_chromium(root: Path, name: str, interact) -> dict:
     from playwright.sync_api import sync_playwright
 
     from edgeport.runtimes.browser import PageLog, launch
 
-    log, wasm = PageLog(), []
+    log, wasm, fetched = PageLog(), [], set()
     with serve({"/": Mount(root)}) as base, tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
         context = launch(pw, profile)
         try:
             context.on("response", lambda r: wasm.append(hashlib.sha256(r.body()).hexdigest()) if r.url.endswith(".wasm") else None)
+            context.on("requestfinished", lambda r: fetched.add(r.url))
             page = context.new_page()
             log.attach(page)
             page.add_init_script(LONG_TASKS)
@@ -103,13 +116,19 @@ def run_in_chromium(root: Path, name: str, interact) -> dict:
             result = interact(page)
             page.click("#many")  # 100 predictions, one row at a time
             page.wait_for_function("document.getElementById('many-result').textContent !== ''", timeout=60_000)
-            tasks, ready = page.evaluate("[window.__longTasks, performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd]")
+            tasks, ready, page_wasm = page.evaluate(
+                "[window.__longTasks, performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd,"
+                " performance.getEntriesByType('resource').filter((e) => e.name.endsWith('.wasm')).map((e) => e.name)]")
             result["long_tasks"] = [round(duration) for start, duration in tasks if start >= ready]
             result["long_tasks_while_the_page_started"] = [round(duration) for start, duration in tasks if start < ready]
+            result["wasm_on_the_main_thread"] = page_wasm  # the page's own fetches; a worker's are in its own timeline
             page.screenshot(path=str(artifact_dir("examples") / f"{name}.png"), full_page=True)
         finally:
             context.close()
-    assert not log.lines, f"{name}: the page reported errors:\n" + "\n".join(log.lines)
+    # a request Chromium aborted as a duplicate of one that then finished is no error of the page's
+    errors = [line for line in log.lines if not (line.startswith("request failed: ") and "ERR_ABORTED" in line
+                                                 and line.split(" ")[2] in fetched)]
+    assert not errors, f"{name}: the page reported errors:\n" + "\n".join(errors)
     return {**result, "wasm": wasm}
 
 
@@ -128,8 +147,9 @@ def differing_row(rows: list, labels: list, shown: str, columns: list[str]) -> t
 
 
 def check_common(report: dict, name: str) -> None:
+    assert report["wasm_on_the_main_thread"] == [], f"{name}: onnxruntime-web's WASM was fetched by the page itself"
     assert report["long_tasks"] == [], (f"{name}: long tasks on the main thread while the model loaded and predicted "
-                                        f"(ms): {report['long_tasks']}")
+                                        f"(ms): {report['long_tasks']}, and on a first try {report.get('long_tasks_first_try')}")
     assert report["wasm"] == [wasm_only_digest()], \
         f"{name}: expected one fetch of onnxruntime-web's WASM-only build, got {len(report['wasm'])} .wasm fetches"
 
