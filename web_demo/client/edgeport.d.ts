@@ -42,6 +42,15 @@ export interface Prediction {
 
 export interface Progress { stage: 'manifest' | 'model' | 'runtime' | 'ready' | 'fallback'; loaded?: number; total?: number; reason?: string; message?: string; }
 
+/** Opt-in browser telemetry: counts of predictions (never rows) reported to the server's
+ * POST /v2/models/{name}/versions/{version}/telemetry; a report that can't be sent is dropped. */
+export interface TelemetryOptions {
+  url?: string;                  // the server to report to; default the fallback URL (no URL: telemetry stays off)
+  flushMs?: number;              // how often to report; default 10000 (and on pagehide, and when the page is hidden)
+  maxReportsPerMinute?: number;  // default 6; counts wait for the next report meanwhile
+  maxPending?: number;           // prediction batches waiting to be counted, past which they are dropped; default 100
+}
+
 export interface LoadOptions {
   fallbackUrl?: string | null;   // OIP v2 server base URL; default manifest.fallback.url
   timeoutMs?: number;            // inference timeout before falling back; default manifest.fallback.timeout_ms or 2000; Infinity for none
@@ -65,6 +74,7 @@ export interface LoadOptions {
   fetch?: typeof fetch;
   forceNoWasm?: boolean;         // behave as if WebAssembly were missing (tests, demos)
   onProgress?: (p: Progress) => void;
+  telemetry?: boolean | TelemetryOptions; // report counts of predictions to the server; default off
 }
 
 export type RowValidationCode = 'rows' | 'row-type' | 'extra-column' | 'missing-column' | 'row-length' | 'type' | 'missing-value' | 'range';

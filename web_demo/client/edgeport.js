@@ -15,6 +15,7 @@ import { checkManifest, readBytes, resolveRelative, upgradeManifest, verifyFile 
 import { buildInputs, describeColumns, toInferRequest } from './decoding.js';
 import { EdgeportError, InferenceError, LoadError, ServerError } from './errors.js';
 import { onnxRuntime } from './onnx.js';
+import { startTelemetry } from './telemetry.js';
 
 export { resolveRelative, sha256Hex, upgradeManifest, verifyFile } from './bundle.js';
 export { buildInputs, describeColumns, toInferRequest } from './decoding.js';
@@ -50,7 +51,10 @@ export async function loadModel(source, options = {}) {
   const policy = resolvePolicy(manifest, options);
   const model = new EdgeportModel(manifest, manifestUrl, policy, options);
   const local = model.loadLocal().catch((err) => {
-    if (!policy.fallbackUrl) throw err;
+    if (!policy.fallbackUrl) {
+      model.telemetry?.stop(); // nobody will hold this model to release it
+      throw err;
+    }
     model.localError = err;
     progress({ stage: 'fallback', reason: err.code, message: err.message });
   });
@@ -159,6 +163,8 @@ export class EdgeportModel {
     this.loading = null; // while a hedged load is under way: settles when the runtime is ready or has failed
     this.released = false;
     this.classes = manifest.classes ?? null;
+    // opt-in: counts of what was predicted, reported to the server (telemetry.js); null when off
+    this.telemetry = startTelemetry(manifest, options.telemetry, { fallbackUrl: policy.fallbackUrl, fetch: options.fetch });
   }
 
   /** Columns the model takes, for building forms and validating rows. */
@@ -235,9 +241,10 @@ export class EdgeportModel {
   async predict(rows) {
     if (this.released) throw new InferenceError('this model was released; load it again to predict', { code: 'released' });
     const inputs = buildInputs(this.manifest, rows); // bad rows are the caller's bug: never sent to the server
-    if (this.loading) return this.hedge(rows);
-    if (!this.backend) return this.fromServer(rows, reasonOf(this.localError));
-    return this.fromBrowser(rows, inputs);
+    const results = await (this.loading ? this.hedge(rows)
+      : !this.backend ? this.fromServer(rows, reasonOf(this.localError)) : this.fromBrowser(rows, inputs));
+    this.telemetry?.record(rows, results); // only hands them over: counting happens on a later task
+    return results;
   }
 
   /** While the runtime loads: the server and the browser race, and the first answer wins. */
@@ -326,6 +333,7 @@ export class EdgeportModel {
   async release() {
     if (this.released) return;
     this.released = true;
+    this.telemetry?.stop(); // sends what is left
     const { backend } = this;
     this.backend = null;
     await backend?.release();

@@ -53,6 +53,11 @@ export async function usage(manifest: Manifest): Promise<void> {
   if (packed.loading) await packed.loading;
   // @ts-expect-error: runtimes are runtime objects, not names
   await loadModel(manifest, { runtimes: ['tfjs'] });
+  // telemetry, opt-in: true (to the fallback server), or where and how often
+  await loadModel(manifest, { fallbackUrl: 'https://api.example', telemetry: true });
+  await loadModel(manifest, { telemetry: { url: 'https://telemetry.example', flushMs: 5000, maxReportsPerMinute: 2, maxPending: 10 } });
+  // @ts-expect-error: flushMs is a number of milliseconds
+  await loadModel(manifest, { telemetry: { flushMs: '10s' } });
   // @ts-expect-error: the proxy option became worker
   await loadModel(manifest, { proxy: false });
 }
