@@ -20,7 +20,6 @@
 
 export const CONFIDENCE_EDGES = [0, ...Array.from({ length: 11 }, (_, i) => Math.round((0.5 + 0.05 * i) * 100) / 100)];
 const TELEMETRY_DEFAULTS = { flushMs: 10000, maxReportsPerMinute: 6, maxPending: 100 };
-const MAX_LABELS = 100; // a label outside manifest.classes is counted only while there are fewer distinct ones
 
 /** The bucket of a number: how many inner edges (edges[1:-1]) are at or below it (drift.py's bin_index). */
 export function binIndex(value, edges) {
@@ -126,13 +125,19 @@ function toNumber(value) {
   return NaN;
 }
 
+function labelKey(label) {
+  if (typeof label === 'boolean') return label ? 'True' : 'False';
+  return Array.isArray(label) || label === null || label === undefined ? null : String(label);
+}
+
 /**
  * Telemetry for one loaded model; `options` is loadModel's `telemetry` (true or an object) and `fallbackUrl` the
  * model's. Null when it is off or there is nowhere to send reports.
  */
 export function startTelemetry(manifest, options, { fallbackUrl = null, fetch: fetchFn } = {}) {
   if (!options) return null;
-  const settings = { ...TELEMETRY_DEFAULTS, ...(options === true ? {} : options) };
+  const given = Object.entries(options === true ? {} : options).filter(([, value]) => value !== undefined);
+  const settings = { ...TELEMETRY_DEFAULTS, ...Object.fromEntries(given) };
   const base = settings.url ?? fallbackUrl;
   if (!base) return null;
   const url = `${String(base).replace(/\/$/, '')}/v2/models/${encodeURIComponent(manifest.name)}` +
@@ -145,7 +150,9 @@ export class Telemetry {
     this.url = url;
     this.settings = settings;
     this.fetch = fetchFn;
-    this.classes = manifest.classes ? new Set(manifest.classes.map(String)) : null;
+    // labels are counted by class, named as the server names them (Python's str: True, not true); a model
+    // without classes reports none, so `labels` stays as bounded as the manifest
+    this.classes = new Set((manifest.classes ?? []).map(labelKey));
     this.sketch = new Sketch(manifest);
     this.pending = [];
     this.dropped = 0; // batches that found the queue full (not reported: nothing about them is known)
@@ -204,13 +211,8 @@ export class Telemetry {
         report.latency_ms.sum += result.latency_ms;
       }
       if (by !== 'browser') return;
-      const { label } = result;
-      if (label !== undefined && label !== null && !Array.isArray(label)) {
-        const key = String(label);
-        if (this.classes ? this.classes.has(key) : key in report.labels || Object.keys(report.labels).length < MAX_LABELS) {
-          report.labels[key] = (report.labels[key] ?? 0) + 1;
-        }
-      }
+      const key = labelKey(result.label);
+      if (key !== null && this.classes.has(key)) report.labels[key] = (report.labels[key] ?? 0) + 1;
       this.sketch.add(rows[i]);
       this.sketch.addConfidence(result.confidence);
     });

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 
 import { loadModel } from '../client/edgeport.js';
-import { binIndex, CONFIDENCE_EDGES, Sketch } from '../client/telemetry.js';
+import { binIndex, CONFIDENCE_EDGES, Sketch, startTelemetry } from '../client/telemetry.js';
 
 const FEATURE_STATS = {
   age: { count: 3, missing: 0, mean: 1.5, bins: { edges: [0, 1, 2, 3], counts: [1, 1, 1] } },
@@ -257,4 +257,18 @@ test('telemetry is off by default, and off without a URL to report to', async ()
   const plain = await loadModel(await writeBundle(COLUMNS), { ort: fakeOrt(), fallbackUrl: 'http://api.example' });
   const nowhere = await loadModel(await writeBundle(COLUMNS), { ort: fakeOrt(), telemetry: true });
   assert.deepEqual([plain.telemetry, nowhere.telemetry], [null, null]);
+});
+
+test("labels are counted only by the manifest's classes, named as the server names them, so the server takes the report", async () => {
+  const { calls, fetch } = recorder();
+  const bools = startTelemetry({ ...COLUMNS, classes: [false, true] }, { flushMs: 60000 }, { fallbackUrl: 'http://t.example', fetch });
+  const row = { age: 1, plan: 'basic', visits: 1 };
+  bools.record([row, row, row], [true, false, 'maybe'].map((label) => ({ label, served_by: 'browser', latency_ms: 1, fallback_reason: null })));
+  const clusters = startTelemetry({ ...COLUMNS, classes: undefined, feature_stats: {} }, { flushMs: 60000 }, { fallbackUrl: 'http://t.example', fetch });
+  clusters.record([row], [{ label: 4, served_by: 'browser', latency_ms: 1, fallback_reason: null }]);
+  await tick();
+  bools.stop(); clusters.stop();
+  await tick();
+  assert.deepEqual(calls.map((c) => c.body.labels), [{ True: 1, False: 1 }, {}]);
+  assert.deepEqual(calls[1].body.sketch, { features: {} });
 });
