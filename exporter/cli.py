@@ -398,6 +398,8 @@ def serve(
     explain_timeout: float = typer.Option(5.0, "--explain-timeout", callback=lambda v: _above_zero("--explain-timeout", v),
                                           help="Time budget of an explanation (/explain), seconds; past it a 422."),
     explain_samples: int = typer.Option(1024, "--explain-samples", min=1, help="shap's samples per explanation, at most."),
+    drift_threshold: float = typer.Option(0.2, "--drift-threshold", callback=lambda v: _psi_threshold("--drift-threshold", v),
+                                          help="Live drift (/drift, edgeport_drift_psi): a feature whose PSI is above this has drifted."),
 ) -> None:
     """Serve the demo site, the bundle files and the Open Inference Protocol v2 fallback endpoint."""
     from edgeport.extras import require
@@ -410,7 +412,7 @@ def serve(
                   max_body_bytes=max_body_bytes, max_batch=max_batch, timeout_s=timeout,
                   header_timeout_s=header_timeout, keep_alive_s=keep_alive, max_connections=max_connections,
                   drain_s=drain_seconds, allow_unverified=allow_unverified, alias=alias, cache_bytes=cache_mb * 2**20,
-                  explain_timeout_s=explain_timeout, explain_samples=explain_samples,
+                  explain_timeout_s=explain_timeout, explain_samples=explain_samples, drift_threshold=drift_threshold,
                   progress=_progress, on_listening=_announce)
 
 
@@ -430,6 +432,12 @@ def _tolerance(option: str, value: Optional[float]) -> Optional[float]:
     # NaN would make every comparison pass (a gate switched off), and ±inf or a negative one means nothing
     if value is not None and not 0 <= value < float("inf"):
         raise typer.BadParameter(f"{value} is not a tolerance: give a finite number, 0 or more.", param_hint=f"'{option}'")
+    return value
+
+
+def _psi_threshold(option: str, value: float) -> float:
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise typer.BadParameter(f"{value} is not a PSI threshold: give a number above 0, such as 0.2.", param_hint=f"'{option}'")
     return value
 
 

@@ -36,6 +36,7 @@ from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..bundle import OutputSpec
+from ..drift import DEFAULT_THRESHOLD as DEFAULT_DRIFT_THRESHOLD
 from ..errors import RowValidationError, RuntimeUnavailableError
 from ..explain import (DEFAULT_MAX_SAMPLES, DEFAULT_TIMEOUT_S as DEFAULT_EXPLAIN_TIMEOUT_S, ExplanationBudgetError,
                        ExplanationUnsupportedError, explain_row)
@@ -69,19 +70,25 @@ def create_app(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     explain_timeout_s: float = DEFAULT_EXPLAIN_TIMEOUT_S,
     explain_samples: int = DEFAULT_MAX_SAMPLES,
+    drift_threshold: float = DEFAULT_DRIFT_THRESHOLD,
 ) -> FastAPI:
     """The ASGI app serving `repository`'s models (and `site_dir` at /, if given).
 
     Refuses bodies over max_body_bytes (and over what each model can need) and requests over max_batch rows;
     inference gets timeout_s (and so does a body's arrival, under serving.serve_forever). An explanation
-    (explain.py) gets explain_timeout_s and at most explain_samples of shap's samples."""
+    (explain.py) gets explain_timeout_s and at most explain_samples of shap's samples. Live drift (monitoring.py)
+    is a PSI above drift_threshold."""
     from .metrics import Metrics
+    from .monitoring import Monitors, add_routes
 
     if max_body_bytes < 1 or max_batch < 1 or not timeout_s > 0 or not explain_timeout_s > 0 or explain_samples < 1:
         raise ValueError(f"max_body_bytes, max_batch and explain_samples must be at least 1, timeout_s and "
                          f"explain_timeout_s above 0; got {max_body_bytes}, {max_batch}, {explain_samples}, "
                          f"{timeout_s}, {explain_timeout_s}")
+    if not 0 < drift_threshold < float("inf"):
+        raise ValueError(f"drift_threshold must be a number above 0, such as 0.2; got {drift_threshold}")
     metrics = Metrics()
+    monitors = metrics.monitors = Monitors(drift_threshold)
     # the site's files are read and hashed (a 14 MB wasm: tens of ms, mostly outside the GIL) while FastAPI builds
     # its routes; a site that fails its check still fails the start, below
     site_loading = _in_background(Snapshot.of_site, site_dir) if site_dir is not None else None
@@ -216,7 +223,9 @@ def create_app(
             metrics.observe(model, "error", started, 0, payload)
             return error(500, f"inference failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
         metrics.observe(model, "ok", started, rows, payload)
-        metrics.predictions(model, {spec.role: v for spec, v in zip(_specs(model, names), values)})
+        by_role = {spec.role: v for spec, v in zip(_specs(model, names), values)}
+        metrics.predictions(model, by_role)
+        monitors.record(model, feeds, by_role.get("probabilities"))  # a queue append: drift is folded elsewhere
         response = InferResponse(model_name=model.name, model_version=model.version, id=payload.id,
                                  outputs=response_outputs(model.bundle, names, values))
         return Response(response.model_dump_json(exclude_none=True), media_type="application/json")
@@ -253,6 +262,8 @@ def create_app(
         (501, "this server hasn't the explain extra (shap)"))}
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         app.post(prefix + "/explain", responses={200: {"model": ExplainResponse}, **explain_refusals})(explain)
+
+    add_routes(app, find, metrics, monitors)
 
     generate_openapi = app.openapi
 

@@ -48,7 +48,14 @@ class Metrics:
         self.confidence: dict[tuple[str, str], Histogram] = {}
         self.predicted: dict[tuple[str, str, str], int] = {}  # (model, version, label)
         # why browsers asked the server: the JS client sends parameters.fallback_reason
-        self.fallbacks: dict[tuple[str, str], int] = {}  # (model, reason)
+        self.fallbacks: dict[tuple[str, str, str], int] = {}  # (model, version, reason)
+        # what browsers report (telemetry): the server's own are read from the dicts above at a scrape
+        self.browser_requests: dict[tuple[str, str], int] = {}  # predictions the browser made itself
+        self.browser_latency: dict[tuple[str, str], list] = {}  # [count, sum in seconds]
+        self.browser_predicted: dict[tuple[str, str, str], int] = {}
+        self.browser_fallbacks: dict[tuple[str, str, str], int] = {}
+        self.browser_refused: dict[tuple[str, str], int] = {}  # reports refused (a 4xx)
+        self.monitors: Any = None  # monitoring.Monitors, for the live confidence and the drift gauges
         self._labels: dict[tuple[str, str], list[str]] = {}
         self._registry = None
 
@@ -71,7 +78,7 @@ class Metrics:
         # a validated request (oip.RequestParameters): the reason, if any, is one of FALLBACK_REASONS
         reason = payload.parameters.fallback_reason if payload.parameters is not None else None
         if reason is not None:
-            self.fallbacks[name, reason] = self.fallbacks.get((name, reason), 0) + 1
+            self.fallbacks[name, version, reason] = self.fallbacks.get((name, version, reason), 0) + 1
 
     def predictions(self, model: Any, outputs: dict[str, Any]) -> None:
         """Record per-row confidence and predicted class from the outputs of a classifier."""
@@ -94,6 +101,21 @@ class Metrics:
             confidence.observe(top)
             key = (name, version, labels[index] if index < len(labels) else str(index))
             self.predicted[key] = self.predicted.get(key, 0) + 1
+
+    def telemetry(self, name: str, version: str, report: Any) -> None:
+        """Count a browser's validated report (monitoring.TelemetryReport)."""
+        key = (name, version)
+        self.browser_requests[key] = self.browser_requests.get(key, 0) + report.served_by.get("browser", 0)
+        latency = self.browser_latency.setdefault(key, [0, 0.0])
+        latency[0] += report.latency_count
+        latency[1] += report.latency_sum_ms / 1000
+        for label, count in report.labels.items():
+            self.browser_predicted[name, version, label] = self.browser_predicted.get((name, version, label), 0) + count
+        for reason, count in report.fallback_reasons.items():
+            self.browser_fallbacks[name, version, reason] = self.browser_fallbacks.get((name, version, reason), 0) + count
+
+    def telemetry_refused(self, name: str, version: str) -> None:
+        self.browser_refused[name, version] = self.browser_refused.get((name, version), 0) + 1
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -121,13 +143,83 @@ class _Collector:
                 ("edgeport_infer_rows", "Rows inferred", ["model", "version"], m.rows),
                 ("edgeport_predicted_class", "Rows by predicted class", ["model", "version", "label"], m.predicted),
                 ("edgeport_fallback_requests", "Requests that browsers sent as a fallback, by reason",
-                 ["model", "reason"], m.fallbacks)):
+                 ["model", "reason"], _summed(m.fallbacks))):
             family = CounterMetricFamily(name, documentation, labels=labels)
             for key, value in sorted(dict(values).items()):
                 family.add_metric(list(key), float(value))
             yield family
         yield _histogram("edgeport_infer_seconds", "Infer request latency (validation + inference)", m.latency)
         yield _histogram("edgeport_prediction_confidence", "Top class probability per row", m.confidence)
+        yield from _by_source(m)
+
+
+def _summed(values: dict[tuple[str, str, str], int]) -> dict[tuple[str, str], int]:
+    """(model, version, x) counts summed over versions: the families that predate version labels."""
+    summed: dict[tuple[str, str], int] = {}
+    for (name, _version, x), count in dict(values).items():
+        summed[name, x] = summed.get((name, x), 0) + count
+    return summed
+
+
+def _by_source(m: Metrics):
+    """The families labelled by model, version and source (server: this server's answers; browser: telemetry)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, SummaryMetricFamily
+
+    def counter(name, documentation, labels, server, browser):
+        family = CounterMetricFamily(name, documentation, labels=["model", "version", "source", *labels])
+        for source, values in (("server", server), ("browser", browser)):
+            for key, value in sorted(dict(values).items()):
+                family.add_metric([key[0], key[1], source, *key[2:]], float(value))
+        return family
+
+    ok = {k[:2]: v for k, v in dict(m.requests).items() if k[2] == "ok"}
+    errors = {k: v for k, v in dict(m.requests).items() if k[2] != "ok"}
+    yield counter("edgeport_requests", "Predictions by source: infer requests this server answered (server), "
+                  "predictions browsers made themselves (browser, from telemetry)", [], ok, m.browser_requests)
+    yield counter("edgeport_errors", "Errors by kind: refused or failed infer requests (server), refused telemetry "
+                  "reports (browser)", ["kind"], errors,
+                  {(*k, "bad_report"): v for k, v in dict(m.browser_refused).items()})
+    yield counter("edgeport_predictions_by_class", "Rows by predicted class and source", ["label"], m.predicted,
+                  m.browser_predicted)
+    yield counter("edgeport_fallback_reasons", "Fallbacks by reason: requests sent to this server (server), "
+                  "reported by browsers (browser)", ["reason"], m.fallbacks, m.browser_fallbacks)
+    latency = SummaryMetricFamily("edgeport_latency_seconds", "Prediction latency by source (browser: as reported)",
+                                  labels=["model", "version", "source"])
+    for key, histogram in sorted(dict(m.latency).items()):
+        latency.add_metric([*key, "server"], sum(histogram.counts), histogram.sum)
+    for key, (count, total) in sorted(dict(m.browser_latency).items()):
+        latency.add_metric([*key, "browser"], count, total)
+    yield latency
+    if m.monitors is None:
+        return
+    from prometheus_client.utils import floatToGoString
+
+    from .monitoring import confidence_bounds
+
+    confidence = HistogramMetricFamily("edgeport_live_confidence", "Top class probability per row by source, over "
+                                       "the drift buckets (since start or the last reset)",
+                                       labels=["model", "version", "source"])
+    for key, counts in sorted(m.monitors.confidence.items()):
+        cumulative, buckets = 0, []
+        for bound, count in zip((*confidence_bounds()[:-1], float("inf")), counts):
+            cumulative += count
+            buckets.append((floatToGoString(bound), float(cumulative)))
+        confidence.add_metric(list(key), buckets, None)
+    yield confidence
+    psi = GaugeMetricFamily("edgeport_drift_psi", "PSI of live inputs (and of the confidence, feature=confidence) "
+                            "against training, both sources together", labels=["model", "version", "feature"])
+    for key, value in sorted(m.monitors.psi.items()):
+        psi.add_metric(list(key), value)
+    yield psi
+    rows = GaugeMetricFamily("edgeport_drift_rows", "Live rows counted for drift, by source",
+                             labels=["model", "version", "source"])
+    for key, value in sorted(m.monitors.rows.items()):
+        rows.add_metric(list(key), float(value))
+    yield rows
+    dropped = CounterMetricFamily("edgeport_drift_dropped", "Answered requests left out of live drift: the queue "
+                                  "to the drift thread was full")
+    dropped.add_metric([], float(m.monitors.dropped))
+    yield dropped
 
 
 def _histogram(name: str, documentation: str, histograms: dict[tuple[str, str], Histogram]):

@@ -1,0 +1,180 @@
+"""Live drift on a real server: its own infer traffic and browsers' telemetry against the training data."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+
+from conftest import ServerProcess, iris_frame
+
+SHIFTED = "sepal length (cm)"
+
+
+@pytest.fixture(scope="module")
+def server(bundles):
+    process = ServerProcess(bundles["iris"].path.parent)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def iris(server):
+    """A clean slate: the live profiles reset, so each test sees only its own traffic."""
+    response = httpx.delete(f"{server.url}/v2/models/iris/drift")
+    assert response.status_code == 204, response.text
+    return server
+
+
+def training_rows():
+    # the export sample (conftest `bundles`): the rows the manifest's feature_stats were computed from
+    X, _ = iris_frame()
+    return X.sample(40, random_state=0).reset_index(drop=True)
+
+
+def shifted_rows():
+    rows = training_rows()
+    rows[SHIFTED] = rows[SHIFTED] + 3 * rows[SHIFTED].std()
+    return rows
+
+
+def infer(server, bundle, frame) -> None:
+    spec = bundle.inputs[0]
+    datatype = {"float32": "FP32", "float64": "FP64"}[spec.dtype]
+    body = {"inputs": [{"name": spec.name, "shape": list(frame.shape), "datatype": datatype,
+                        "data": frame[list(spec.columns)].to_numpy().ravel().tolist()}]}
+    response = httpx.post(f"{server.url}/v2/models/iris/infer", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+
+
+def drift(server) -> dict:
+    response = httpx.get(f"{server.url}/v2/models/iris/drift", timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def psi_of(report: dict) -> dict[str, float]:
+    return {f["name"]: f["psi"] for f in report["features"]}
+
+
+def metrics(server) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{server.url}/metrics").text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def assert_only_shifted_drifted(report: dict) -> None:
+    psi = psi_of(report)
+    assert set(psi) == set(training_rows().columns)
+    assert psi[SHIFTED] > report["features"][0]["threshold"] == 0.2, psi
+    for name, value in psi.items():
+        if name != SHIFTED:
+            assert value is not None and value < 0.2, (name, psi)
+    assert SHIFTED in report["drifted"]
+    assert not set(report["drifted"]) - {SHIFTED, "confidence"}, report["drifted"]
+
+
+def test_server_traffic_with_one_shifted_feature_drifts_that_feature_only(iris, bundles):
+    for _ in range(3):
+        infer(iris, bundles["iris"], shifted_rows())
+    report = drift(iris)
+    assert report["sources"] == {"server": 120, "browser": 0}
+    assert report["rows"] == 120 and report["dropped"] == 0
+    assert_only_shifted_drifted(report)
+    scraped = metrics(iris)
+    gauge = scraped[("edgeport_drift_psi", (("feature", SHIFTED), ("model", "iris"), ("version", "1")))]
+    assert gauge == pytest.approx(psi_of(report)[SHIFTED])
+    assert ("edgeport_drift_psi", (("feature", "confidence"), ("model", "iris"), ("version", "1"))) in scraped
+    assert scraped[("edgeport_drift_rows", (("model", "iris"), ("source", "server"), ("version", "1")))] == 120
+    assert scraped[("edgeport_requests_total", (("model", "iris"), ("source", "server"), ("version", "1")))] >= 3
+
+
+def test_unshifted_traffic_is_no_drift(iris, bundles):
+    infer(iris, bundles["iris"], training_rows())
+    report = drift(iris)
+    assert all(value < 0.01 for value in psi_of(report).values()), psi_of(report)
+    assert report["drifted"] == []
+
+
+def sketch_of(bundle, frame) -> dict:
+    from edgeport.drift import Profile
+
+    training = Profile.training(bundle)
+    live = training.empty()
+    live.add_table(frame)
+    sketch = live.to_sketch()
+    sketch["confidence"] = {"counts": [int(c) for c in training.confidence.counts[:-1]]}
+    return sketch
+
+
+def good_report(bundle, frame) -> dict:
+    return {"predictions": len(frame), "served_by": {"browser": len(frame) - 1, "server": 1},
+            "fallback_reasons": {"timeout": 1}, "latency_ms": {"count": len(frame), "sum": 12.5},
+            "labels": {"setosa": 10, "virginica": len(frame) - 10}, "sketch": sketch_of(bundle, frame)}
+
+
+def test_browser_telemetry_with_a_shifted_sketch_drifts_that_feature(iris, bundles):
+    before = metrics(iris)
+    for content_type in ("application/json", "text/plain;charset=UTF-8"):
+        response = httpx.post(f"{iris.url}/v2/models/iris/versions/1/telemetry",
+                              content=json.dumps(good_report(bundles["iris"], shifted_rows())),
+                              headers={"content-type": content_type})
+        assert response.status_code == 204, response.text
+    report = drift(iris)
+    assert report["sources"] == {"server": 0, "browser": 80}
+    assert_only_shifted_drifted(report)
+    after = metrics(iris)
+    browser = (("model", "iris"), ("source", "browser"), ("version", "1"))
+    assert after[("edgeport_requests_total", browser)] - before.get(("edgeport_requests_total", browser), 0) == 78
+    reason = ("edgeport_fallback_reasons_total", (("model", "iris"), ("reason", "timeout"), *browser[1:]))
+    assert after[reason] - before.get(reason, 0) == 2
+    assert after[("edgeport_latency_seconds_sum", browser)] - before.get(("edgeport_latency_seconds_sum", browser), 0) \
+        == pytest.approx(0.025)
+
+
+def bad_reports(bundle) -> list[tuple[str, object, int, str]]:
+    good = good_report(bundle, shifted_rows())
+    wrong_bins = json.loads(json.dumps(good))
+    wrong_bins["sketch"]["features"][SHIFTED]["counts"].append(1)
+    huge = {**good, "labels": {**good["labels"], **{f"x{i}": 1 for i in range(8000)}}}
+    return [
+        ("a negative count", {**good, "predictions": -1}, 400, "predictions"),
+        ("a fraction", {**good, "latency_ms": {"count": 1.5, "sum": 3}}, 400, "latency_ms.count"),
+        ("an unknown reason", {**good, "fallback_reasons": {"bored": 1}}, 400, "fallback_reasons"),
+        ("an unknown label", {**good, "labels": {"setosa": 1, "rose": 2}}, 400, "labels"),
+        ("a bin count list of the wrong length", wrong_bins, 400, SHIFTED),
+        ("an unknown feature", {**good, "sketch": {"features": {"petal colour": {"counts": []}}}}, 400, "petal colour"),
+        ("a body over 64 KB", huge, 413, "65536 bytes"),
+        ("not JSON", "{predictions: 3", 400, "JSON"),
+        ("a list", [1, 2], 400, "object"),
+    ]
+
+
+def test_bad_reports_are_refused_naming_the_field_and_count_nothing(iris, bundles):
+    good = httpx.post(f"{iris.url}/v2/models/iris/telemetry", json=good_report(bundles["iris"], training_rows()))
+    assert good.status_code == 204, good.text
+    before_drift, before_metrics = drift(iris), metrics(iris)
+    for what, body, status, field in bad_reports(bundles["iris"]):
+        content = body if isinstance(body, str) else json.dumps(body)
+        response = httpx.post(f"{iris.url}/v2/models/iris/telemetry", content=content,
+                              headers={"content-type": "text/plain"})
+        assert response.status_code == status, (what, response.text)
+        assert field in response.json()["error"], (what, response.json())
+    response = httpx.post(f"{iris.url}/v2/models/iris/telemetry", content=b"{}", headers={"content-type": "image/png"})
+    assert response.status_code == 415, response.text
+    assert drift(iris) == before_drift
+    after_metrics = metrics(iris)
+    refused = ("edgeport_errors_total", (("kind", "bad_report"), ("model", "iris"), ("source", "browser"),
+                                         ("version", "1")))
+    assert after_metrics.pop(refused) - before_metrics.pop(refused, 0) == len(bad_reports(bundles["iris"])) + 1
+    browser = {k: v for k, v in after_metrics.items() if ("source", "browser") in k[1]}
+    assert browser == {k: v for k, v in before_metrics.items() if ("source", "browser") in k[1]}
+
+
+def test_unknown_models_and_versions_are_404(server):
+    for path in ("/v2/models/nope/drift", "/v2/models/iris/versions/9/drift"):
+        assert httpx.get(server.url + path).status_code == 404
+    assert httpx.post(f"{server.url}/v2/models/nope/telemetry", json={}).status_code == 404
