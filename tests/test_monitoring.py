@@ -149,6 +149,9 @@ def bad_reports(bundle) -> list[tuple[str, object, int, str]]:
         ("an unknown feature", {**good, "sketch": {"features": {"petal colour": {"counts": []}}}}, 400, "petal colour"),
         ("a body over 64 KB", huge, 413, "65536 bytes"),
         ("not JSON", "{predictions: 3", 400, "JSON"),
+        ("JSON nested past its recursion limit", "[" * 30_000, 400, "body"),
+        ("a count past int64", {**good, "sketch": {"features": {SHIFTED: {"counts": [10**30] * 10}}}}, 400, SHIFTED),
+        ("NaN", '{"predictions": NaN}', 400, "predictions"),
         ("a list", [1, 2], 400, "object"),
     ]
 
@@ -165,11 +168,14 @@ def test_bad_reports_are_refused_naming_the_field_and_count_nothing(iris, bundle
         assert field in response.json()["error"], (what, response.json())
     response = httpx.post(f"{iris.url}/v2/models/iris/telemetry", content=b"{}", headers={"content-type": "image/png"})
     assert response.status_code == 415, response.text
+    streamed = httpx.post(f"{iris.url}/v2/models/iris/telemetry", headers={"content-type": "text/plain"},
+                          content=(b'{"labels": {"' + b"x" * 4096 + b'": 1}, ' for _ in range(20)))  # no length
+    assert streamed.status_code == 413, streamed.text
     assert drift(iris) == before_drift
     after_metrics = metrics(iris)
     refused = ("edgeport_errors_total", (("kind", "bad_report"), ("model", "iris"), ("source", "browser"),
                                          ("version", "1")))
-    assert after_metrics.pop(refused) - before_metrics.pop(refused, 0) == len(bad_reports(bundles["iris"])) + 1
+    assert after_metrics.pop(refused) - before_metrics.pop(refused, 0) == len(bad_reports(bundles["iris"])) + 2
     browser = {k: v for k, v in after_metrics.items() if ("source", "browser") in k[1]}
     assert browser == {k: v for k, v in before_metrics.items() if ("source", "browser") in k[1]}
 
@@ -178,3 +184,52 @@ def test_unknown_models_and_versions_are_404(server):
     for path in ("/v2/models/nope/drift", "/v2/models/iris/versions/9/drift"):
         assert httpx.get(server.url + path).status_code == 404
     assert httpx.post(f"{server.url}/v2/models/nope/telemetry", json={}).status_code == 404
+
+
+def test_string_columns_of_server_traffic_are_counted(server, bundles):
+    """churn: the columns layout, string categories and nullable numbers decode back into the features' buckets."""
+    from conftest import churn_data
+
+    frame, _ = churn_data(n=30)
+    inputs = []
+    for spec in bundles["churn"].inputs:
+        values = frame[spec.column]
+        string = spec.dtype == "string"
+        inputs.append({"name": spec.name, "shape": [len(frame), 1], "datatype": "BYTES" if string else
+                       {"float32": "FP32", "float64": "FP64", "int64": "INT64", "int32": "INT32"}[spec.dtype],
+                       "data": [None if v is None or v != v else (str(v) if string else v) for v in values.tolist()]})
+    assert httpx.delete(f"{server.url}/v2/models/churn/drift").status_code == 204
+    response = httpx.post(f"{server.url}/v2/models/churn/infer", json={"inputs": inputs}, timeout=30)
+    assert response.status_code == 200, response.text
+    report = httpx.get(f"{server.url}/v2/models/churn/versions/1/drift").json()
+    assert report["sources"] == {"server": 30, "browser": 0}
+    for feature in report["features"]:
+        if feature["kind"] != "unknown":
+            assert sum(feature["live"]) == 30, feature
+    assert {f["kind"] for f in report["features"]} >= {"numeric", "categorical"}
+
+
+def test_a_full_queue_drops_requests_and_counts_them(bundles):
+    from edgeport.server.monitoring import Monitors
+    from edgeport.server.repository import load_served
+
+    model = load_served(bundles["iris"], allow_unverified=True)
+    feeds = {model.bundle.inputs[0].name: training_rows().to_numpy(dtype=np.float32)}
+    monitors = Monitors(queue_size=1)
+    with monitors._lock:  # the drift thread can't fold while this is held: the queue fills
+        for _ in range(4):
+            monitors.record(model, feeds, None)
+    assert monitors.dropped >= 2
+    report = monitors.drift(model)
+    assert report["sources"]["server"] == 40 * (4 - monitors.dropped)
+    assert report["dropped"] == monitors.dropped
+
+
+def test_serve_refuses_a_drift_threshold_that_is_not_above_zero(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeport.cli import app
+
+    result = CliRunner().invoke(app, ["serve", str(tmp_path), "--drift-threshold", "0"])
+    assert result.exit_code == 2, result.output
+    assert "PSI threshold" in result.output

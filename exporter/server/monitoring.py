@@ -30,6 +30,8 @@ from ..errors import SampleError
 
 QUEUE_SIZE = 10_000  # requests waiting to be folded; past it they are dropped (and counted)
 MAX_REPORT_BYTES = 64 * 1024
+# any one count a report gives: more is no browser's batch, and sums of such stay far inside int64
+MAX_COUNT = 10**9
 SOURCES = ("server", "browser")
 
 logger = logging.getLogger("uvicorn.error")
@@ -76,6 +78,7 @@ def parse_report(data: Any, reasons: tuple[str, ...], classes: tuple[str, ...]) 
     sketch = data.get("sketch")
     if sketch is not None and not isinstance(sketch, dict):
         raise ReportError("field sketch: must be an object with `features` and optionally `confidence`")
+    _no_huge_numbers(sketch, "sketch")  # the rest of the sketch is drift.py's to check
     return TelemetryReport(predictions, served_by, fallbacks, latency_count, float(latency_sum), labels, sketch)
 
 
@@ -83,7 +86,20 @@ def _count(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 \
             or value != int(value):
         raise ReportError(f"field {field}: must be a whole number 0 or more, not {value!r}")
+    if value > MAX_COUNT:
+        raise ReportError(f"field {field}: {value!r} is more than a report counts ({MAX_COUNT}); send reports more often")
     return int(value)
+
+
+def _no_huge_numbers(value: Any, field: str) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _no_huge_numbers(item, f"{field}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _no_huge_numbers(item, f"{field}[{i}]")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > MAX_COUNT:
+        raise ReportError(f"field {field}: {value!r} is more than a report counts ({MAX_COUNT}); send reports more often")
 
 
 def _counts(value: Any, field: str, allowed: tuple[str, ...]) -> dict[str, int]:
@@ -313,6 +329,9 @@ def add_routes(app: Any, find: Any, metrics: Any, monitors: Monitors) -> None:
             # the sketch is checked and counted together, all or nothing, off the event loop (the first report of
             # a version builds its training profile)
             await anyio.to_thread.run_sync(monitors.add_sketch, model, report.sketch)
+        except RecursionError:  # nesting deeper than json's recursion: no report is shaped like that
+            metrics.telemetry_refused(model.name, model.version)
+            return error(400, "field body: a telemetry report must be JSON nested a few levels deep")
         except (ValueError, ReportError, SampleError) as exc:
             metrics.telemetry_refused(model.name, model.version)
             if isinstance(exc, SampleError):
