@@ -61,8 +61,8 @@ def test_the_page_preloads_what_it_needs_from_the_site_itself(iris_bundle, tmp_p
     client, ort = hashed(site, "client"), hashed(site, "vendor/ort")
     by_rel = {rel: {href for r, _a, href in links if r == rel} for rel, _a, _h in links}
     # the page's own module graph
-    assert by_rel["modulepreload"] == {f"{client}/{m}" for m in
-                                       ("edgeport.js", "tfjs.js", "bundle.js", "decoding.js", "errors.js", "onnx.js", "session.js")}
+    assert by_rel["modulepreload"] == {f"{client}/{m}" for m in ("edgeport.js", "tfjs.js", "bundle.js", "decoding.js",
+                                                                 "errors.js", "onnx.js", "session.js", "telemetry.js")}
     assert set(by_rel) == {"modulepreload", "preload", "stylesheet"}  # nothing for the worker: it can't use them
     assert by_rel["preload"] == {"site.json", "models/iris/manifest.json", "models/iris/model.onnx", "models/iris/golden.json"}
     assert all("crossorigin" in attrs for rel, attrs, _h in links if rel == "preload")  # the request fetch() makes

@@ -90,6 +90,9 @@ async function open(entry) {
     onProgress: progress,
     forceNoWasm: params.has('nowasm'),
     runtimes: [tfjsRuntime],
+    // counts of what this page predicted (never its rows) to the fallback server, for its drift and metrics;
+    // ?telemetryms=N reports every N ms (tests), ?notelemetry turns it off
+    telemetry: Boolean(fallback) && !params.has('notelemetry') && { flushMs: Number(params.get('telemetryms')) || undefined },
   };
   if (params.has('threshold')) options.confidenceThreshold = Number(params.get('threshold'));
   if (params.has('policy')) options.onLowConfidence = params.get('policy');
