@@ -129,6 +129,7 @@ class Manifest:
     classes: tuple | None = None
     created: str | None = None
     quantization: dict | None = None
+    pii: tuple[str, ...] = ()  # input columns the server's prediction log drops or hashes
     manifest_version: int = MANIFEST_VERSION
 
     @classmethod
@@ -145,7 +146,7 @@ class Manifest:
             feature_stats=data["feature_stats"],
             files=tuple(FileEntry(f["path"], f["bytes"], f["sha256"]) for f in data["files"]),
             classes=tuple(data["classes"]) if data.get("classes") is not None else None,
-            created=data.get("created"), quantization=data.get("quantization"),
+            created=data.get("created"), quantization=data.get("quantization"), pii=tuple(data.get("pii", ())),
         )
 
     def to_dict(self) -> dict:
@@ -161,6 +162,8 @@ class Manifest:
             out["classes"] = list(self.classes)
         if self.quantization is not None:
             out["quantization"] = self.quantization
+        if self.pii:
+            out["pii"] = list(self.pii)
         out.update({"files": [f.to_dict() for f in self.files], "feature_stats": self.feature_stats,
                     "tolerance": self.tolerance, "parity": self.parity, "fallback": self.fallback})
         return out
@@ -221,6 +224,15 @@ TASK_ROLES = {
 }
 
 
+def input_columns(inputs: list) -> set[str]:
+    """The column names of a manifest's inputs (their dict form): a column, a matrix's columns, else the name."""
+    known: set[str] = set()
+    for spec in inputs:
+        known.update(spec.get("columns") or ())
+        known.add(spec.get("column") or spec["name"])
+    return known
+
+
 def _check_consistency(data: dict, where: str) -> None:
     """What the schema can't say: the layout fits the inputs, names are unique, the output roles fit the task
     (the JS client checks the same)."""
@@ -238,6 +250,11 @@ def _check_consistency(data: dict, where: str) -> None:
         name = next(i["name"] for i in inputs if "column" not in i)
         raise BundleError(f"{where} is not a valid edgeport manifest: field layout: columns, but input {name!r} "
                           "names no column")
+    known = input_columns(inputs)
+    unknown = [c for c in data.get("pii", ()) if c not in known]
+    if unknown:
+        raise BundleError(f"{where} is not a valid edgeport manifest: field pii: {unknown[0]!r} is not an input's "
+                          f"column; the columns are {', '.join(sorted(known))}")
     for field_name in ("inputs", "outputs"):
         names = [item["name"] for item in data[field_name]]
         repeated = sorted({n for n in names if names.count(n) > 1})

@@ -123,6 +123,7 @@ def export(
     fallback_version: str = typer.Option("pinned", "--fallback-version", help="Which version the client asks the fallback server for: pinned (the one it runs) or default (the server's own: MLServer's, a registry alias)."),
     fallback_output: List[str] = typer.Option([], "--fallback-output", help="ROLE=NAME: the fallback server's name for an output (repeatable), e.g. probabilities=predict_proba for MLServer's scikit-learn runtime."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the parity report (JSON) here."),
+    pii: List[str] = typer.Option([], "--pii", help="An input column holding personal data (repeatable): the server's prediction log drops or hashes it."),
 ) -> None:
     """Convert a trained model into a bundle and check parity in Python."""
     from edgeport.export import export_model
@@ -137,7 +138,7 @@ def export(
         model, out, to=to.value, sample=sample, name=name, version=version, allow_pickle=allow_pickle,
         trust=trust, allow_ops=allow_op, imports=import_, force=force, atol=atol, rtol=rtol, confidence_threshold=confidence_threshold,
         on_low_confidence=on_low_confidence.value, fallback_version=fallback_version,
-        fallback_outputs=_pairs("--fallback-output", fallback_output), progress=_progress, **options,
+        fallback_outputs=_pairs("--fallback-output", fallback_output), pii=tuple(pii), progress=_progress, **options,
     )
     if report:
         _write_report(report, result.report.to_dict())
@@ -400,6 +401,14 @@ def serve(
     explain_samples: int = typer.Option(1024, "--explain-samples", min=1, help="shap's samples per explanation, at most."),
     drift_threshold: float = typer.Option(0.2, "--drift-threshold", callback=lambda v: _psi_threshold("--drift-threshold", v),
                                           help="Live drift (/drift, edgeport_drift_psi): a feature whose PSI is above this has drifted."),
+    prediction_log: Optional[Path] = typer.Option(None, "--prediction-log", dir_okay=False,
+                                                  help="Write one JSON line per predicted row to this file (off by default)."),
+    prediction_log_max_mb: float = typer.Option(100.0, "--prediction-log-max-mb", min=0.0001,
+                                                help="Rotate the prediction log past this size (FILE.1 ... FILE.3 are kept)."),
+    pii: List[str] = typer.Option([], "--pii", help="A column to keep out of the prediction log (repeatable), besides the manifest's pii."),
+    pii_mode: str = typer.Option("drop", "--pii-mode", help="PII columns in the prediction log: drop, or hash (HMAC-SHA256 with --pii-salt)."),
+    pii_salt: Optional[str] = typer.Option(None, "--pii-salt", envvar="EDGEPORT_PII_SALT", show_envvar=True,
+                                           help="The secret salt of --pii-mode hash."),
 ) -> None:
     """Serve the demo site, the bundle files and the Open Inference Protocol v2 fallback endpoint."""
     from edgeport.extras import require
@@ -407,8 +416,11 @@ def serve(
     for module in ("fastapi", "uvicorn"):
         require(module, "serve", "edgeport serve")
     from edgeport.serving import serve_forever
+    from edgeport.server.prediction_log import PredictionLog
 
-    serve_forever(path, host=host, port=port, site=site, cors_origins=tuple(cors_origin),
+    log = None if prediction_log is None else PredictionLog(
+        prediction_log, max_bytes=max(1, int(prediction_log_max_mb * 2**20)), pii=pii, pii_mode=pii_mode, salt=pii_salt)
+    serve_forever(path, host=host, port=port, site=site, cors_origins=tuple(cors_origin), prediction_log=log,
                   max_body_bytes=max_body_bytes, max_batch=max_batch, timeout_s=timeout,
                   header_timeout_s=header_timeout, keep_alive_s=keep_alive, max_connections=max_connections,
                   drain_s=drain_seconds, allow_unverified=allow_unverified, alias=alias, cache_bytes=cache_mb * 2**20,

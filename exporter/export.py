@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .bundle import GOLDEN, GOLDEN_ROWS, PARITY, Bundle, InputSpec, Manifest, OutputSpec, write_json, write_manifest
+from .bundle import (GOLDEN, GOLDEN_ROWS, PARITY, Bundle, InputSpec, Manifest, OutputSpec, input_columns, write_json,
+                     write_manifest)
 from .check import require_rows_fit, run_parity
 from .errors import OptionError, RowValidationError, SampleError
 from .loading import load_model
@@ -64,6 +65,7 @@ def export_model(
     on_low_confidence: str = "server",
     fallback_version: str = "pinned",
     fallback_outputs: dict[str, str] | None = None,
+    pii: Sequence[str] = (),
     runtimes: Sequence[str] | None = None,
     progress: Progress | None = None,
     **converter_options: Any,
@@ -91,6 +93,7 @@ def export_model(
             target.write_bytes(content)
         inputs = tuple(InputSpec.from_dict(i) for i in converted.inputs)
         layout = converted.layout
+        _check_pii(pii, inputs)
         progress(f"computing golden outputs of the original model on {min(table_len(converted.table), GOLDEN_ROWS)} rows")
         rows = rows_from_table(head(converted.table, GOLDEN_ROWS), inputs, layout)
         agreed = _nullable_where_the_graph_agrees(converter, loaded, converted, inputs, layout, rows, progress)
@@ -122,6 +125,7 @@ def export_model(
             outputs=tuple(OutputSpec.from_dict(o) for o in converted.outputs),
             classes=tuple(converted.classes) if converted.classes is not None else None,
             quantization=converted.extra.get("quantization"),
+            pii=tuple(dict.fromkeys(pii)),
             feature_stats=feature_stats(converted.table, inputs, layout),
             tolerance={"atol": tolerance.atol, "rtol": tolerance.rtol},
             parity={"passed": False, "pending": True},
@@ -271,3 +275,12 @@ def _fallback_target(version_policy: str, outputs: dict[str, str] | None, roles:
         raise OptionError(f"--fallback-output {stray[0]}=...: this model's outputs have the roles {', '.join(roles)}")
     target = {"version_policy": version_policy} if version_policy != "pinned" else {}
     return {**target, **({"outputs": dict(outputs)} if outputs else {})}
+
+
+def _check_pii(pii: Sequence[str], inputs: Sequence[InputSpec]) -> None:
+    """--pii names input columns, all of them known: a typo would leave personal data in the prediction log."""
+    known = input_columns([i.to_dict() for i in inputs])
+    unknown = [c for c in pii if c not in known]
+    if unknown:
+        raise OptionError(f"--pii {unknown[0]}: the model has no such input column; its columns are "
+                          f"{', '.join(sorted(known))}")

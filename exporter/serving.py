@@ -92,6 +92,11 @@ def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000
     if on_listening:
         on_listening(f"http://{host}:{port}", getattr(app.state, "has_site", True))
     body_timeout_s = limits.get("timeout_s", DEFAULT_TIMEOUT_S)
+    log = limits.get("prediction_log")
+    if log is not None:
+        named = ", ".join(sorted(log.pii)) + " and the manifests'" if log.pii else "the manifests'"
+        progress(f"prediction log: {log.path} (rotated past {log.max_bytes / 2**20:g} MB; PII columns: {named}, "
+                 f"{'dropped' if log.pii_mode == 'drop' else 'hashed'})")
     guard = ConnectionGuard(header_timeout=header_timeout_s, body_timeout=body_timeout_s,
                             max_connections=max_connections)
     progress(f"connections: at most {max_connections}; request head within {header_timeout_s:g}s, body within "

@@ -71,13 +71,14 @@ def create_app(
     explain_timeout_s: float = DEFAULT_EXPLAIN_TIMEOUT_S,
     explain_samples: int = DEFAULT_MAX_SAMPLES,
     drift_threshold: float = DEFAULT_DRIFT_THRESHOLD,
+    prediction_log: Optional[Any] = None,
 ) -> FastAPI:
     """The ASGI app serving `repository`'s models (and `site_dir` at /, if given).
 
     Refuses bodies over max_body_bytes (and over what each model can need) and requests over max_batch rows;
     inference gets timeout_s (and so does a body's arrival, under serving.serve_forever). An explanation
     (explain.py) gets explain_timeout_s and at most explain_samples of shap's samples. Live drift (monitoring.py)
-    is a PSI above drift_threshold."""
+    is a PSI above drift_threshold. A prediction_log (prediction_log.PredictionLog) gets every answered request."""
     from .metrics import Metrics
     from .monitoring import Monitors, add_routes
 
@@ -124,6 +125,7 @@ def create_app(
     app = EdgeportAPI(title="edgeport", version=__version__, docs_url="/docs", redoc_url=None)
     app.state.repository = repository
     app.state.has_site = site_dir is not None
+    app.state.prediction_log = prediction_log
     app.state.draining = False  # set by the server on SIGTERM (serving.DrainingServer)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
@@ -226,6 +228,8 @@ def create_app(
         by_role = {spec.role: v for spec, v in zip(_specs(model, names), values)}
         metrics.predictions(model, by_role)
         monitors.record(model, feeds, by_role.get("probabilities"))  # a queue append: drift is folded elsewhere
+        if prediction_log is not None:  # a queue append too: the lines are made and written by its thread
+            prediction_log.record(model, feeds, by_role, (time.perf_counter() - started) * 1000)
         response = InferResponse(model_name=model.name, model_version=model.version, id=payload.id,
                                  outputs=response_outputs(model.bundle, names, values))
         return Response(response.model_dump_json(exclude_none=True), media_type="application/json")
