@@ -16,6 +16,7 @@ export interface Manifest {
   manifest_version: 2; name: string; version: string; format: 'onnx' | 'tfjs-graph'; task: Task;
   layout: Layout; model_file: string; server_model_file: string; inputs: ManifestInput[]; outputs: ManifestOutput[]; classes?: (string | number | boolean)[];
   files: { path: string; bytes: number; sha256: string }[];
+  pii?: string[];                // columns the server's prediction log drops or hashes (export --pii)
   feature_stats: Record<string, unknown>; tolerance: { atol: number; rtol: number };
   fallback: { confidence_threshold: number; on_low_confidence: 'server' | 'abstain'; timeout_ms?: number; url?: string | null;
     version_policy?: 'pinned' | 'default'; outputs?: Partial<Record<ManifestOutput['role'], string>> };
