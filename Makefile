@@ -15,7 +15,13 @@ setup: $(VENV)/.installed $(NODE_MODULES)/.installed chromium postgresql jre
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[all,dev]'
+	@# TensorFlow's wheel is 645 MB and a dropped connection once failed a CI run at 620 MB: pip resumes a partial
+	@# download (PIP_RESUME_RETRIES, pip >= 25.1) and the whole install is tried three times (wheels already fetched
+	@# stay in pip's cache)
+	@for attempt in 1 2 3; do \
+	  PIP_RESUME_RETRIES=20 PIP_RETRIES=10 $(PY) -m pip install --quiet -e '.[all,dev]' && exit 0; \
+	  echo "pip install failed (attempt $$attempt of 3); retrying" >&2; sleep 10; \
+	done; echo "error: pip could not install edgeport's dependencies after 3 attempts (see pip's message above)" >&2; exit 1
 	@touch $@
 
 $(NODE_MODULES)/.installed: web_demo/package.json web_demo/package-lock.json
