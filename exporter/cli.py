@@ -271,16 +271,9 @@ def drift(
     """Compare live data with the bundle's training data (PSI per feature and for the confidence); exit 4 on drift."""
     from edgeport.drift import drift_file, require_no_drift
     from edgeport.drift_format import format_drift, format_drift_html
-    from edgeport.errors import OptionError
 
-    per_feature = {}
-    for column, value in _pairs("--threshold-for", threshold_for, "COL=X, e.g. tenure_months=0.3").items():
-        try:
-            per_feature[column] = float(value)
-        except ValueError:
-            raise OptionError(f"--threshold-for {column}={value}: {value!r} is not a number") from None
-    report = drift_file(bundle, data, threshold=threshold, thresholds=per_feature, allow_unverified=allow_unverified,
-                        progress=_progress)
+    report = drift_file(bundle, data, threshold=threshold, thresholds=_thresholds("--threshold-for", threshold_for),
+                        allow_unverified=allow_unverified, progress=_progress)
     typer.echo(format_drift(report))
     if json_out:
         _write_report(json_out, report.to_dict())
@@ -401,6 +394,9 @@ def serve(
     explain_samples: int = typer.Option(1024, "--explain-samples", min=1, help="shap's samples per explanation, at most."),
     drift_threshold: float = typer.Option(0.2, "--drift-threshold", callback=lambda v: _psi_threshold("--drift-threshold", v),
                                           help="Live drift (/drift, edgeport_drift_psi): a feature whose PSI is above this has drifted."),
+    drift_threshold_for: List[str] = typer.Option([], "--drift-threshold-for", help="COL=X: another live drift threshold for this feature (or confidence), in each model that has it (repeatable)."),
+    drift_window: float = typer.Option(60.0, "--drift-window", min=0.0,
+                                       help="Live drift is over the last this many minutes (0: since the server started)."),
     prediction_log: Optional[Path] = typer.Option(None, "--prediction-log", dir_okay=False,
                                                   help="Write one JSON line per predicted row to this file (off by default)."),
     prediction_log_max_mb: float = typer.Option(100.0, "--prediction-log-max-mb", min=0.0001,
@@ -425,6 +421,8 @@ def serve(
                   header_timeout_s=header_timeout, keep_alive_s=keep_alive, max_connections=max_connections,
                   drain_s=drain_seconds, allow_unverified=allow_unverified, alias=alias, cache_bytes=cache_mb * 2**20,
                   explain_timeout_s=explain_timeout, explain_samples=explain_samples, drift_threshold=drift_threshold,
+                  drift_thresholds=_thresholds("--drift-threshold-for", drift_threshold_for),
+                  drift_window_s=drift_window * 60 or None,
                   progress=_progress, on_listening=_announce)
 
 
@@ -445,6 +443,21 @@ def _tolerance(option: str, value: Optional[float]) -> Optional[float]:
     if value is not None and not 0 <= value < float("inf"):
         raise typer.BadParameter(f"{value} is not a tolerance: give a finite number, 0 or more.", param_hint=f"'{option}'")
     return value
+
+
+def _thresholds(option: str, values: List[str]) -> dict[str, float]:
+    """COL=X pairs of PSI thresholds; OptionError names one that isn't a number above 0."""
+    from edgeport.errors import OptionError
+
+    thresholds = {}
+    for column, value in _pairs(option, values, "COL=X, e.g. tenure_months=0.3").items():
+        try:
+            thresholds[column] = float(value)
+        except ValueError:
+            raise OptionError(f"{option} {column}={value}: {value!r} is not a number") from None
+        if not 0 < thresholds[column] < float("inf"):
+            raise OptionError(f"{option} {column}={value}: not a PSI threshold; give a number above 0, such as 0.2")
+    return thresholds
 
 
 def _psi_threshold(option: str, value: float) -> float:

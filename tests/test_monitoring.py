@@ -233,3 +233,122 @@ def test_serve_refuses_a_drift_threshold_that_is_not_above_zero(tmp_path):
     result = CliRunner().invoke(app, ["serve", str(tmp_path), "--drift-threshold", "0"])
     assert result.exit_code == 2, result.output
     assert "PSI threshold" in result.output
+
+
+class Clock:
+    """A clock the test moves: the drift window's time."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_live_window_slides_a_bucket_at_a_time_and_forgets_what_is_older(bundles):
+    from edgeport.server.monitoring import WINDOW_BUCKETS, Monitors
+    from edgeport.server.repository import load_served
+
+    model = load_served(bundles["iris"], allow_unverified=True)
+    name = model.bundle.inputs[0].name
+    clock = Clock()
+    monitors = Monitors(window_s=600, clock=clock)  # ten minutes, in buckets of ten seconds
+    bucket_s = 600 / WINDOW_BUCKETS
+    monitors.record(model, {name: shifted_rows().to_numpy(dtype=np.float32)}, None)
+    assert monitors.drift(model)["sources"]["server"] == 40
+    assert SHIFTED in monitors.drift(model)["drifted"]
+    clock.now += 300
+    monitors.record(model, {name: training_rows().to_numpy(dtype=np.float32)}, None)
+    both = monitors.drift(model)
+    assert both["sources"]["server"] == 80 and both["window_seconds"] == 600
+    clock.now += 300 + bucket_s  # the shifted rows' bucket ends more than ten minutes ago
+    recent = monitors.drift(model)
+    assert recent["sources"]["server"] == 40
+    assert recent["drifted"] == [] and all(v < 0.01 for v in psi_of(recent).values()), psi_of(recent)
+    assert monitors.psi[("iris", model.version, SHIFTED)] == pytest.approx(psi_of(recent)[SHIFTED])
+    clock.now += 600
+    empty = monitors.drift(model)
+    assert empty["sources"] == {"server": 0, "browser": 0} and empty["rows"] == 0
+    monitors.refresh()  # what a scrape does: nothing is left to publish for this version
+    assert not [k for k in monitors.psi if k[:2] == ("iris", model.version)]
+    assert monitors.rows[("iris", model.version, "server")] == 0
+
+
+def test_browser_sketches_fall_out_of_the_window_too(bundles):
+    from edgeport.server.monitoring import Monitors
+    from edgeport.server.repository import load_served
+
+    model = load_served(bundles["iris"], allow_unverified=True)
+    clock = Clock()
+    monitors = Monitors(window_s=60, clock=clock)
+    monitors.add_sketch(model, sketch_of(bundles["iris"], shifted_rows()))
+    assert monitors.drift(model)["sources"]["browser"] == 40
+    clock.now += 61 + 1
+    assert monitors.drift(model)["sources"]["browser"] == 0
+
+
+def test_without_a_window_live_drift_counts_everything_since_the_start(bundles):
+    from edgeport.server.monitoring import Monitors
+    from edgeport.server.repository import load_served
+
+    model = load_served(bundles["iris"], allow_unverified=True)
+    clock = Clock()
+    monitors = Monitors(window_s=None, clock=clock)
+    monitors.record(model, {model.bundle.inputs[0].name: shifted_rows().to_numpy(dtype=np.float32)}, None)
+    clock.now += 10 ** 7
+    report = monitors.drift(model)
+    assert report["sources"]["server"] == 40 and report["window_seconds"] is None
+
+
+def test_a_per_feature_threshold_holds_where_the_model_has_that_feature(bundles):
+    from edgeport.server.monitoring import Monitors
+    from edgeport.server.repository import load_served
+
+    model = load_served(bundles["iris"], allow_unverified=True)
+    feeds = {model.bundle.inputs[0].name: shifted_rows().to_numpy(dtype=np.float32)}
+    strict = Monitors()
+    strict.record(model, feeds, None)
+    psi = psi_of(strict.drift(model))[SHIFTED]
+    lenient = Monitors(thresholds={SHIFTED: psi * 2, "tenure_months": 0.01})  # churn's feature: not iris's
+    lenient.record(model, feeds, None)
+    report = lenient.drift(model)
+    assert SHIFTED not in report["drifted"]
+    shifted = next(f for f in report["features"] if f["name"] == SHIFTED)
+    assert shifted["threshold"] == psi * 2
+    assert {f["threshold"] for f in report["features"] if f["name"] != SHIFTED} == {0.2}
+
+
+def test_a_served_window_forgets_old_traffic_without_new_traffic(bundles, tmp_path):
+    """The real process: --drift-window in minutes; /drift and /metrics both slide with no traffic at all."""
+    process = ServerProcess(bundles["iris"].path.parent, "--drift-window", "0.05",
+                            "--drift-threshold-for", f"{SHIFTED}=0.3")
+    try:
+        infer(process, bundles["iris"], shifted_rows())
+        report = drift(process)
+        assert report["sources"]["server"] == 40 and report["window_seconds"] == 3
+        assert next(f for f in report["features"] if f["name"] == SHIFTED)["threshold"] == 0.3
+        assert ("edgeport_drift_psi", (("feature", SHIFTED), ("model", "iris"), ("version", "1"))) in metrics(process)
+        import time
+
+        time.sleep(3.5)
+        scraped = metrics(process)
+        assert ("edgeport_drift_psi", (("feature", SHIFTED), ("model", "iris"), ("version", "1"))) not in scraped
+        assert scraped[("edgeport_drift_rows", (("model", "iris"), ("source", "server"), ("version", "1")))] == 0
+        assert drift(process)["sources"]["server"] == 0
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--drift-threshold-for", "petal=0"], "not a PSI threshold"),
+    (["--drift-threshold-for", "petal"], "expected COL=X"),
+    (["--drift-window", "-1"], "should be greater than"),
+])
+def test_serve_refuses_bad_drift_options_naming_them(tmp_path, option, message):
+    from typer.testing import CliRunner
+
+    from edgeport.cli import app
+
+    result = CliRunner().invoke(app, ["serve", str(tmp_path), *option])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and option[0] in result.output, result.output

@@ -163,7 +163,7 @@ def _summed(values: dict[tuple[str, str, str], int]) -> dict[tuple[str, str], in
 
 def _by_source(m: Metrics):
     """The families labelled by model, version and source (server: this server's answers; browser: telemetry)."""
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, SummaryMetricFamily
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
     def counter(name, documentation, labels, server, browser):
         family = CounterMetricFamily(name, documentation, labels=["model", "version", "source", *labels])
@@ -196,15 +196,16 @@ def _by_source(m: Metrics):
 
     from .monitoring import confidence_bounds
 
-    confidence = HistogramMetricFamily("edgeport_live_confidence", "Top class probability per row by source, over "
-                                       "the drift buckets (since start or the last reset)",
-                                       labels=["model", "version", "source"])
+    m.monitors.refresh()  # the drift window slides without traffic too
+    # cumulative rows per bucket, like a histogram's, but a gauge: the buckets are the drift window's, so they fall
+    # as it slides (and no sum: browsers report bucket counts)
+    confidence = GaugeMetricFamily("edgeport_live_confidence_rows", "Rows in the drift window whose top class "
+                                   "probability is at most le, by source", labels=["model", "version", "source", "le"])
     for key, counts in sorted(m.monitors.confidence.items()):
-        cumulative, buckets = 0, []
+        cumulative = 0
         for bound, count in zip((*confidence_bounds()[:-1], float("inf")), counts):
             cumulative += count
-            buckets.append((floatToGoString(bound), float(cumulative)))
-        confidence.add_metric(list(key), buckets, None)
+            confidence.add_metric([*key, floatToGoString(bound)], float(cumulative))
     yield confidence
     psi = GaugeMetricFamily("edgeport_drift_psi", "PSI of live inputs (and of the confidence, feature=confidence) "
                             "against training, both sources together", labels=["model", "version", "feature"])

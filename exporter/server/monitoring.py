@@ -8,9 +8,10 @@ A Monitor per (model, version) holds the training Profile (drift.py) and two liv
   pandas, off the hot path. A read (the drift endpoint) first waits for the queue to be folded.
 - `browser`: POST .../telemetry reports (TelemetryReport, below), validated in full before anything counts.
 
-Window: the live profiles hold everything since the server started, or since the last
-DELETE /v2/models/NAME[/versions/V]/drift (a reset): a scraper or a person decides when a new period starts,
-and a restart starts one too.
+Window: live drift is over the last `window_s` seconds (`serve --drift-window`, an hour by default), kept as up
+to WINDOW_BUCKETS buckets of window_s / WINDOW_BUCKETS each: a report merges the buckets inside the window, and
+an old bucket is dropped whole, so the window slides a bucket at a time. DELETE /v2/models/NAME[/versions/V]/drift
+empties it (a new period starts, say after a fix). window_s None keeps everything since the start or the reset.
 """
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ import logging
 import math
 import queue
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 from fastapi import Request
@@ -28,6 +31,8 @@ from fastapi.responses import JSONResponse, Response
 from ..drift import CONFIDENCE, CONFIDENCE_EDGES, DEFAULT_THRESHOLD, DriftReport, Profile, compare
 from ..errors import SampleError
 
+DEFAULT_WINDOW_S = 3600.0
+WINDOW_BUCKETS = 60  # a window slides a bucket (a sixtieth of it) at a time
 QUEUE_SIZE = 10_000  # requests waiting to be folded; past it they are dropped (and counted)
 MAX_REPORT_BYTES = 64 * 1024
 # any one count a report gives: more is no browser's batch, and sums of such stay far inside int64
@@ -112,30 +117,62 @@ def _counts(value: Any, field: str, allowed: tuple[str, ...]) -> dict[str, int]:
 
 
 class Monitor:
-    """One model version's training profile and its live profiles, one per source. Not locked: Monitors is."""
+    """One model version's training profile and its live profiles, per source, as buckets over the window (the
+    module docstring). Not locked: Monitors is."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, window_s: Optional[float] = DEFAULT_WINDOW_S):
         self.name, self.version = model.name, model.version
         self.training = Profile.training(model.bundle)
         self.classes = tuple(str(c) for c in (model.bundle.classes or ()))
+        self.window_s = window_s
+        self.bucket_s = window_s / WINDOW_BUCKETS if window_s else math.inf
         self.reset()
 
     def reset(self) -> None:
-        self.live = {source: self.training.empty() for source in SOURCES}
-        self.rows = dict.fromkeys(SOURCES, 0)
+        # per source: [bucket start, Profile, rows], oldest first
+        self.buckets: dict[str, deque] = {source: deque() for source in SOURCES}
 
-    def report(self, threshold: float) -> DriftReport:
-        merged = self.live["server"].merge(self.live["browser"])
+    def bucket(self, source: str, now: float) -> list:
+        """The bucket that counts what arrives now, [start, Profile, rows]."""
+        start = 0.0 if self.window_s is None else math.floor(now / self.bucket_s) * self.bucket_s
+        buckets = self.buckets[source]
+        if not buckets or buckets[-1][0] != start:
+            buckets.append([start, self.training.empty(), 0])
+        return buckets[-1]
+
+    def live(self, now: float) -> dict[str, tuple[Profile, int]]:
+        """Each source's live profile and rows over the window ending now (buckets past it are dropped)."""
+        lives = {}
+        for source, buckets in self.buckets.items():
+            if self.window_s is not None:
+                while buckets and buckets[0][0] + self.bucket_s <= now - self.window_s:
+                    buckets.popleft()
+            profile, rows = self.training.empty(), 0
+            for _, part, count in buckets:
+                profile, rows = profile.merge(part), rows + count
+            lives[source] = (profile, rows)
+        return lives
+
+    def report(self, lives: dict[str, tuple[Profile, int]], threshold: float,
+               thresholds: Mapping[str, float]) -> DriftReport:
+        merged = lives["server"][0].merge(lives["browser"][0])
+        # a per-feature threshold holds for the models that have the feature
+        names = {*self.training.features, *([CONFIDENCE] if self.training.confidence else [])}
         return compare(self.training, merged, threshold=threshold, model=self.name, version=self.version,
-                       rows=sum(self.rows.values()))
+                       thresholds={k: v for k, v in thresholds.items() if k in names},
+                       rows=sum(rows for _, rows in lives.values()))
 
 
 class Monitors:
     """Every served version's Monitor (made on first use, off the event loop), the queue of server traffic and
     the thread that folds it; `psi` holds the latest PSI per (model, version, feature) for /metrics."""
 
-    def __init__(self, threshold: float = DEFAULT_THRESHOLD, queue_size: int = QUEUE_SIZE):
-        self.threshold = threshold
+    def __init__(self, threshold: float = DEFAULT_THRESHOLD, queue_size: int = QUEUE_SIZE, *,
+                 thresholds: Mapping[str, float] | None = None, window_s: Optional[float] = DEFAULT_WINDOW_S,
+                 clock: Callable[[], float] = time.monotonic):
+        if window_s is not None and not 0 < window_s < math.inf:
+            raise ValueError(f"window_s must be a number of seconds above 0, or None; got {window_s}")
+        self.threshold, self.thresholds, self.window_s, self.clock = threshold, dict(thresholds or {}), window_s, clock
         self._queue: "queue.Queue[tuple[Any, dict, Any]]" = queue.Queue(queue_size)
         self._lock = threading.Lock()
         self._monitors: dict[tuple[str, str], Monitor] = {}
@@ -168,25 +205,40 @@ class Monitors:
         key = (model.name, model.version)
         monitor = self._monitors.get(key)
         if monitor is None:
-            monitor = self._monitors[key] = Monitor(model)
+            monitor = self._monitors[key] = Monitor(model, self.window_s)
         return monitor
+
+    def window(self) -> str:
+        if self.window_s is None:
+            return "since the server started or the last DELETE of this endpoint"
+        return (f"the last {self.window_s:g} s (in {WINDOW_BUCKETS} buckets of {self.window_s / WINDOW_BUCKETS:g} s), "
+                "or since the last DELETE of this endpoint if that is later")
 
     def drift(self, model: Any) -> dict:
         """The drift report of a model version (after folding what is queued), with each source's rows."""
         self._queue.join()
         with self._lock:
             monitor = self._monitor(model)
-            report = monitor.report(self.threshold)
-            self._publish(monitor, report)
-            return {**report.to_dict(), "sources": dict(monitor.rows), "dropped": self.dropped,
-                    "window": "since the server started or the last DELETE of this endpoint"}
+            lives = monitor.live(self.clock())
+            report = self._publish(monitor, lives)
+            return {**report.to_dict(), "sources": {source: rows for source, (_, rows) in lives.items()},
+                    "dropped": self.dropped, "window": self.window(), "window_seconds": self.window_s}
 
     def reset(self, model: Any) -> None:
         self._queue.join()
         with self._lock:
             monitor = self._monitor(model)
             monitor.reset()
-            self._publish(monitor, monitor.report(self.threshold))
+            self._publish(monitor, monitor.live(self.clock()))
+
+    def refresh(self) -> None:
+        """Publish every version's drift over the window ending now (for a scrape: a window slides with no
+        traffic too)."""
+        if self.window_s is None:
+            return
+        with self._lock:
+            for monitor in self._monitors.values():
+                self._publish(monitor, monitor.live(self.clock()))
 
     def add_sketch(self, model: Any, sketch: Optional[dict]) -> None:
         """Count a browser's sketch, all or nothing: a SampleError names the field and counts nothing."""
@@ -194,9 +246,13 @@ class Monitors:
             monitor = self._monitor(model)
             if sketch is None:
                 return
-            monitor.live["browser"].add_sketch(sketch)
-            monitor.rows["browser"] += sketch_rows(sketch)
-            self._publish(monitor, monitor.report(self.threshold))
+            now = self.clock()
+            check = monitor.training.empty()
+            check.add_sketch(sketch)  # all of it fits, or a SampleError and nothing counted
+            bucket = monitor.bucket("browser", now)
+            bucket[1] = bucket[1].merge(check)
+            bucket[2] += sketch_rows(sketch)
+            self._publish(monitor, monitor.live(now))
 
     def _fold_forever(self) -> None:
         while True:
@@ -235,25 +291,29 @@ class Monitors:
             frame = pd.DataFrame({c: np.concatenate(v) for c, v in columns.items()})
             with self._lock:
                 monitor = self._monitor(model)
-                monitor.live["server"].add_table(frame)
+                now = self.clock()
+                _, profile, _ = bucket = monitor.bucket("server", now)
+                profile.add_table(frame)
                 if confidences:
-                    monitor.live["server"].add_confidence(np.concatenate(confidences))
-                monitor.rows["server"] += rows
-                self._publish(monitor, monitor.report(self.threshold))
+                    profile.add_confidence(np.concatenate(confidences))
+                bucket[2] += rows
+                self._publish(monitor, monitor.live(now))
 
-    def _publish(self, monitor: Monitor, report: DriftReport) -> None:
+    def _publish(self, monitor: Monitor, lives: dict[str, tuple[Profile, int]]) -> DriftReport:
+        """Work out a version's report over `lives` and publish its numbers for /metrics."""
+        report = monitor.report(lives, self.threshold, self.thresholds)
         psi = {k: v for k, v in self.psi.items() if k[:2] != (monitor.name, monitor.version)}
         for feature in (*report.features, report.confidence):
             if feature is not None and feature.psi is not None:
                 psi[monitor.name, monitor.version, feature.name] = feature.psi
         rows = dict(self.rows)
-        for source, count in monitor.rows.items():
-            rows[monitor.name, monitor.version, source] = count
         confidence = dict(self.confidence)
-        for source, live in monitor.live.items():
+        for source, (live, count) in lives.items():
+            rows[monitor.name, monitor.version, source] = count
             if live.confidence is not None:
                 confidence[monitor.name, monitor.version, source] = [int(c) for c in live.confidence.counts[:-1]]
         self.psi, self.rows, self.confidence = psi, rows, confidence
+        return report
 
 
 def sketch_rows(sketch: Mapping) -> int:
