@@ -116,7 +116,8 @@ class DrainingServer(uvicorn.Server):
     """On SIGTERM: report not-ready (/v2/health/ready answers 503) but keep accepting and answering for drain_s,
     so that a load balancer sees the 503 and moves its traffic while nothing queued is dropped; then stop
     accepting, let just-accepted connections send their request, and let uvicorn's own graceful shutdown
-    finish every request in flight. Ctrl-C (SIGINT) skips the drain: a person is waiting, not a load balancer."""
+    finish every request in flight, and the prediction log its last lines. Ctrl-C (SIGINT) skips the drain: a
+    person is waiting, not a load balancer."""
 
     accept_grace_s = 0.3
 
@@ -142,6 +143,11 @@ class DrainingServer(uvicorn.Server):
             server.close()
         await asyncio.sleep(self.accept_grace_s)
         await super().shutdown(sockets)
+        # every request has been answered: write the prediction log's last lines before the process exits (here,
+        # since uvicorn re-raises the signal once run() is done, so nothing after run() would run)
+        log = getattr(self.app.state, "prediction_log", None)
+        if log is not None:
+            await asyncio.to_thread(log.close)
 
 
 def connection_cap(requested: Optional[int]) -> int:

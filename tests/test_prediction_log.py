@@ -182,3 +182,26 @@ def test_export_pii_is_checked_against_the_columns(churn_model, tmp_path):
                                       str(tmp_path / "good"), "--pii", "region"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "good" / "manifest.json").read_text())["pii"] == ["region"]
+
+
+def test_sigterm_writes_what_the_last_requests_queued(bundles, tmp_path):
+    """A burst answered just before SIGTERM: every row's line is in the log once the process has exited."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    log = tmp_path / "predictions.jsonl"
+    server = ServerProcess(bundles["churn"].path.parent, "--prediction-log", log, log_dir=tmp_path)
+    frame, _ = churn_data(n=1000, seed=5)
+    body = churn_request(bundles["churn"], frame)
+    try:
+        with httpx.Client(timeout=60) as client, ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda _: client.post(f"{server.url}/v2/models/churn/infer",
+                                                           json=body).status_code, range(24)))
+        assert statuses == [200] * 24
+        server.proc.terminate()
+        # uvicorn re-raises the signal once it has shut down: the exit is by SIGTERM, after a clean shutdown
+        assert server.proc.wait(timeout=60) in (0, -15), server.output()
+    finally:
+        server.stop()
+    lines = log.read_text().splitlines()
+    assert len(lines) == 24 * 1000, f"{len(lines)} lines of {24 * 1000} rows answered"
+    assert json.loads(lines[-1])["model"] == "churn"

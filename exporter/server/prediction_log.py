@@ -86,6 +86,23 @@ class PredictionLog:
         while self._queue.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.01)
 
+    def close(self, timeout: float = 10.0) -> None:
+        """At shutdown: write what the last requests queued (for at most `timeout` seconds), then close the file.
+        Lines still queued past the timeout are counted in the one log line this writes."""
+        self.flush(timeout)
+        left = self._queue.unfinished_tasks
+        if self.stopped is None:
+            self.stopped = "closed"
+        if left:
+            logger.error("prediction log %s: %d requests' lines were not written within %gs of shutdown",
+                         self.path, left, timeout)
+        try:
+            if self._file is not None:
+                self._file.close()
+        except OSError:
+            pass
+        self._file = None
+
     def _write_forever(self) -> None:
         while True:
             item = self._queue.get()
