@@ -28,7 +28,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from .bundle import read_bundle
-from .decoding import feeds_from_rows, feeds_from_table
+from .decoding import feeds_from_rows, feeds_from_table, table_columns
 from .errors import EdgeportError, InputFileError, RowValidationError
 from .progress import Progress, quiet
 from .publish import _alive
@@ -143,7 +143,7 @@ def predict_chunk(model, chunk: Chunk, id_column: Optional[str] = None) -> tuple
     layout = bundle.manifest.layout
     if id_column is not None and id_column not in frame.columns:
         raise BatchError(f"--id {id_column}: the data has no such column; it has {', '.join(map(str, frame.columns))}")
-    if layout == "columns" or (layout == "matrix" and bundle.inputs[0].columns):
+    if table_columns(bundle.inputs, layout) is not None:
         feeds, good, faults = feeds_from_table(bundle.inputs, layout, frame, chunk.first_row, text=chunk.text)
     else:
         feeds, good, faults = _feeds_row_by_row(bundle.inputs, layout, frame, chunk.first_row)
@@ -221,8 +221,8 @@ class ChunkReader:
         self.size = path.stat().st_size
         self.handle = None
         bundle = model.bundle
-        self.string_columns = [key for spec in bundle.inputs if spec.dtype == "string"
-                               for key in ([spec.key] if bundle.manifest.layout == "columns" else spec.columns or [])]
+        self.string_columns = [c.name for c in table_columns(bundle.inputs, bundle.manifest.layout) or ()
+                               if c.spec.dtype == "string"]
 
     def fraction(self) -> Optional[float]:
         if self.handle is None or not self.size:

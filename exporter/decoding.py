@@ -63,6 +63,24 @@ def feeds_from_rows(inputs: Sequence[InputSpec], layout: str, rows: Any, first_r
     raise RowValidationError(f"unknown layout {layout!r}", code="rows")
 
 
+class TableColumn(NamedTuple):
+    """A table's column and the input it feeds."""
+    spec: InputSpec
+    name: str  # the column
+    index: "int | None"  # its position in a matrix input; None for an input of the columns layout
+
+
+def table_columns(inputs: Sequence[InputSpec], layout: str) -> "list[TableColumn] | None":
+    """Which table column feeds which input: each input of the columns layout by its key, or each named column of
+    a matrix input; None where the inputs don't name columns (an unnamed matrix, tensors). Tables (batch files),
+    live drift, the prediction log and explanations all read columns through this."""
+    if layout == "columns":
+        return [TableColumn(spec, spec.key, None) for spec in inputs]
+    if layout == "matrix" and inputs[0].columns:
+        return [TableColumn(inputs[0], column, j) for j, column in enumerate(inputs[0].columns)]
+    return None
+
+
 def tensor_from_values(spec: InputSpec, shape: Sequence[int], flat: list) -> np.ndarray:
     """The feed for one OIP tensor given as its flat values: names, shapes and nesting are the caller's to check
     (server/oip.py); every value is checked here, by the same rules as rows."""
@@ -80,13 +98,11 @@ def feeds_from_table(inputs: Sequence[InputSpec], layout: str, table: Any, first
     where every cell was text (see _column)."""
     import pandas as pd
 
-    if layout == "columns":
-        keyed = [(spec, spec.key) for spec in inputs]
-    elif layout == "matrix" and inputs[0].columns:
-        keyed = [(inputs[0], column) for column in inputs[0].columns]
-    else:
+    columns = table_columns(inputs, layout)
+    if columns is None:
         raise RowValidationError(f"a table's columns can't hold this model's {layout} inputs "
                                  f"({', '.join(s.name for s in inputs)}); give JSON lines, one row per line", code="rows")
+    keyed = [(c.spec, c.name) for c in columns]
     missing = [key for _, key in keyed if key not in table.columns]
     if missing:
         raise RowValidationError(f'the data has no column "{missing[0]}"; the model takes '

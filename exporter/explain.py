@@ -33,8 +33,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from .bundle import InputSpec, read_bundle
-from .decoding import NUMPY_DTYPES, feeds_from_rows, feeds_from_table
+from .bundle import read_bundle
+from .decoding import NUMPY_DTYPES, TableColumn, feeds_from_rows, feeds_from_table, table_columns
 from .errors import EdgeportError, RowValidationError, first_line
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -151,20 +151,15 @@ def format_explanations(explained: Sequence[RowExplanation]) -> str:
 
 # ---------------------------------------------------------------- features: original columns, as numbers for shap
 
-@dataclass(frozen=True)
-class Feature:
-    spec: InputSpec
-    name: str  # the column
-    index: Optional[int]  # its position in a matrix input; None for a columns-layout input
+Feature = TableColumn  # a feature is an original column
 
 
 def feature_columns(bundle: Any) -> list[Feature]:
     """The original columns, or ExplanationUnsupportedError where the inputs don't name them."""
     inputs, layout = bundle.inputs, bundle.manifest.layout
-    if layout == "columns":
-        return [Feature(spec, spec.key, None) for spec in inputs]
-    if layout == "matrix" and inputs[0].columns and len(inputs[0].shape) == 2:
-        return [Feature(inputs[0], column, j) for j, column in enumerate(inputs[0].columns)]
+    columns = table_columns(inputs, layout)
+    if columns is not None and (layout == "columns" or len(inputs[0].shape) == 2):
+        return columns
     what = "a matrix input without column names" if layout == "matrix" else f"{len(inputs)} tensor inputs"
     raise ExplanationUnsupportedError(
         f"explanations need named columns, and {bundle.manifest.name} takes {what}: export the model with a sample "

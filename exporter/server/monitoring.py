@@ -29,6 +29,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from ..drift import CONFIDENCE, CONFIDENCE_EDGES, DEFAULT_THRESHOLD, DriftReport, Profile, compare
+from ..decoding import table_columns
 from ..errors import SampleError
 
 DEFAULT_WINDOW_S = 3600.0
@@ -332,20 +333,20 @@ def feed_columns(bundle: Any, feeds: Mapping[str, np.ndarray]) -> dict[str, np.n
     """The feature columns of a request's feeds (columns layout, or a matrix with column names); none for a
     tensors layout. FP32 values go through their shortest decimal form, so that 5.1 sent as FP32 lands in the
     bucket that training's 5.1 (a float64 edge) does, not just below it."""
-    layout = bundle.manifest.layout
     columns: dict[str, np.ndarray] = {}
-    for spec in bundle.inputs:
-        values = feeds.get(spec.name)
+    as_read: dict[str, np.ndarray] = {}
+    for column in table_columns(bundle.inputs, bundle.manifest.layout) or ():
+        values = feeds.get(column.spec.name)
         if values is None:
             continue
-        if values.dtype == np.float32:
-            values = values.astype(str).astype(np.float64)
-        if layout == "columns" and spec.column is not None:
-            columns[spec.column] = values.reshape(values.shape[0], -1)[:, 0]
-        elif layout == "matrix" and spec.columns:
-            matrix = values.reshape(values.shape[0], -1)
-            for i, column in enumerate(spec.columns[:matrix.shape[1]]):
-                columns[column] = matrix[:, i]
+        if column.spec.name not in as_read:
+            if values.dtype == np.float32:
+                values = values.astype(str).astype(np.float64)
+            as_read[column.spec.name] = values.reshape(values.shape[0], -1)
+        matrix = as_read[column.spec.name]
+        index = column.index or 0
+        if index < matrix.shape[1]:
+            columns[column.name] = matrix[:, index]
     return columns
 
 
