@@ -270,3 +270,52 @@ def test_an_original_that_fails_on_the_sample_says_so(tmp_path):
             export_model(tmp_path / "km.skops", tmp_path / "b", sample=tmp_path / "s.csv")
     else:  # a release that fixed it: then the model simply exports
         assert export_model(tmp_path / "km.skops", tmp_path / "b", sample=tmp_path / "s.csv").passed
+
+
+def _scaled_trees():
+    """Trees behind a scaler, as notebooks build them: the rows the parity sample never held are where a tree's
+    input precision shows (a value float32 rounds onto a threshold)."""
+    from sklearn.datasets import load_breast_cancer, load_diabetes
+    from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier, RandomForestRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    cancer, diabetes = load_breast_cancer(as_frame=True), load_diabetes(as_frame=True)
+    X, y = cancer.data, cancer.target
+    few = ["mean radius", "mean texture", "mean smoothness"]
+    return {
+        # the newcomer's pipeline, row 470 the one off
+        "forest": (make_pipeline(StandardScaler(), RandomForestClassifier(n_estimators=20, max_depth=4, random_state=0))
+                   .fit(X[few], y), X[few]),
+        "boosting": (make_pipeline(StandardScaler(), GradientBoostingClassifier(random_state=0)).fit(X, y), X),
+        "forest-regressor": (make_pipeline(StandardScaler(), RandomForestRegressor(n_estimators=30, random_state=0))
+                             .fit(diabetes.data, diabetes.target), diabetes.data),
+    }
+
+
+@pytest.mark.parametrize("name", ["forest", "boosting", "forest-regressor"])
+def test_trees_behind_a_scaler_match_scikit_learn_on_rows_outside_the_sample(name, tmp_path):
+    """A newcomer's StandardScaler -> RandomForest passed parity on its sample and was 6.7e-3 off on row 470: the
+    forest compared the scaler's double output with float32 thresholds. The trees now get float32, as in
+    scikit-learn; every row of the dataset is compared, not only the sample's."""
+    import json
+
+    import onnxruntime as ort
+
+    from edgeport.export import export_model
+
+    model, X = _scaled_trees()[name]
+    model_path, sample_path = save_model(model, tmp_path, name, X.iloc[:256])
+    bundle = tmp_path / "bundle"
+    export_model(model_path, bundle, sample=sample_path)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["source"]["precision"] == "float64"  # the scaler in double, the trees behind a Cast
+    session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    outputs = {o["role"]: o["name"] for o in manifest["outputs"]}
+    feeds = {manifest["inputs"][0]["name"]: X.to_numpy(dtype=np.float64)}
+    if "probabilities" in outputs:
+        got, want = session.run([outputs["probabilities"]], feeds)[0], model.predict_proba(X)
+    else:
+        got, want = session.run([outputs["value"]], feeds)[0].reshape(-1), model.predict(X)
+    worst = int(np.argmax(np.abs(got - want).max(axis=-1) if got.ndim > 1 else np.abs(got - want)))
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4, err_msg=f"worst row {worst}")

@@ -36,6 +36,7 @@ from ..extras import require
 from ..loading import LoadedModel
 from ..progress import Progress
 from ..registry import Converted, register
+from .float32_trees import trees_in_float32 as _trees_in_float32
 from .sklearn_onnx import SklearnToOnnx, reference_outputs
 
 LIBRARIES = ("xgboost", "lightgbm", "catboost")
@@ -92,57 +93,6 @@ def _xgboost_objective(est: Any) -> str | None:
 
 
 _CLASSIFIER_OPTIONS = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
-
-
-class _Rewired:
-    """The operator as a converter sees it, with other input and output variables (skl2onnx's own lists re-parent
-    whatever is put in them)."""
-
-    def __init__(self, operator: Any, inputs: list, outputs: list) -> None:
-        self._operator, self.inputs, self.outputs = operator, inputs, outputs
-
-    @property
-    def input_full_names(self) -> list[str]:
-        return [v.full_name for v in self.inputs]
-
-    @property
-    def output_full_names(self) -> list[str]:
-        return [v.full_name for v in self.outputs]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._operator, name)
-
-
-def _trees_in_float32(convert: Any) -> Any:
-    """Wrap a converter so the trees run in float32 behind a double graph: Cast in, trees, Cast out.
-
-    The libraries themselves turn features into float32 before the trees (XGBoost's DMatrix, CatBoost), and their
-    thresholds are float32, often exactly a training value (XGBoost's histogram cuts). So preprocessing in a
-    Pipeline must run in double, as scikit-learn runs it, and only its result be rounded to float32: a scaler run
-    in float32 lands one ulp off such a threshold and sends the row down the other branch. onnxruntime has no
-    double TreeEnsemble kernels, hence the casts.
-    """
-
-    def converter(scope: Any, operator: Any, container: Any) -> None:
-        from onnx import TensorProto
-        from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
-
-        source = operator.inputs[0]
-        if not isinstance(source.type, DoubleTensorType):
-            return convert(scope, operator, container)
-        outputs = list(operator.outputs)
-        single = scope.declare_local_variable("trees_input", FloatTensorType(source.type.shape))
-        container.add_node("Cast", [source.full_name], [single.full_name], to=TensorProto.FLOAT,
-                           name=scope.get_unique_operator_name("Cast"))
-        inner = [scope.declare_local_variable(f"{v.raw_name}_float", FloatTensorType(v.type.shape))
-                 if isinstance(v.type, DoubleTensorType) else v for v in outputs]
-        convert(scope, _Rewired(operator, [single], inner), container)
-        for float_var, var in zip(inner, outputs):
-            if float_var is not var:
-                container.add_node("Cast", [float_var.full_name], [var.full_name], to=TensorProto.DOUBLE,
-                                   name=scope.get_unique_operator_name("Cast"))
-
-    return converter
 
 
 def _register_xgboost() -> None:

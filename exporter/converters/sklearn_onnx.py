@@ -6,10 +6,11 @@ columns becomes one input per column, typed from the column.
 
 Precision: the graph is built in float64 where skl2onnx and onnxruntime have
 double kernels for every node (linear models, SVC, kNN, MLP, scalers,
-encoders), which matches scikit-learn to ~1e-15. Tree ensembles only have float
-kernels in onnxruntime (TreeEnsemble* with double outputs fails to load), and
-scikit-learn's own trees compare float32 features, so those fall back to
-float32. The choice is recorded as `source.precision`.
+encoders), which matches scikit-learn to ~1e-15. Trees run in float32 behind a
+Cast, as scikit-learn runs them (float32_trees.py), so a pipeline's
+preprocessing stays in double. A graph that still fails in double (an imputer
+before the trees...) falls back to float32. The choice is recorded as
+`source.precision`.
 """
 from __future__ import annotations
 
@@ -50,8 +51,10 @@ class SklearnToOnnx:
 
         model = loaded.model
         from .boosting import ensure_registered, libraries_in, repair_loaded  # XGBoost / LightGBM / CatBoost steps
+        from .float32_trees import use_float32_trees
 
         ensure_registered(libraries_in(model))
+        use_float32_trees()
         repair_loaded(model)
         task = task_of(model)
         # refusals that need no conversion: say what isn't supported and what to do, before skl2onnx says less
