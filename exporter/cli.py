@@ -414,6 +414,11 @@ def serve(
     from edgeport.serving import serve_forever
     from edgeport.server.prediction_log import PredictionLog
 
+    if pii and prediction_log is None:
+        from edgeport.errors import OptionError
+
+        raise OptionError(f"--pii {pii[0]}: PII columns are kept out of the prediction log, which is off; add "
+                          "--prediction-log FILE to turn it on")
     log = None if prediction_log is None else PredictionLog(
         prediction_log, max_bytes=max(1, int(prediction_log_max_mb * 2**20)), pii=pii, pii_mode=pii_mode, salt=pii_salt)
     serve_forever(path, host=host, port=port, site=site, cors_origins=tuple(cors_origin), prediction_log=log,

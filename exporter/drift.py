@@ -224,6 +224,7 @@ def psi(training: Distribution, live: Distribution) -> Optional[float]:
 
 UNKNOWN_REASONS = {
     "text": "free text: the manifest records its lengths, not its values",
+    "pii": "personal data (export --pii): the manifest records no values of it",
     "old": "the manifest has no bins for it (exported before edgeport recorded them): re-export to compare",
 }
 
@@ -244,7 +245,7 @@ class Profile:
         for name, stats in bundle.manifest.feature_stats.items():
             features[name] = Distribution.training(name, stats)
             if features[name] is None:
-                reasons[name] = UNKNOWN_REASONS["text" if "mean_length" in stats else "old"]
+                reasons[name] = UNKNOWN_REASONS["pii" if stats.get("pii") else "text" if "mean_length" in stats else "old"]
         confidence = None
         if any(o.role == "probabilities" for o in bundle.outputs):
             probabilities = np.asarray(bundle.golden()["outputs"]["probabilities"], dtype=np.float64)

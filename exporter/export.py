@@ -18,6 +18,7 @@ import numpy as np
 from .bundle import (GOLDEN, GOLDEN_ROWS, PARITY, Bundle, InputSpec, Manifest, OutputSpec, input_columns, write_json,
                      write_manifest)
 from .check import require_rows_fit, run_parity
+from .decoding import table_columns
 from .errors import OptionError, RowValidationError, SampleError
 from .loading import load_model
 from .parity import ParityReport, Tolerance
@@ -96,6 +97,9 @@ def export_model(
         _check_pii(pii, inputs)
         progress(f"computing golden outputs of the original model on {min(table_len(converted.table), GOLDEN_ROWS)} rows")
         rows = rows_from_table(head(converted.table, GOLDEN_ROWS), inputs, layout)
+        if pii:  # golden.json ships with the bundle: no personal data in it (the outputs are the original's on these)
+            rows = redact_pii(rows, inputs, layout, pii)
+            progress(f"golden rows: the values of {', '.join(pii)} replaced (personal data, --pii)")
         agreed = _nullable_where_the_graph_agrees(converter, loaded, converted, inputs, layout, rows, progress)
         if agreed != inputs:
             _refuse_missing_values_the_graph_answers_differently(agreed, layout, rows, Path(sample).name)
@@ -126,7 +130,7 @@ def export_model(
             classes=tuple(converted.classes) if converted.classes is not None else None,
             quantization=converted.extra.get("quantization"),
             pii=tuple(dict.fromkeys(pii)),
-            feature_stats=feature_stats(converted.table, inputs, layout),
+            feature_stats=feature_stats(converted.table, inputs, layout, pii),
             tolerance={"atol": tolerance.atol, "rtol": tolerance.rtol},
             parity={"passed": False, "pending": True},
             fallback={"confidence_threshold": confidence_threshold, "on_low_confidence": on_low_confidence,
@@ -275,6 +279,30 @@ def _fallback_target(version_policy: str, outputs: dict[str, str] | None, roles:
         raise OptionError(f"--fallback-output {stray[0]}=...: this model's outputs have the roles {', '.join(roles)}")
     target = {"version_policy": version_policy} if version_policy != "pinned" else {}
     return {**target, **({"outputs": dict(outputs)} if outputs else {})}
+
+
+def redact_pii(rows: list, inputs: Sequence[InputSpec], layout: str, pii: Sequence[str]) -> list:
+    """The golden rows with each PII column's values replaced: a string by one of the model's own categories (in
+    the model file anyway) or `redacted-N`, a number by the rows' median; a missing value stays missing, so the
+    missing-value path stays in the parity check."""
+    columns = {c.name: c for c in table_columns(inputs, layout) or ()}
+    rows = [dict(row) if isinstance(row, dict) else list(row) for row in rows]
+    for name in pii:
+        column = columns.get(name)
+        if column is None:
+            continue
+        where = name if column.index is None else column.index
+        present = [i for i, row in enumerate(rows) if row[where] is not None]
+        if column.spec.dtype == "string":
+            categories = [c for c in column.spec.categories or () if isinstance(c, str)]
+            for n, i in enumerate(present):
+                rows[i][where] = categories[n % len(categories)] if categories else f"redacted-{n}"
+        elif present:
+            median = float(np.median([rows[i][where] for i in present]))
+            value = round(median) if column.spec.dtype.startswith("int") else median
+            for i in present:
+                rows[i][where] = value
+    return rows
 
 
 def _check_pii(pii: Sequence[str], inputs: Sequence[InputSpec]) -> None:

@@ -124,9 +124,21 @@ def table_from_rows(rows: Sequence, inputs: Sequence[InputSpec], layout: str) ->
     return pd.DataFrame(data)
 
 
-def feature_stats(table: Any, inputs: Sequence[InputSpec], layout: str) -> dict:
+def feature_stats(table: Any, inputs: Sequence[InputSpec], layout: str, pii: Sequence[str] = ()) -> dict:
     """Per-column statistics of the sample, for the demo form and drift checks: a numeric column's `bins` are
-    about ten quantile bins of the sample (drift.numeric_bins), a string column's `frequencies` its top 50."""
+    about ten quantile bins of the sample (drift.numeric_bins), a string column's `frequencies` its top 50. A
+    column named as personal data (`pii`) records how many values it has and nothing about them: the manifest
+    is public."""
+    import pandas as pd
+
+    stats = _feature_stats(table, inputs, layout)
+    for name in pii:
+        if name in stats:
+            stats[name] = {"count": stats[name].get("count", 0), "missing": stats[name].get("missing", 0), "pii": True}
+    return stats
+
+
+def _feature_stats(table: Any, inputs: Sequence[InputSpec], layout: str) -> dict:
     import pandas as pd
 
     if layout == "tensors":

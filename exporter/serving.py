@@ -14,7 +14,8 @@ from typing import Callable, Optional
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol  # h11, or httptools when it is installed
 
-from .errors import EdgeportError, SiteError
+from .bundle import input_columns
+from .errors import EdgeportError, OptionError, SiteError
 from .progress import Progress
 from .server.app import DEFAULT_TIMEOUT_S, create_app
 from .server.connections import CloseWhileDraining, ConnectionGuard
@@ -93,6 +94,14 @@ def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000
         on_listening(f"http://{host}:{port}", getattr(app.state, "has_site", True))
     body_timeout_s = limits.get("timeout_s", DEFAULT_TIMEOUT_S)
     log = limits.get("prediction_log")
+    if log is not None and log.pii and not isinstance(repository, RegistryRepository):
+        # a typo would leave the column in the log: every name must be a column of a served model (a registry's
+        # versions load later, so there the manifests' own pii is the check)
+        columns = {name for model in repository.all() for name in input_columns([s.to_dict() for s in model.bundle.inputs])}
+        unknown = sorted(log.pii - columns)
+        if unknown:
+            raise OptionError(f"--pii {unknown[0]}: no served model has an input column of that name; their columns "
+                              f"are {', '.join(sorted(columns))}")
     if log is not None:
         named = ", ".join(sorted(log.pii)) + " and the manifests'" if log.pii else "the manifests'"
         progress(f"prediction log: {log.path} (rotated past {log.max_bytes / 2**20:g} MB; PII columns: {named}, "

@@ -179,9 +179,40 @@ def test_export_pii_is_checked_against_the_columns(churn_model, tmp_path):
     assert result.exit_code == 2, result.output
     assert "--pii email" in result.output and "region" in result.output
     result = CliRunner().invoke(app, ["export", str(model_path), "--sample", str(sample_path), "--out",
-                                      str(tmp_path / "good"), "--pii", "region"])
+                                      str(tmp_path / "good"), "--pii", "region", "--pii", "tenure_months"])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "good" / "manifest.json").read_text())["pii"] == ["region"]
+    assert json.loads((tmp_path / "good" / "manifest.json").read_text())["pii"] == ["region", "tenure_months"]
+
+
+def test_export_pii_keeps_the_values_out_of_what_the_bundle_publishes(churn_model, tmp_path):
+    """The manifest and golden.json are served with the bundle: a PII column's values are in neither (a string
+    column's golden values are the model's own categories; a number is the rows' median), and parity still holds
+    on the replaced rows."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from edgeport.cli import app
+    from edgeport.drift import Profile
+    from edgeport.bundle import read_bundle
+
+    _, model_path, sample_path = churn_model
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(app, ["export", str(model_path), "--sample", str(sample_path), "--out", str(out),
+                                      "--pii", "region", "--pii", "tenure_months"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    for column in ("region", "tenure_months"):
+        assert set(manifest["feature_stats"][column]) == {"count", "missing", "pii"}, manifest["feature_stats"][column]
+    assert "frequencies" in manifest["feature_stats"]["plan"] and "bins" in manifest["feature_stats"]["monthly_charges"]
+    sample = pd.read_csv(sample_path)
+    rows = json.loads((out / "golden.json").read_text())["rows"]
+    tenures = {row["tenure_months"] for row in rows} - {None}
+    assert len(tenures) == 1 and len(set(sample["tenure_months"].dropna())) > 10, tenures
+    categories = next(i for i in manifest["inputs"] if i.get("column", i["name"]) == "region").get("categories")
+    assert {row["region"] for row in rows} - {None} <= set(categories or ())
+    assert any(row["tenure_months"] is None for row in rows)  # the missing-value row is still checked
+    profile = Profile.training(read_bundle(out))
+    assert profile.features["region"] is None and "personal data" in profile.reasons["region"]
 
 
 def test_sigterm_writes_what_the_last_requests_queued(bundles, tmp_path):
@@ -205,3 +236,23 @@ def test_sigterm_writes_what_the_last_requests_queued(bundles, tmp_path):
     lines = log.read_text().splitlines()
     assert len(lines) == 24 * 1000, f"{len(lines)} lines of {24 * 1000} rows answered"
     assert json.loads(lines[-1])["model"] == "churn"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prediction-log", "LOG", "--pii", "vinyard"], "--pii vinyard: no served model"),
+    (["--pii", "region"], "--pii region: PII columns are kept out of the prediction log, which is off"),
+])
+def test_serve_refuses_a_pii_column_that_would_protect_nothing(bundles, tmp_path, args, message):
+    """A typo (vinyard for vineyard) would leave the real column in the log; --pii without a log does nothing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import free_port
+
+    args = [str(tmp_path / "log.jsonl") if a == "LOG" else a for a in args]
+    result = subprocess.run([str(Path(sys.executable).with_name("edgeport")), "serve", str(bundles["churn"].path),
+                             "--port", str(free_port()), *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in " ".join(result.stderr.split()), result.stderr
+    assert "Traceback" not in result.stderr
