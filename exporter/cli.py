@@ -266,6 +266,7 @@ def drift(
     threshold_for: List[str] = typer.Option([], "--threshold-for", help="COL=X: another threshold for this feature, or for confidence (repeatable)."),
     html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained page: one panel per feature, training against live."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON."),
+    min_rows: int = typer.Option(100, "--min-rows", min=1, help="Live values a feature needs before its PSI is a verdict: with fewer it is unknown, not drift."),
     allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Use a bundle whose parity check failed or never finished."),
 ) -> None:
     """Compare live data with the bundle's training data (PSI per feature and for the confidence); exit 4 on drift."""
@@ -273,7 +274,7 @@ def drift(
     from edgeport.drift_format import format_drift, format_drift_html
 
     report = drift_file(bundle, data, threshold=threshold, thresholds=_thresholds("--threshold-for", threshold_for),
-                        allow_unverified=allow_unverified, progress=_progress)
+                        min_rows=min_rows, allow_unverified=allow_unverified, progress=_progress)
     typer.echo(format_drift(report))
     if json_out:
         _write_report(json_out, report.to_dict())
@@ -397,6 +398,7 @@ def serve(
     drift_threshold_for: List[str] = typer.Option([], "--drift-threshold-for", help="COL=X: another live drift threshold for this feature (or confidence), in each model that has it (repeatable)."),
     drift_window: float = typer.Option(60.0, "--drift-window", min=0.0,
                                        help="Live drift is over the last this many minutes (0: since the server started)."),
+    drift_min_rows: int = typer.Option(100, "--drift-min-rows", min=1, help="Live values a feature needs before its drift is a verdict (unknown below)."),
     prediction_log: Optional[Path] = typer.Option(None, "--prediction-log", dir_okay=False,
                                                   help="Write one JSON line per predicted row to this file (off by default)."),
     prediction_log_max_mb: float = typer.Option(100.0, "--prediction-log-max-mb", min=0.0001,
@@ -427,7 +429,7 @@ def serve(
                   drain_s=drain_seconds, allow_unverified=allow_unverified, alias=alias, cache_bytes=cache_mb * 2**20,
                   explain_timeout_s=explain_timeout, explain_samples=explain_samples, drift_threshold=drift_threshold,
                   drift_thresholds=_thresholds("--drift-threshold-for", drift_threshold_for),
-                  drift_window_s=drift_window * 60 or None,
+                  drift_window_s=drift_window * 60 or None, drift_min_rows=drift_min_rows,
                   progress=_progress, on_listening=_announce)
 
 

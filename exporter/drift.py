@@ -50,6 +50,7 @@ from .progress import Progress, quiet
 EPSILON = 1e-4
 DEFAULT_THRESHOLD = 0.2
 NUMERIC_BINS = 10
+DEFAULT_MIN_ROWS = 100  # live values a feature needs before its PSI is a verdict (unknown below)
 CONFIDENCE = "confidence"  # the key of the confidence's threshold (a feature of that name takes it instead)
 CONFIDENCE_EDGES = (0.0,) + tuple(round(0.5 + 0.05 * i, 2) for i in range(11))  # 0, 0.5, 0.55 … 1.0
 
@@ -119,9 +120,11 @@ class Distribution:
             return [*self.categories, "other", "missing"]
         if len(self.edges) < 2:
             return [f"{self.edges[0]:.4g}", "missing"]
+        # the first and last buckets are open-ended: a value below training's minimum counts in the first, one
+        # above its maximum in the last (bin_index), so they say so
         last = len(self.edges) - 2
-        return [f"[{a:.4g}, {b:.4g}{']' if i == last else ')'}" for i, (a, b) in
-                enumerate(zip(self.edges, self.edges[1:]))] + ["missing"]
+        return [f"< {b:.4g}" if i == 0 else f">= {a:.4g}" if i == last else f"[{a:.4g}, {b:.4g})"
+                for i, (a, b) in enumerate(zip(self.edges, self.edges[1:]))] + ["missing"]
 
     def add_values(self, values: Any) -> None:
         """Count a column's values (a pandas Series, array or list) into the buckets."""
@@ -360,25 +363,29 @@ def thresholds_for(training: Profile, threshold: float = DEFAULT_THRESHOLD,
 
 def compare(training: Profile, live: Profile, *, threshold: float = DEFAULT_THRESHOLD,
             thresholds: Mapping[str, float] | None = None, model: str = "", version: str = "", rows: int = 0,
-            rejected: int = 0) -> DriftReport:
-    """The drift of `live` against `training`: PSI and a verdict per feature and for the confidence."""
+            rejected: int = 0, min_rows: int = DEFAULT_MIN_ROWS) -> DriftReport:
+    """The drift of `live` against `training`: PSI and a verdict per feature and for the confidence. A feature
+    with fewer than min_rows live values is `unknown`: ten rows out of ten buckets always look drifted."""
     limits = thresholds_for(training, threshold, thresholds)
-    features = tuple(_verdict(name, d, live.features[name], limits[name], training.reasons.get(name, ""))
-                     for name, d in training.features.items())
-    confidence = (_verdict(CONFIDENCE, training.confidence, live.confidence, limits[CONFIDENCE], "", "confidence")
-                  if training.confidence else None)
+    features = tuple(_verdict(name, d, live.features[name], limits[name], training.reasons.get(name, ""),
+                              min_rows=min_rows) for name, d in training.features.items())
+    confidence = (_verdict(CONFIDENCE, training.confidence, live.confidence, limits[CONFIDENCE], "", "confidence",
+                           min_rows=min_rows) if training.confidence else None)
     return DriftReport(model, version, rows, rejected, features, confidence)
 
 
 def _verdict(name: str, training: Optional[Distribution], live: Optional[Distribution], limit: float, reason: str,
-             kind: str = "") -> FeatureDrift:
+             kind: str = "", min_rows: int = 0) -> FeatureDrift:
     if training is None or live is None:
         return FeatureDrift(name, "unknown", None, limit, "unknown", reason, (), (), (), "", "")
     value = psi(training, live)
     if value is None:
         reason = "no live values of it" if not live.total else "no training values of it"
     verdict = "unknown" if value is None else "drift" if value > limit else "ok"
-    return FeatureDrift(name, kind or training.kind, value, limit, verdict, "" if value is not None else reason,
+    if value is not None and live.total < min_rows:
+        verdict, reason = "unknown", (f"only {live.total} live values: too few for PSI to mean much (at least "
+                                      f"{min_rows}, --min-rows)")
+    return FeatureDrift(name, kind or training.kind, value, limit, verdict, "" if verdict != "unknown" else reason,
                         tuple(training.labels()), tuple(int(c) for c in training.counts),
                         tuple(int(c) for c in live.counts), training.summary(), live.summary())
 
@@ -396,6 +403,7 @@ def require_no_drift(report: DriftReport) -> None:
 
 def drift_file(bundle_dir: str | Path, data: str | Path, *, threshold: float = DEFAULT_THRESHOLD,
                thresholds: Mapping[str, float] | None = None, chunk_rows: int = 20_000,
+               min_rows: int = DEFAULT_MIN_ROWS,
                allow_unverified: bool = False, progress: Progress = quiet) -> DriftReport:
     """Drift of a data file (CSV, Parquet, JSON lines; streamed) against the bundle's training data, with the
     confidence of the served model's own predictions on it."""
@@ -420,5 +428,5 @@ def drift_file(bundle_dir: str | Path, data: str | Path, *, threshold: float = D
         rows += len(chunk.frame)
         rejected += len(faults)
     return compare(training, live, threshold=threshold, thresholds=thresholds, model=model.bundle.name,
-                   version=model.bundle.version, rows=rows, rejected=rejected)
+                   version=model.bundle.version, rows=rows, rejected=rejected, min_rows=min_rows)
 

@@ -34,22 +34,24 @@ def format_drift(report: DriftReport) -> str:
                       "-" if f.psi is None else f"{f.psi:.3f}", verdict + (f": {f.reason}" if f.reason else "")))
     widths = [max(len(row[i]) for row in table) for i in range(4)]
     lines += ["  " + "  ".join([*(c.ljust(w) for c, w in zip(row[:4], widths)), row[4]]) for row in table]
-    lines.append(f"drifted: {', '.join(report.drifted)}" if report.drifted else "no drift above the thresholds")
+    lines.append(f"drifted: {', '.join(report.drifted)}" if report.drifted else _no_drift(report))
     return "\n".join(lines)
 
 
 def format_drift_html(report: DriftReport) -> str:
     """The page, as a string: a heading with the verdict, then one panel per feature and the confidence's."""
     drifted = ", ".join(report.drifted)
-    panels = [_panel(f) for f in (*report.features, *([report.confidence] if report.confidence else []))]
+    everything = (*report.features, *([report.confidence] if report.confidence else []))
+    panels = [_panel(f) for f in sorted(everything, key=lambda f: f.verdict != "drift")]  # stable: drifted first
     title = f"Drift of {report.model} version {report.version}"
-    verdict = f"drifted: {escape(drifted)}" if drifted else "no drift above the thresholds"
+    verdict = f"drifted: {escape(drifted)}" if drifted else escape(_no_drift(report))
     return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>\n<h1>{escape(title)}</h1>\n"
             f"<p>{report.rows:,} live rows against the training data; <strong>{verdict}</strong>. "
             f"<span class=\"note\">Bars: each bucket's share of the rows, "
             f"<span style=\"color:{COLOURS['training']}\">■ training</span> against "
-            f"<span style=\"color:{COLOURS['live-ok']}\">■ live</span>. PSI above 0.1 is a moderate shift, "
+            f"<span style=\"color:{COLOURS['live-ok']}\">■ live</span> (<span style=\"color:{COLOURS['live']}\">■ live"
+            f"</span> where it drifted); drifted features first. PSI above 0.1 is a moderate shift, "
             "above 0.2 a large one.</span></p>\n"
             f"<div class=\"panels\">\n{''.join(panels)}</div>\n</body></html>\n")
 
@@ -85,3 +87,10 @@ def _bars(feature: FeatureDrift) -> str:
                      f"{escape(label[:18])}</text>")
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _no_drift(report: DriftReport) -> str:
+    judged = [f for f in (*report.features, report.confidence) if f is not None and f.verdict != "unknown"]
+    if not judged:
+        return "no verdict: nothing could be compared (see each feature's reason)"
+    return "no drift above the thresholds"

@@ -248,8 +248,9 @@ def explain_feeds(model: Any, feeds: dict[str, np.ndarray], *, features: Optiona
             if time.monotonic() > deadline:
                 raise ExplanationBudgetError(
                     f"explaining a row of {manifest.name} took longer than its {timeout_s:g} s budget ({len(features)} "
-                    f"features, {len(background[features[0].spec.name])} background rows); raise the budget "
-                    "(--explain-timeout) or lower the samples (--explain-samples)")
+                    f"features, {len(background[features[0].spec.name])} background rows); raise the budget or "
+                    "lower the samples (edgeport serve --explain-timeout/--explain-samples, edgeport explain "
+                    "--timeout/--samples)")
             values = session.run([output], space.decode(matrix[start:start + CHUNK_ROWS]))[0]
             out[start:start + CHUNK_ROWS] = values.reshape(len(values), -1)[:, column]
         return out

@@ -146,8 +146,11 @@ def test_the_html_page_has_a_panel_per_feature_and_nothing_from_elsewhere(churn,
     assert result.exit_code == 4, result.output
     page = (tmp_path / "r.html").read_text()
     panels = re.findall(r'<section class="panel (\w+)" data-feature="([^"]+)">', page)
-    assert [name for _, name in panels] == [*FEATURES, "confidence"]
-    assert dict((name, verdict) for verdict, name in panels)["tenure_months"] == "drift"
+    verdicts = dict((name, verdict) for verdict, name in panels)
+    assert verdicts["tenure_months"] == "drift"
+    # drifted features first, then the rest in the manifest's order
+    assert [name for _, name in panels] == sorted([*FEATURES, "confidence"], key=lambda n: verdicts[n] != "drift")
+    assert panels[0] == ("drift", "tenure_months")
     assert page.count("<svg") == len(panels)
     assert not re.search(r"https?:|//[a-z]|<script|<link|src=", page, re.IGNORECASE)
 
@@ -199,3 +202,20 @@ def test_a_missing_column_is_named(churn, tmp_path):
     result = run("drift", bundle.path, "--data", write(live.drop(columns="region"), tmp_path / "live.csv"))
     assert result.exit_code == 1 and 'no column "region"' in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def test_a_few_rows_are_not_a_verdict_and_the_open_ended_buckets_say_so(churn, tmp_path):
+    """Ten training rows scored as live: every PSI is large by chance, so below --min-rows the verdict is unknown
+    (exit 0, saying why); and a value past training's range counts in a bucket labelled open-ended."""
+    bundle, _, live, _ = churn
+    few = run("drift", bundle.path, "--data", write(live.head(10), tmp_path / "few.csv"), "--json", tmp_path / "f.json")
+    assert few.exit_code == 0, few.output
+    features = report_of(few, tmp_path / "f.json")
+    assert {f["verdict"] for f in features.values()} == {"unknown"}
+    assert all("too few" in f["reason"] for f in features.values() if f["psi"] is not None)
+    assert "too few" in few.output
+    shifted = live.assign(tenure_months=live.tenure_months + 1000)
+    result = run("drift", bundle.path, "--data", write(shifted, tmp_path / "far.csv"), "--json", tmp_path / "r.json")
+    tenure = report_of(result, tmp_path / "r.json")["tenure_months"]
+    assert tenure["buckets"][0].startswith("< ") and tenure["buckets"][-2].startswith(">= ")
+    assert tenure["live"][-2] == int(shifted.tenure_months.notna().sum())

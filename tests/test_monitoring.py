@@ -14,7 +14,7 @@ SHIFTED = "sepal length (cm)"
 
 @pytest.fixture(scope="module")
 def server(bundles):
-    process = ServerProcess(bundles["iris"].path.parent)
+    process = ServerProcess(bundles["iris"].path.parent, "--drift-min-rows", "10")
     yield process
     process.stop()
 
@@ -215,7 +215,7 @@ def test_a_full_queue_drops_requests_and_counts_them(bundles):
 
     model = load_served(bundles["iris"], allow_unverified=True)
     feeds = {model.bundle.inputs[0].name: training_rows().to_numpy(dtype=np.float32)}
-    monitors = Monitors(queue_size=1)
+    monitors = Monitors(queue_size=1, min_rows=10)
     with monitors._lock:  # the drift thread can't fold while this is held: the queue fills
         for _ in range(4):
             monitors.record(model, feeds, None)
@@ -252,7 +252,7 @@ def test_the_live_window_slides_a_bucket_at_a_time_and_forgets_what_is_older(bun
     model = load_served(bundles["iris"], allow_unverified=True)
     name = model.bundle.inputs[0].name
     clock = Clock()
-    monitors = Monitors(window_s=600, clock=clock)  # ten minutes, in buckets of ten seconds
+    monitors = Monitors(window_s=600, clock=clock, min_rows=10)  # ten minutes, in buckets of ten seconds
     bucket_s = 600 / WINDOW_BUCKETS
     monitors.record(model, {name: shifted_rows().to_numpy(dtype=np.float32)}, None)
     assert monitors.drift(model)["sources"]["server"] == 40
@@ -280,7 +280,7 @@ def test_browser_sketches_fall_out_of_the_window_too(bundles):
 
     model = load_served(bundles["iris"], allow_unverified=True)
     clock = Clock()
-    monitors = Monitors(window_s=60, clock=clock)
+    monitors = Monitors(window_s=60, clock=clock, min_rows=10)
     monitors.add_sketch(model, sketch_of(bundles["iris"], shifted_rows()))
     assert monitors.drift(model)["sources"]["browser"] == 40
     clock.now += 61 + 1
@@ -293,7 +293,7 @@ def test_without_a_window_live_drift_counts_everything_since_the_start(bundles):
 
     model = load_served(bundles["iris"], allow_unverified=True)
     clock = Clock()
-    monitors = Monitors(window_s=None, clock=clock)
+    monitors = Monitors(window_s=None, clock=clock, min_rows=10)
     monitors.record(model, {model.bundle.inputs[0].name: shifted_rows().to_numpy(dtype=np.float32)}, None)
     clock.now += 10 ** 7
     report = monitors.drift(model)
@@ -306,10 +306,10 @@ def test_a_per_feature_threshold_holds_where_the_model_has_that_feature(bundles)
 
     model = load_served(bundles["iris"], allow_unverified=True)
     feeds = {model.bundle.inputs[0].name: shifted_rows().to_numpy(dtype=np.float32)}
-    strict = Monitors()
+    strict = Monitors(min_rows=10)
     strict.record(model, feeds, None)
     psi = psi_of(strict.drift(model))[SHIFTED]
-    lenient = Monitors(thresholds={SHIFTED: psi * 2, "tenure_months": 0.01})  # churn's feature: not iris's
+    lenient = Monitors(thresholds={SHIFTED: psi * 2, "tenure_months": 0.01}, min_rows=10)  # churn's feature: not iris's
     lenient.record(model, feeds, None)
     report = lenient.drift(model)
     assert SHIFTED not in report["drifted"]
@@ -320,7 +320,7 @@ def test_a_per_feature_threshold_holds_where_the_model_has_that_feature(bundles)
 
 def test_a_served_window_forgets_old_traffic_without_new_traffic(bundles, tmp_path):
     """The real process: --drift-window in minutes; /drift and /metrics both slide with no traffic at all."""
-    process = ServerProcess(bundles["iris"].path.parent, "--drift-window", "0.05",
+    process = ServerProcess(bundles["iris"].path.parent, "--drift-window", "0.05", "--drift-min-rows", "10",
                             "--drift-threshold-for", f"{SHIFTED}=0.3")
     try:
         infer(process, bundles["iris"], shifted_rows())

@@ -36,7 +36,7 @@ from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..bundle import OutputSpec
-from ..drift import DEFAULT_THRESHOLD as DEFAULT_DRIFT_THRESHOLD
+from ..drift import DEFAULT_MIN_ROWS as DEFAULT_DRIFT_MIN_ROWS, DEFAULT_THRESHOLD as DEFAULT_DRIFT_THRESHOLD
 from .monitoring import DEFAULT_WINDOW_S as DEFAULT_DRIFT_WINDOW_S
 from ..errors import RowValidationError, RuntimeUnavailableError
 from ..explain import (DEFAULT_MAX_SAMPLES, DEFAULT_TIMEOUT_S as DEFAULT_EXPLAIN_TIMEOUT_S, ExplanationBudgetError,
@@ -74,6 +74,7 @@ def create_app(
     drift_threshold: float = DEFAULT_DRIFT_THRESHOLD,
     drift_thresholds: Optional[dict[str, float]] = None,
     drift_window_s: Optional[float] = DEFAULT_DRIFT_WINDOW_S,
+    drift_min_rows: int = DEFAULT_DRIFT_MIN_ROWS,
     prediction_log: Optional[Any] = None,
 ) -> FastAPI:
     """The ASGI app serving `repository`'s models (and `site_dir` at /, if given).
@@ -82,7 +83,7 @@ def create_app(
     inference gets timeout_s (and so does a body's arrival, under serving.serve_forever). An explanation
     (explain.py) gets explain_timeout_s and at most explain_samples of shap's samples. Live drift (monitoring.py)
     is a PSI above drift_threshold (drift_thresholds: per feature, where a model has it) over the last
-    drift_window_s seconds (None: since the start). A prediction_log (prediction_log.PredictionLog) gets every answered request."""
+    drift_window_s seconds (None: since the start), once a feature has drift_min_rows live values. A prediction_log (prediction_log.PredictionLog) gets every answered request."""
     from .metrics import Metrics
     from .monitoring import Monitors, add_routes
 
@@ -96,7 +97,8 @@ def create_app(
     for feature, limit in (drift_thresholds or {}).items():
         if not 0 < limit < float("inf"):
             raise ValueError(f"drift_thresholds[{feature!r}] must be a number above 0, such as 0.2; got {limit}")
-    monitors = metrics.monitors = Monitors(drift_threshold, thresholds=drift_thresholds, window_s=drift_window_s)
+    monitors = metrics.monitors = Monitors(drift_threshold, thresholds=drift_thresholds, window_s=drift_window_s,
+                                           min_rows=drift_min_rows)
     # the site's files are read and hashed (a 14 MB wasm: tens of ms, mostly outside the GIL) while FastAPI builds
     # its routes; a site that fails its check still fails the start, below
     site_loading = _in_background(Snapshot.of_site, site_dir) if site_dir is not None else None

@@ -28,7 +28,7 @@ import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from ..drift import CONFIDENCE, CONFIDENCE_EDGES, DEFAULT_THRESHOLD, DriftReport, Profile, compare
+from ..drift import CONFIDENCE, CONFIDENCE_EDGES, DEFAULT_MIN_ROWS, DEFAULT_THRESHOLD, DriftReport, Profile, compare
 from ..decoding import table_columns
 from ..errors import SampleError
 
@@ -155,13 +155,13 @@ class Monitor:
         return lives
 
     def report(self, lives: dict[str, tuple[Profile, int]], threshold: float,
-               thresholds: Mapping[str, float]) -> DriftReport:
+               thresholds: Mapping[str, float], min_rows: int = DEFAULT_MIN_ROWS) -> DriftReport:
         merged = lives["server"][0].merge(lives["browser"][0])
         # a per-feature threshold holds for the models that have the feature
         names = {*self.training.features, *([CONFIDENCE] if self.training.confidence else [])}
         return compare(self.training, merged, threshold=threshold, model=self.name, version=self.version,
                        thresholds={k: v for k, v in thresholds.items() if k in names},
-                       rows=sum(rows for _, rows in lives.values()))
+                       rows=sum(rows for _, rows in lives.values()), min_rows=min_rows)
 
 
 class Monitors:
@@ -170,10 +170,11 @@ class Monitors:
 
     def __init__(self, threshold: float = DEFAULT_THRESHOLD, queue_size: int = QUEUE_SIZE, *,
                  thresholds: Mapping[str, float] | None = None, window_s: Optional[float] = DEFAULT_WINDOW_S,
-                 clock: Callable[[], float] = time.monotonic):
+                 min_rows: int = DEFAULT_MIN_ROWS, clock: Callable[[], float] = time.monotonic):
         if window_s is not None and not 0 < window_s < math.inf:
             raise ValueError(f"window_s must be a number of seconds above 0, or None; got {window_s}")
         self.threshold, self.thresholds, self.window_s, self.clock = threshold, dict(thresholds or {}), window_s, clock
+        self.min_rows = min_rows
         self._queue: "queue.Queue[tuple[Any, dict, Any]]" = queue.Queue(queue_size)
         self._lock = threading.Lock()
         self._monitors: dict[tuple[str, str], Monitor] = {}
@@ -302,7 +303,7 @@ class Monitors:
 
     def _publish(self, monitor: Monitor, lives: dict[str, tuple[Profile, int]]) -> DriftReport:
         """Work out a version's report over `lives` and publish its numbers for /metrics."""
-        report = monitor.report(lives, self.threshold, self.thresholds)
+        report = monitor.report(lives, self.threshold, self.thresholds, self.min_rows)
         psi = {k: v for k, v in self.psi.items() if k[:2] != (monitor.name, monitor.version)}
         for feature in (*report.features, report.confidence):
             if feature is not None and feature.psi is not None:
