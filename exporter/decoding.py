@@ -161,7 +161,11 @@ def _column(spec: InputSpec, column: Any, text: bool) -> tuple[np.ndarray, np.nd
             doubt[:] = True
         else:
             doubt |= np.fromiter((isinstance(v, bool) for v in cells), dtype=bool, count=n)
-        parsed = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        try:
+            parsed = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        except OverflowError:  # an int beyond float64 (JSON's 10**400): infinite here, so the row check says `range`
+            parsed = pd.to_numeric(pd.Series([_finite_or_inf(v) for v in cells], dtype=object),
+                                   errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         if text:  # digits are a number; what doesn't parse is checked (and refused) as the string it is
             doubt |= np.isnan(parsed) & ~absent
             cells = np.where(np.isnan(parsed) & ~absent, cells, parsed).astype(object)
@@ -185,6 +189,16 @@ def _column(spec: InputSpec, column: Any, text: bool) -> tuple[np.ndarray, np.nd
             doubt |= (floats != np.floor(floats)) | (floats < low) | (floats >= end)
             return np.where(doubt | nan, 0, floats).astype(np.int64), doubt, cells
     return floats, doubt, cells
+
+
+def _finite_or_inf(value: Any) -> Any:
+    """An int too large for a float as ±inf; anything else as it is."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            float(value)
+        except OverflowError:
+            return math.inf if value > 0 else -math.inf
+    return value
 
 
 def _utf8(text: str) -> bool:

@@ -153,3 +153,93 @@ def test_bad_options_are_one_paragraph_errors_naming_the_option(bundles, tmp_pat
     result = cli("predict", bundles["iris"].path, tmp_path / "rows.csv", *[a.format(tmp=tmp_path) for a in args])
     assert result.exit_code in (1, 2) and message in result.output, result.output
     assert "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------- reading as the server would
+
+WORDS = ["NA", "N/A", "null", "None", "nan", "EU"]  # pandas' missing words, here real categories
+
+
+@pytest.fixture(scope="module")
+def words_bundle(tmp_path_factory):
+    """A model whose string input's categories are pandas' missing words, and whose label is the category itself."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    from conftest import save_model
+    from edgeport.export import export_model
+
+    rng = np.random.default_rng(3)
+    X = pd.DataFrame({"region": rng.choice(WORDS, 300), "x": rng.normal(size=300)})
+    model = Pipeline([("pre", ColumnTransformer([("c", OneHotEncoder(handle_unknown="ignore"), ["region"])],
+                                                remainder="passthrough")), ("m", LogisticRegression(C=100))])
+    root = tmp_path_factory.mktemp("words")
+    # the sample keeps to a word no reader takes for missing: the export reads it with pandas' defaults
+    model_path, sample_path = save_model(model.fit(X, X.region), root, "words", X[X.region == "EU"].head(20))
+    return export_model(model_path, root / "bundle", sample=sample_path).bundle
+
+
+def test_csv_text_in_a_string_column_and_the_ids_stay_as_written(words_bundle, tmp_path):
+    ids = ["00123", "9007199254740993", "9007199254740992", "1e3", "007", "5"]
+    lines = ["id,region,x"] + [f"{i},{w},0.5" for i, w in zip(ids, WORDS)]
+    (tmp_path / "rows.csv").write_text("\n".join(lines) + "\n")
+    result = cli("predict", words_bundle.path, tmp_path / "rows.csv", "--out", tmp_path / "out.csv", "--id", "id")
+    assert result.exit_code == 0, result.output
+    out = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False)
+    assert out["id"].tolist() == ids, "ids kept exactly as written"
+    assert out["label"].tolist() == WORDS, "NA, null, None... are categories here, as the server reads them"
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    result = cli("predict", words_bundle.path, tmp_path / "rows.csv", "--out", url, "--id", "id")
+    assert result.exit_code == 0, result.output
+    with sqlite3.connect(tmp_path / "p.db") as db:
+        assert db.execute("select id, label from predictions order by rowid").fetchall() == list(zip(ids, WORDS))
+
+
+def test_an_empty_cell_is_missing_in_a_string_column_and_na_words_in_a_numeric_one(bundles, tmp_path):
+    churn = bundles["churn"]
+    table, _ = golden_table(churn)
+    table = table.head(3).astype(object)
+    string = next(s.key for s in churn.inputs if s.dtype == "string" and s.nullable)
+    table.loc[0, string] = None  # written as an empty cell: missing, which this column allows
+    table.to_csv(tmp_path / "churn.csv", index=False)
+    result = predict_file(churn.path, tmp_path / "churn.csv", str(tmp_path / "churn-out.csv"))
+    assert result.predicted == 3
+    iris = bundles["iris"]
+    table, _ = golden_table(iris)
+    table = table.head(3).astype(object)
+    table.loc[1, table.columns[2]] = "NA"
+    table.to_csv(tmp_path / "iris.csv", index=False)
+    result = cli("predict", iris.path, tmp_path / "iris.csv", "--out", tmp_path / "out.csv", "--rejects",
+                 tmp_path / "rejects.csv")
+    assert result.exit_code == 0, result.output
+    rejects = pd.read_csv(tmp_path / "rejects.csv")
+    assert rejects[["row", "field", "code"]].values.tolist() == [[1, table.columns[2], "missing-value"]]
+
+
+@pytest.mark.parametrize("id_column, out, clash", [
+    ("label", "out.csv", "'label'"), ("confidence", "out.parquet", "'confidence'"),
+    ("probability_setosa", "out.jsonl", "'probability_setosa'"), ("label", "sqlite:///{tmp}/p.db", "'label'"),
+    ("model", "sqlite:///{tmp}/p.db", "'model'"), ("Version", "sqlite:///{tmp}/p.db", "'version'"),
+    ("predicted_at", "sqlite:///{tmp}/p.db", "'predicted_at'"),
+])
+def test_an_id_named_like_an_output_column_is_refused_up_front(bundles, tmp_path, id_column, out, clash):
+    bundle = bundles["iris"]
+    table, _ = golden_table(bundle)
+    table.insert(0, id_column, [f"f{i}" for i in range(len(table))])
+    table.to_csv(tmp_path / "rows.csv", index=False)
+    out = out.format(tmp=tmp_path) if "://" in out else tmp_path / out
+    result = cli("predict", bundle.path, tmp_path / "rows.csv", "--out", out, "--id", id_column)
+    assert result.exit_code == 1 and f"--id {id_column}" in result.output and clash in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv"], "nothing written"
+
+
+def test_a_model_column_is_a_fine_id_for_a_file(bundles, tmp_path):
+    bundle = bundles["iris"]
+    table, _ = golden_table(bundle)
+    table.insert(0, "model", [f"m{i}" for i in range(len(table))])
+    table.to_csv(tmp_path / "rows.csv", index=False)
+    result = cli("predict", bundle.path, tmp_path / "rows.csv", "--out", tmp_path / "out.csv", "--id", "model")
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(tmp_path / "out.csv")["model"].tolist() == table["model"].tolist()
