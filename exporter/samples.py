@@ -62,7 +62,25 @@ def read_sample(path: str | Path) -> Any:
         raise SampleError(f"could not read sample {path.name} ({type(exc).__name__}: {exc})") from exc
     if frame.empty:
         raise SampleError(f"sample {path.name} has no rows")
+    if suffix == ".csv":  # pandas reads "007" as 7: a converter that learns a column is text reads it again as text
+        frame.attrs[CSV_PATH] = str(path)
     return frame
+
+
+CSV_PATH = "edgeport_csv_path"
+
+
+def csv_text_columns(table: Any, columns: Sequence[str]) -> dict:
+    """The given columns of a sample read from CSV, again, as the text in the file ("007" stays "007"; only an
+    empty cell is missing); {} for a sample that didn't come from CSV."""
+    import pandas as pd
+
+    path = getattr(table, "attrs", {}).get(CSV_PATH)
+    if not path or not columns:
+        return {}
+    text = pd.read_csv(path, usecols=list(columns), dtype={c: str for c in columns}, keep_default_na=False,
+                       na_values={c: [""] for c in columns})
+    return {c: text[c].set_axis(table.index) for c in columns}
 
 
 def is_string_dtype(series: Any) -> bool:

@@ -319,3 +319,33 @@ def test_trees_behind_a_scaler_match_scikit_learn_on_rows_outside_the_sample(nam
         got, want = session.run([outputs["value"]], feeds)[0].reshape(-1), model.predict(X)
     worst = int(np.argmax(np.abs(got - want).max(axis=-1) if got.ndim > 1 else np.abs(got - want)))
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4, err_msg=f"worst row {worst}")
+
+
+def test_a_csv_sample_keeps_codes_that_look_like_numbers_as_text(tmp_path):
+    """A string column of codes ("007", "010", "1") read from CSV: pandas makes numbers of them, which the
+    pipeline's encoder never saw ("isnan not supported"); the export reads the file's own text for the columns the
+    model takes as strings, so 007 stays 007 and parity holds."""
+    import json
+
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    from edgeport.export import export_model
+
+    X, y = _wine()
+    X = X[["alcohol", "malic_acid"]].assign(clinic=np.where(X["alcohol"] > 13.5, "007", np.where(X["alcohol"] > 12.5,
+                                                                                                   "010", "1")))
+    model = make_pipeline(ColumnTransformer([("num", "passthrough", ["alcohol", "malic_acid"]),
+                                             ("cat", OneHotEncoder(), ["clinic"])]),
+                          LogisticRegression(max_iter=2000)).fit(X, y)
+    model_path, sample_path = save_model(model, tmp_path, "codes", X)
+    assert pd.read_csv(sample_path)["clinic"].dtype.kind in "if"  # what pandas makes of the codes
+    result = export_model(model_path, tmp_path / "bundle", sample=sample_path)
+    assert_parity(result.report)
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    clinic = next(i for i in manifest["inputs"] if i["name"] == "clinic")
+    assert clinic["dtype"] == "string" and sorted(clinic["categories"]) == ["007", "010", "1"]
+    assert set(manifest["feature_stats"]["clinic"]["frequencies"]) == {"007", "010", "1"}

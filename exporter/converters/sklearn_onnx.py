@@ -23,7 +23,7 @@ from ..loading import LoadedModel
 from ..parity import Tolerance
 from ..progress import Progress
 from ..registry import Converted, register
-from ..samples import is_string_dtype
+from ..samples import csv_text_columns, is_string_dtype
 from . import sklearn_tasks as tasks
 from . import sklearn_text as text
 from .sklearn_steps import (categories_by_column, check_hist_gradient_boosting, check_supported, check_text_columns,
@@ -175,6 +175,12 @@ def _prepare_table(model: Any, sample: Any) -> tuple[Any, bool]:
     elif n_features is not None and len(columns) != n_features:
         raise SampleError(f"sample has {len(columns)} columns, but the model was trained on {n_features}")
     texts = text.text_columns(model, walk)
+    # a column the model reads as text (free text, or an encoder whose categories are strings) that CSV read as
+    # numbers ("007", "1", "010"): the file's own text, not the numbers' repr
+    as_text = [c for c in (*texts, *(c for c, cats in categories_by_column(model).items()
+                                     if cats and all(isinstance(x, str) for x in cats)))
+               if c in sample.columns and not is_string_dtype(sample[c])]
+    sample = sample.assign(**csv_text_columns(sample, list(dict.fromkeys(as_text))))
     if texts:  # free text is text even where every value in the sample happens to read as a number
         sample = sample.assign(**{c: _as_text(sample[c]) for c in texts if c in sample.columns})
     strings = [str(c) for c in sample.columns if is_string_dtype(sample[c])]
