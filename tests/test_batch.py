@@ -146,13 +146,26 @@ def test_a_killed_run_leaves_no_half_file(bundles, tmp_path):
     (("--out", "{tmp}/out.csv", "--table", "t"), "--table t is for a database"),
     (("--out", "{tmp}/out.csv", "--id", "nope"), "--id nope"),
     (("--out", "postgresql+nodriver://x/y"), "SQLAlchemy can't open it"),
+    (("--out", "{tmp}/out.csv", "--rejects", "{tmp}/out.csv"), "--rejects {tmp}/out.csv is the same file as --out"),
+    (("--out", "{tmp}/rows.csv"), "--out {tmp}/rows.csv is the same file as DATA"),
+    (("--out", "{tmp}/out.csv", "--rejects", "{tmp}/../{name}/rows.csv"), "is the same file as DATA"),
+    (("--out", "sqlite://"), "a database in memory"),
+    (("--out", "sqlite:///{tmp}/p.db", "--table", ""), "--table needs a name"),
+    (("--out", "{tmp}/out.csv", "--rejects", "{tmp}/nowhere/r.csv"), "--rejects {tmp}/nowhere/r.csv: its directory"),
+    (("--out", "{tmp}/dir.csv"), "--out {tmp}/dir.csv is a directory"),
+    (("--out", "{tmp}/" + "a" * 250 + ".csv"), "the name is too long"),
 ])
 def test_bad_options_are_one_paragraph_errors_naming_the_option(bundles, tmp_path, args, message):
     table, _ = golden_table(bundles["iris"])
     table.to_csv(tmp_path / "rows.csv", index=False)
-    result = cli("predict", bundles["iris"].path, tmp_path / "rows.csv", *[a.format(tmp=tmp_path) for a in args])
-    assert result.exit_code in (1, 2) and message in result.output, result.output
-    assert "Traceback" not in result.output
+    (tmp_path / "dir.csv").mkdir()
+    before = (tmp_path / "rows.csv").read_bytes()
+    result = cli("predict", bundles["iris"].path, tmp_path / "rows.csv",
+                 *[a.format(tmp=tmp_path, name=tmp_path.name) for a in args])
+    assert result.exit_code in (1, 2) and message.format(tmp=tmp_path) in result.output, result.output
+    assert "Traceback" not in result.output and "unexpected" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.csv", "rows.csv"], "nothing written"
+    assert (tmp_path / "rows.csv").read_bytes() == before
 
 
 # ---------------------------------------------------------------- reading as the server would
@@ -243,3 +256,241 @@ def test_a_model_column_is_a_fine_id_for_a_file(bundles, tmp_path):
     result = cli("predict", bundle.path, tmp_path / "rows.csv", "--out", tmp_path / "out.csv", "--id", "model")
     assert result.exit_code == 0, result.output
     assert pd.read_csv(tmp_path / "out.csv")["model"].tolist() == table["model"].tolist()
+
+
+# ---------------------------------------------------------------- empty chunks, ids
+
+def churn_rows(bundle, n=None):
+    table, outputs = golden_table(bundle)
+    table = table.astype(object)
+    table.insert(0, "customer", [f"c{i}" for i in range(len(table))])
+    return (table if n is None else table.head(n)), outputs
+
+
+def test_a_chunk_without_good_rows_types_the_outputs_as_real_rows_would(bundles, tmp_path):
+    import pyarrow.parquet as pq
+
+    bundle = bundles["churn"]
+    table, outputs = churn_rows(bundle, 6)
+    table.loc[[0, 1], "tenure_months"] = "twelve"  # the first chunk of 2: every row rejected
+    table.to_csv(tmp_path / "rows.csv", index=False)
+    table.head(0).to_csv(tmp_path / "header.csv", index=False)
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    for out in (tmp_path / "out.parquet", url):
+        result = cli("predict", bundle.path, tmp_path / "rows.csv", "--out", out, "--id", "customer", "--rejects",
+                     tmp_path / "rejects.csv", "--chunk-rows", "2")
+        assert result.exit_code == 0, result.output
+    assert pd.read_parquet(tmp_path / "out.parquet")["label"].tolist() == outputs["label"][2:6]
+    assert str(pq.read_schema(tmp_path / "out.parquet").field("label").type) == "string"
+    result = cli("predict", bundle.path, tmp_path / "header.csv", "--out", tmp_path / "empty.parquet")
+    assert result.exit_code == 0, result.output
+    schema = pq.read_schema(tmp_path / "empty.parquet")
+    assert str(schema.field("label").type) == "string" and str(schema.field("confidence").type) == "float"
+    # a header-only file makes the table, typed, and a later run writes into it
+    for data in ("header.csv", "rows.csv"):
+        result = cli("predict", bundle.path, tmp_path / data, "--out", url, "--table", "later", "--id", "customer",
+                     "--rejects", tmp_path / "rejects.csv")
+        assert result.exit_code == 0, result.output
+    with sqlite3.connect(tmp_path / "p.db") as db:
+        for name in ("predictions", "later"):
+            types = {row[1]: row[2] for row in db.execute(f"pragma table_info({name})")}
+            assert types["label"] == "VARCHAR" and types["customer"] == "VARCHAR", types
+            labels = [r[0] for r in db.execute(f"select label from {name} order by customer")]
+            assert labels == outputs["label"][2:6]
+
+
+@pytest.mark.parametrize("out", ["out.csv", "out.parquet", "out.jsonl", "sqlite:///{tmp}/p.db"])
+def test_a_missing_or_repeated_id_is_a_row_fault_for_every_output(bundles, tmp_path, out):
+    bundle = bundles["churn"]
+    table, outputs = churn_rows(bundle, 9)
+    table.loc[1, "customer"] = None  # an empty cell
+    table.loc[3, "customer"] = "c0"  # a repeat within the chunk
+    table.loc[7, "customer"] = "c2"  # a repeat of an earlier chunk's id
+    table.to_csv(tmp_path / "rows.csv", index=False)
+    out = out.format(tmp=tmp_path) if "://" in out else tmp_path / out
+    args = ("predict", bundle.path, tmp_path / "rows.csv", "--out", out, "--id", "customer", "--chunk-rows", "4")
+    result = cli(*args)
+    assert result.exit_code == 1 and "row 1" in result.output and "the id is missing" in result.output, result.output
+    result = cli(*args, "--rejects", tmp_path / "rejects.csv")
+    assert result.exit_code == 0, result.output
+    rejects = pd.read_csv(tmp_path / "rejects.csv")
+    assert rejects[["row", "code"]].values.tolist() == [[1, "missing-id"], [3, "duplicate-id"], [7, "duplicate-id"]]
+    if "://" in str(out):
+        with sqlite3.connect(tmp_path / "p.db") as db:
+            got = db.execute("select customer, label from predictions order by rowid").fetchall()
+    else:
+        read = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".jsonl": lambda p: pd.read_json(p, lines=True)}
+        got = [tuple(r) for r in read[out.suffix](out)[["customer", "label"]].values.tolist()]
+    kept = [0, 2, 4, 5, 6, 8]
+    assert got == [(f"c{i}", outputs["label"][i]) for i in kept]
+
+
+def test_many_ids_are_told_apart_in_little_memory():
+    from edgeport.batch import SeenKeys
+
+    seen = SeenKeys()
+    rng = np.random.default_rng(0)
+    hashes = rng.permutation(np.arange(10_000, dtype=np.uint64) * 7919)
+    for part in np.array_split(hashes, 37):
+        assert not seen.found(part).any()
+        seen.add(part)
+    assert seen.found(hashes).all() and not seen.found(hashes + 1).any()
+    assert sum(run.nbytes for run in seen.runs) == 8 * len(hashes) and len(seen.runs) <= 8
+
+
+# ---------------------------------------------------------------- models whose inputs name no columns
+
+@pytest.fixture(scope="module")
+def unnamed_matrix(bundles, tmp_path_factory):
+    """iris, its input's column names taken out of the manifest: a matrix [None, 4], like a Keras Dense input."""
+    import shutil
+
+    from conftest import rehash_bundle
+    from edgeport.bundle import MANIFEST, read_bundle
+
+    path = tmp_path_factory.mktemp("unnamed") / "iris"
+    shutil.copytree(bundles["iris"].path, path)
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest["inputs"][0].pop("columns")
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    rehash_bundle(path)
+    return read_bundle(path)
+
+
+def test_json_lines_rows_are_what_the_server_takes_for_a_matrix_without_column_names(unnamed_matrix, tmp_path):
+    golden = unnamed_matrix.golden()
+    rows = golden["rows"]
+    lines = [json.dumps(r) for r in rows] + ['{"sepal length (cm)": 1}', "[1, 2]"]
+    (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n")
+    result = cli("predict", unnamed_matrix.path, tmp_path / "rows.jsonl", "--out", tmp_path / "out.csv",
+                 "--rejects", tmp_path / "rejects.jsonl")
+    assert result.exit_code == 0, result.output
+    predicted = pd.read_csv(tmp_path / "out.csv")
+    assert predicted["label"].tolist() == golden["outputs"]["label"]
+    rejects = pd.read_json(tmp_path / "rejects.jsonl", lines=True)
+    assert rejects[["row", "code"]].values.tolist() == [[len(rows), "row-type"], [len(rows) + 1, "row-length"]]
+    assert json.loads(rejects["json"][1]) == [1, 2], "the bad row as it was read"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_table_for_a_model_without_column_names_is_refused_up_front(unnamed_matrix, tmp_path, suffix):
+    table = pd.DataFrame(unnamed_matrix.golden()["rows"], columns=list("abcd"))
+    data = tmp_path / f"rows{suffix}"
+    table.to_csv(data, index=False) if suffix == ".csv" else table.to_parquet(data)
+    result = cli("predict", unnamed_matrix.path, data, "--out", tmp_path / "out.csv", "--rejects", tmp_path / "r.csv")
+    assert result.exit_code == 1 and "give JSON lines" in result.output and "[None, 4]" in result.output, result.output
+    assert result.output.count("\n") <= 2 and sorted(p.name for p in tmp_path.iterdir()) == [data.name]
+
+
+# ---------------------------------------------------------------- what a run says when it can't go on
+
+def test_a_password_in_the_query_string_is_never_printed(bundles, tmp_path):
+    from edgeport.batch import _redacted
+
+    table, _ = golden_table(bundles["iris"])
+    table.to_csv(tmp_path / "rows.csv", index=False)
+    url = "postgresql+psycopg://bob:UserPW@127.0.0.1:1/db?password=S3cretPW&sslmode=disable"
+    assert "S3cretPW" not in _redacted(url) and "UserPW" not in _redacted(url) and "sslmode=disable" in _redacted(url)
+    pytest.importorskip("psycopg")
+    result = CliRunner().invoke(app, ["predict", str(bundles["iris"].path), str(tmp_path / "rows.csv"), "--out", url])
+    assert result.exit_code == 1 and "127.0.0.1" in result.output, result.output
+    assert "S3cretPW" not in result.output and "UserPW" not in result.output
+
+
+def test_json_values_the_server_refuses_are_row_faults(bundles, tmp_path):
+    bundle = bundles["churn"]
+    table, outputs = churn_rows(bundle, 3)
+    rows = table.to_dict("records")
+    string = next(s.key for s in bundle.inputs if s.dtype == "string")
+    number = next(s.key for s in bundle.inputs if s.dtype != "string")
+    lines = [json.dumps({**rows[0], string: "b\ud800x"}), json.dumps(rows[1]),
+             json.dumps(rows[2]).replace(f'"{number}": {json.dumps(rows[2][number])}', f'"{number}": 1{"0" * 400}')]
+    assert "0" * 400 in lines[2] and "\\ud800" in lines[0]
+    (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n")
+    for rejects in ("rejects.csv", "rejects.parquet", "rejects.jsonl"):
+        result = cli("predict", bundle.path, tmp_path / "rows.jsonl", "--out", tmp_path / "out.csv", "--rejects",
+                     tmp_path / rejects)
+        assert result.exit_code == 0, result.output
+        assert pd.read_csv(tmp_path / "out.csv")["label"].tolist() == [outputs["label"][1]]
+    rejects = pd.read_csv(tmp_path / "rejects.csv")
+    assert rejects[["row", "field", "code"]].values.tolist() == [[0, string, "type"], [2, number, "range"]]
+    assert rejects[string][0] == "b\\ud800x", "the lone surrogate written escaped"
+
+
+def test_rejects_in_parquet_write_whatever_each_chunk_held(bundles, tmp_path):
+    bundle = bundles["iris"]
+    table, _ = golden_table(bundle)
+    table = table.head(4).astype(object)
+    column = table.columns[0]
+    table.loc[0, column] = "inf"  # read as the number inf
+    table.loc[2, column] = "abc"  # read as a word
+    table.to_csv(tmp_path / "rows.csv", index=False)
+    result = cli("predict", bundle.path, tmp_path / "rows.csv", "--out", tmp_path / "out.csv", "--rejects",
+                 tmp_path / "rejects.parquet", "--chunk-rows", "2")
+    assert result.exit_code == 0, result.output
+    rejects = pd.read_parquet(tmp_path / "rejects.parquet")
+    assert rejects["row"].tolist() == [0, 2] and rejects[column].tolist() == ["inf", "abc"]
+
+
+def test_a_database_run_that_stops_says_what_it_committed(bundles, tmp_path):
+    bundle = bundles["churn"]
+    table, _ = churn_rows(bundle)
+    table.loc[len(table) - 1, "tenure_months"] = "twelve"
+    table.to_csv(tmp_path / "rows.csv", index=False)
+    result = cli("predict", bundle.path, tmp_path / "rows.csv", "--out", f"sqlite:///{tmp_path / 'p.db'}", "--id",
+                 "customer", "--chunk-rows", "10")
+    assert result.exit_code == 1, result.output
+    committed = (len(table) - 1) // 10 * 10
+    assert f"the {committed} rows before it were committed" in result.output and "upserts" in result.output
+    assert "nothing was written" not in result.output
+    with sqlite3.connect(tmp_path / "p.db") as db:
+        assert db.execute("select count(*) from predictions").fetchone()[0] == committed
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"PAR1 half a file", "is not a Parquet file this can read"),
+    (b"plan\nbasic\n", "is not a Parquet file this can read"),
+])
+def test_a_damaged_parquet_file_is_one_paragraph(bundles, tmp_path, content, message):
+    (tmp_path / "rows.parquet").write_bytes(content)
+    result = cli("predict", bundles["iris"].path, tmp_path / "rows.parquet", "--out", tmp_path / "out.csv")
+    assert result.exit_code == 1 and message in result.output and "unexpected" not in result.output, result.output
+
+
+def test_a_truncated_parquet_file_is_one_paragraph(bundles, tmp_path):
+    table, _ = golden_table(bundles["iris"])
+    table.to_parquet(tmp_path / "whole.parquet")
+    whole = (tmp_path / "whole.parquet").read_bytes()
+    (tmp_path / "rows.parquet").write_bytes(whole[:len(whole) // 2])
+    result = cli("predict", bundles["iris"].path, tmp_path / "rows.parquet", "--out", tmp_path / "out.csv")
+    assert result.exit_code == 1 and "is not a Parquet file" in result.output, result.output
+
+
+def test_a_full_disk_is_one_paragraph_and_leaves_no_partial_file(bundles, tmp_path, monkeypatch):
+    import errno
+
+    from edgeport import batch
+
+    table, _ = golden_table(bundles["iris"])
+    table.to_csv(tmp_path / "rows.csv", index=False)
+
+    def full(self, frame):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(batch.FileSink, "_write", full)
+    result = cli("predict", bundles["iris"].path, tmp_path / "rows.csv", "--out", tmp_path / "out.csv")
+    assert result.exit_code == 1 and "--out" in result.output and "the disk is full" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{0},{1},{2},{3}\n1,2,3,4,5\n", "more fields than the header's 4"),
+    ("{0},{1},{2},{3}\n1,2,3,4,\n", "more fields than the header's 4"),
+    ("{0},{1},{2},{0}\n1,2,3,4\n", "the header names {0!r} more than once"),
+])
+def test_a_csv_that_does_not_match_its_header_is_refused(bundles, tmp_path, text, message):
+    columns = bundles["iris"].manifest.inputs[0].columns
+    (tmp_path / "rows.csv").write_text(text.format(*columns))
+    result = cli("predict", bundles["iris"].path, tmp_path / "rows.csv", "--out", tmp_path / "out.csv")
+    assert result.exit_code == 1 and message.format(*columns) in result.output, result.output
+    assert "Warning" not in result.output
