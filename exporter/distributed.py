@@ -8,9 +8,11 @@ a partition costs its rows, not a model load; a bundle re-exported in place is l
 
 Bad rows. By default a bad row fails the partition, and so the computation, with a BatchError naming the row
 and the reason, like `edgeport predict` without --rejects. With rejects=True every row comes back: a bad row has
-its key, empty outputs and the reason in an `error` column (None on a predicted row), so
+its key, empty outputs and the reason in an `error` column (missing on a predicted row), so
 `out[out.error.isna()]` is the predictions and `out[out.error.notna()]` the rejects. Integer and boolean outputs
-are then pandas' nullable dtypes, which can hold a rejected row's missing value.
+are then pandas' nullable dtypes, which can hold a rejected row's missing value. With id_column, a row without a
+key is a bad row too (repeats across partitions are not looked for: that is the engine's join to do). Text
+columns (a label, `error`, an object key) are pandas' string dtype, so `to_parquet` can type them.
 
 Row numbers. Without id_column the key column is `row`, the row's number in the whole frame from 0, as `edgeport
 predict` numbers a file; Dask counts each partition's rows first (one pass over the data) to know where each
@@ -26,8 +28,9 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from .batch import BatchError, Chunk, output_columns, predict_chunk
+from .batch import BatchError, Chunk, check_id_column, output_columns, predict_chunk
 from .bundle import MANIFEST, read_bundle
+from .decoding import table_columns
 
 _MODELS: dict[tuple[str, str, bool], Any] = {}  # this process's models: (bundle path, manifest sha256, unverified)
 _LOADING = threading.Lock()
@@ -95,10 +98,19 @@ def output_meta(model, *, id_column: Optional[str] = None, key_dtype: Any = np.i
     values = model.session.run([o.name for o in bundle.outputs], feeds_from_rows(bundle.inputs, bundle.manifest.layout, rows))
     columns = output_columns(bundle.manifest, {o.role: v for o, v in zip(bundle.outputs, values)})
     key = id_column or "row"
-    meta = pd.DataFrame({key: pd.Series([], dtype=key_dtype), **{name: c[:0] for name, c in columns.items()}})
+    meta = pd.DataFrame({key: pd.Series([], dtype=_text(key_dtype)),
+                         **{name: pd.Series(c[:0], dtype=_text(c.dtype)) for name, c in columns.items()}})
     if rejects:
-        meta = meta.astype(_nullable(meta.dtypes.drop(key))).assign(error=pd.Series([], dtype=object))
+        meta = meta.astype(_nullable(meta.dtypes.drop(key))).assign(error=pd.Series([], dtype=pd.StringDtype()))
     return meta
+
+
+def _text(dtype) -> Any:
+    """pandas' string dtype for an object one: Dask and Arrow type an object column by a made-up value, which
+    to_parquet can't write; a label or an error is text."""
+    import pandas as pd
+
+    return pd.StringDtype() if np.dtype(object) == dtype else dtype
 
 
 def _nullable(dtypes) -> dict:
@@ -115,8 +127,12 @@ def predict_dask(bundle_dir: str | Path, ddf, *, id_column: Optional[str] = None
     `text`: ddf was read from CSV (dask.dataframe.read_csv), where digits in a text column are a number, as
     `edgeport predict` reads CSV; give read_csv dtype=str for the model's string inputs, as it does."""
     model = served_model(bundle_dir, allow_unverified=allow_unverified)  # here: the meta, and a bad bundle fails now
-    if id_column is not None and id_column not in ddf.columns:
-        raise BatchError(f"id_column {id_column}: the data has no such column; it has {', '.join(map(str, ddf.columns))}")
+    _check_table_model(model)
+    if id_column is not None:
+        check_id_column(model.bundle.manifest, id_column, error_column=rejects, option="id_column")
+        if id_column not in ddf.columns:
+            raise BatchError(f"id_column {id_column}: the data has no such column; it has "
+                             f"{', '.join(map(str, ddf.columns))}")
     key_dtype = ddf._meta[id_column].dtype if id_column else np.int64
     meta = output_meta(model, id_column=id_column, key_dtype=key_dtype, rejects=rejects)
     starts = None
@@ -125,6 +141,15 @@ def predict_dask(bundle_dir: str | Path, ddf, *, id_column: Optional[str] = None
     options = dict(id_column=id_column, text=text, rejects=rejects, dtypes=meta.dtypes.to_dict())
     return ddf.map_partitions(_predict_partition, str(Path(bundle_dir).resolve()), starts, allow_unverified, options,
                               meta=meta)
+
+
+def _check_table_model(model) -> None:
+    """A frame holds columns: a model whose inputs name none (an unnamed matrix, tensors) can't take one."""
+    bundle = model.bundle
+    if table_columns(bundle.inputs, bundle.manifest.layout) is None:
+        shapes = ", ".join(f"{s.name} {list(s.shape)}" for s in bundle.inputs)
+        raise BatchError(f"bundle {bundle.path}: this model's inputs ({shapes}) name no columns, so a DataFrame's "
+                         "columns can't feed it; predict JSON lines with `edgeport predict` or ask the server")
 
 
 def _predict_partition(frame, bundle_dir: str, starts: Optional[list[int]], allow_unverified: bool, options: dict,
@@ -146,6 +171,8 @@ def spark_predict(bundle_dir: str | Path, id_column: str, *, key_type: str = "st
         raise BatchError("spark_predict needs id_column, the key column: Spark's batches come in no order, so a row "
                          "can't be known by its number")
     model = served_model(bundle_dir, allow_unverified=allow_unverified)
+    _check_table_model(model)
+    check_id_column(model.bundle.manifest, id_column, error_column=rejects, option="id_column")
     meta = output_meta(model, id_column=id_column, key_dtype=object, rejects=rejects)
     schema = ", ".join(f"`{name}` {key_type if name == id_column else _spark_type(dtype)}"
                        for name, dtype in meta.dtypes.items())

@@ -142,3 +142,45 @@ def test_spark_local_mode_gives_the_same_predictions(bundles, tmp_path, monkeypa
     out = out.sort_values("customer").reset_index(drop=True)
     pd.testing.assert_frame_equal(out, expected.sort_values("customer").reset_index(drop=True), check_dtype=False,
                                   check_exact=True)
+
+
+@pytest.mark.parametrize("rejects", [False, True])
+def test_dask_predictions_write_to_parquet(bundles, churn_csv, client, tmp_path, rejects):
+    """README's example: scores.to_parquet(...). The meta's text columns are a string dtype Arrow can type."""
+    bundle = bundles["churn"]
+    frame = pd.read_csv(churn_csv, dtype={"customer": str, "tenure_months": object})
+    if not rejects:
+        frame = frame.drop(index=[17, 230])
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    scores = predict_dask(bundle.path, read_csv(tmp_path / "rows.csv", {"customer": str, "tenure_months": object}),
+                          id_column="customer", text=True, rejects=rejects)
+    scores.to_parquet(tmp_path / "scores")
+    written = dd.read_parquet(tmp_path / "scores").compute().sort_values("customer").reset_index(drop=True)
+    computed = scores.compute().sort_values("customer").reset_index(drop=True)
+    pd.testing.assert_frame_equal(written, computed, check_dtype=False)
+    assert written["label"].notna().sum() == 298
+    if rejects:
+        assert written["error"].notna().sum() == 2
+
+
+def test_a_key_named_like_an_output_column_is_refused_up_front(bundles, churn_csv):
+    bundle = bundles["churn"]
+    frame = pd.read_csv(churn_csv, dtype={"customer": str}).rename(columns={"customer": "label"})
+    ddf = dd.from_pandas(frame, npartitions=2)
+    with pytest.raises(BatchError, match="id_column label: the output has a column 'label'"):
+        predict_dask(bundle.path, ddf, id_column="label")
+    with pytest.raises(BatchError, match="id_column error: .*'error'"):
+        predict_dask(bundle.path, ddf.rename(columns={"label": "error"}), id_column="error", rejects=True)
+    with pytest.raises(BatchError, match="id_column confidence"):
+        spark_predict(bundle.path, "confidence")
+
+
+def test_a_missing_key_is_a_bad_row_in_dask_too(bundles, churn_csv, client, tmp_path):
+    bundle = bundles["churn"]
+    frame = pd.read_csv(churn_csv, dtype={"customer": str}).head(40).drop(index=[17])
+    frame.loc[5, "customer"] = None
+    ddf = dd.from_pandas(frame.reset_index(drop=True), npartitions=2)
+    every = predict_dask(bundle.path, ddf, id_column="customer", text=True, rejects=True).compute()
+    assert every["error"].notna().sum() == 1 and "the id is missing" in every["error"].dropna().iloc[0]
+    with pytest.raises(BatchError, match="the id is missing"):
+        predict_dask(bundle.path, ddf, id_column="customer", text=True).compute()
