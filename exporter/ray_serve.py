@@ -16,13 +16,14 @@ be where every node sees it. The app's own limits (body size, rows a request, in
 replica; the connection guards of `edgeport serve` (header and body timeouts, the connection cap, draining on
 SIGTERM) belong to uvicorn there, and to Ray's HTTP proxy here.
 
-Ray is imported only when a deployment is made, and it is not in the `all` extra: ray[serve] 2.60 pulls
-protobuf 7 (TensorFlow 2.19 needs protobuf<6) and, even held to protobuf<6, packaging 26 (tensorflowjs 4.22
-needs packaging~=23.1). Install it where TensorFlow isn't: pip install 'edgeport[serve,ray]'.
+Ray is imported only when a deployment is made, and it is not in the `all` extra: ray[serve] 2.60 needs
+packaging >= 24 (tensorflowjs 4.22 pins packaging~=23.1), and its resolver takes protobuf 7 unless held below 6
+(TensorFlow 2.19 needs protobuf<6). Install it where tensorflowjs isn't: pip install 'edgeport[serve,ray]'
+'protobuf<6'. tests/test_ray_serve.py runs this deployment on a local Ray 2.60 instance with two replicas, in a
+venv of Ray's own layered over the test venv (tests/ray_env.py).
 """
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -32,11 +33,19 @@ DEFAULT_REPLICAS = 2
 
 
 def app_factory(path: str | Path, **app_options: Any) -> Callable[[], Any]:
-    """What a replica calls to build its app: serving.build_app for `path`, as a picklable callable."""
+    """What a replica calls to build its app: serving.build_app for `path`. A function, not a functools.partial:
+    serve.ingress takes a builder only where inspect.isfunction says so, and would serve a partial as the ASGI app
+    itself (each request then called build_app(scope, receive, send): found on a real Ray 2.60). Ray pickles it
+    with cloudpickle."""
     require("fastapi", "serve", "a Ray Serve deployment of the edgeport server")
-    from .serving import build_app
+    path = str(path)
 
-    return partial(build_app, str(path), **app_options)
+    def build_edgeport_app() -> Any:
+        from edgeport.serving import build_app
+
+        return build_app(path, **app_options)
+
+    return build_edgeport_app
 
 
 class EdgeportReplica:

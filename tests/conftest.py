@@ -318,7 +318,7 @@ def zoo_export(tmp_path_factory):
 # groups are handed out first, so the two workers finish together instead of one waiting on a late long group.
 SLOW_GROUPS_FIRST = ("tests/test_keras.py", "tests/test_keras_inputs.py", "examples", "zoo", "tests/test_wheel.py",
                      "tests/test_interop_mlserver.py", "tests/test_examples.py", "tests/test_distributed.py",
-                     "tests/test_user_code.py", "tests/test_torch.py", "tests/test_boosting.py")
+                     "tests/test_user_code.py", "tests/test_torch.py", "tests/test_boosting.py", "tests/test_ray_serve.py")
 
 
 def xdist_group_of(item) -> str:
