@@ -18,8 +18,8 @@ SIGTERM) belong to uvicorn there, and to Ray's HTTP proxy here.
 
 Ray is imported only when a deployment is made, and it is not in the `all` extra: ray[serve] 2.60 needs
 packaging >= 24 (tensorflowjs 4.22 pins packaging~=23.1), and its resolver takes protobuf 7 unless held below 6
-(TensorFlow 2.19 needs protobuf<6). Install it where tensorflowjs isn't: pip install 'edgeport[serve,ray]'
-'protobuf<6'. tests/test_ray_serve.py runs this deployment on a local Ray 2.60 instance with two replicas, in a
+(TensorFlow 2.19 needs protobuf<6; edgeport's requirements hold it there). Install it where tensorflowjs isn't:
+pip install 'edgeport[serve,ray]'. tests/test_ray_serve.py runs this deployment on a local Ray 2.60 instance with two replicas, in a
 venv of Ray's own layered over the test venv (tests/ray_env.py).
 """
 from __future__ import annotations
