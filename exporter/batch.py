@@ -11,6 +11,13 @@ its row number (0 is the first data row), written to --rejects with the reason, 
 when complete, so a killed run leaves the old file (or none), never half of one. A database table is written
 chunk by chunk, each in its own transaction, keyed by (key, model, version): a run that is killed keeps what it
 committed, and running again updates those rows instead of adding them twice.
+
+Rows are read as the server would take them: a CSV cell of a string input is its text ("NA" is a category; only
+an empty cell is missing), and so is the --id column's ("00123" stays 00123). With --id, a row without an id, or
+with an earlier row's, is a bad row (`missing-id`, `duplicate-id`): a table keeps one row an id, and a file agrees
+with it. A model whose inputs name no columns (an unnamed matrix, tensors) takes JSON lines, each line the row the
+server takes. Options that can't work (an output that is the data or the other output, an --id named like an
+output column, an in-memory database) are refused before anything is read or written.
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from .bundle import read_bundle
-from .decoding import NUMPY_DTYPES, feeds_from_rows, feeds_from_table, table_columns
+from .decoding import NUMPY_DTYPES, _utf8, feeds_from_rows, feeds_from_table, table_columns
 from .errors import EdgeportError, InputFileError, RowValidationError
 from .progress import Progress, quiet
 from .publish import _alive
@@ -221,16 +228,20 @@ def id_faults(frame, id_column: str, first_row: int, seen: Optional[SeenKeys] = 
         return {}
     ids = frame[id_column]
     cells = ids.to_numpy(dtype=object)
-    missing = ids.isna().to_numpy() | np.fromiter((type(v) is str and v == "" for v in cells), dtype=bool,
-                                                  count=len(cells))
+    n = len(cells)
+    missing = ids.isna().to_numpy() | np.fromiter((type(v) is str and v == "" for v in cells), dtype=bool, count=n)
+    # a lone surrogate (JSON's "\ud800"): no output file could hold the id
+    malformed = np.fromiter((type(v) is str and not v.isascii() and not _utf8(v) for v in cells), dtype=bool, count=n)
     faults = {}
-    for i in np.flatnonzero(missing):
-        r = first_row + int(i)
-        faults[int(i)] = RowValidationError(f'row {r}, column "{id_column}": the id is missing; with --id every row '
-                                            "needs one", code="missing-id", row=r, field=id_column)
+    for i in np.flatnonzero(missing | malformed):
+        r, where = first_row + int(i), f'row {first_row + int(i)}, column "{id_column}"'
+        faults[int(i)] = (RowValidationError(f"{where}: the id is missing; with --id every row needs one",
+                                             code="missing-id", row=r, field=id_column) if missing[i] else
+                          RowValidationError(f"{where}: an id must be well-formed Unicode (it has a lone surrogate)",
+                                             code="type", row=r, field=id_column))
     if seen is None:
         return faults
-    present = np.flatnonzero(~missing)
+    present = np.flatnonzero(~(missing | malformed))
     hashes = pd.util.hash_pandas_object(ids.iloc[present], index=False).to_numpy(dtype=np.uint64)
     repeated = pd.Series(hashes).duplicated().to_numpy() | seen.found(hashes)
     for i in present[repeated]:
@@ -640,6 +651,8 @@ class RejectFile(FileSink):
         if "__row__" in rows.columns:
             rows["__row__"] = [json.dumps(v, ensure_ascii=False, default=str) for v in rows["__row__"]]
             rows = rows.rename(columns={"__row__": "json"})
+        taken = {"row", "field", "code", "error"}
+        rows = rows.rename(columns={c: f"data_{c}" for c in rows.columns if c in taken})  # the data's own, kept apart
         as_text = self.format == "parquet"
         rows = pd.DataFrame({c: [_cell(v, as_text) for v in rows[c]] for c in rows.columns}, dtype=object)
         rows.insert(0, "error", [_cell(str(f), True) for f in faults])

@@ -494,3 +494,20 @@ def test_a_csv_that_does_not_match_its_header_is_refused(bundles, tmp_path, text
     result = cli("predict", bundles["iris"].path, tmp_path / "rows.csv", "--out", tmp_path / "out.csv")
     assert result.exit_code == 1 and message.format(*columns) in result.output, result.output
     assert "Warning" not in result.output
+
+
+def test_rejects_keep_data_columns_named_like_their_own_and_a_malformed_id_is_a_row_fault(bundles, tmp_path):
+    bundle = bundles["churn"]
+    table, outputs = churn_rows(bundle, 3)
+    table.insert(1, "error", ["e0", "e1", "e2"])  # a column of the data's own, named like the rejects' reason
+    rows = table.to_dict("records")
+    rows[1]["customer"] = "c\ud800"
+    rows[2]["tenure_months"] = "twelve"
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    result = cli("predict", bundle.path, tmp_path / "rows.jsonl", "--out", tmp_path / "out.csv", "--id", "customer",
+                 "--rejects", tmp_path / "rejects.csv")
+    assert result.exit_code == 0, result.output
+    rejects = pd.read_csv(tmp_path / "rejects.csv")
+    assert rejects[["row", "field", "code"]].values.tolist() == [[1, "customer", "type"], [2, "tenure_months", "type"]]
+    assert rejects["data_error"].tolist() == ["e1", "e2"] and "twelve" in rejects["error"][1]
+    assert pd.read_csv(tmp_path / "out.csv")["customer"].tolist() == ["c0"]
