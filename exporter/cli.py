@@ -66,7 +66,7 @@ def _fail(exc: BaseException) -> None:
         raise exc
     code = exc.exit_code if isinstance(exc, EdgeportError) else 1
     message = str(exc) if isinstance(exc, EdgeportError) else f"unexpected {type(exc).__name__}: {exc} (for the traceback, rerun as edgeport --debug COMMAND ...)"
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"{getattr(exc, 'prefix', 'error')}: {message}", err=True)
     raise typer.Exit(code)
 
 

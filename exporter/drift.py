@@ -395,7 +395,7 @@ def require_no_drift(report: DriftReport) -> None:
     if report.drifted:
         worst = {f.name: f for f in (*report.features, report.confidence) if f is not None}
         named = ", ".join(f"{n} (PSI {worst[n].psi:.2f} > {worst[n].threshold:g})" for n in report.drifted)
-        raise DriftDetectedError(f"drift in {report.model} version {report.version} against its training data: "
+        raise DriftDetectedError(f"{report.model} version {report.version} has drifted from its training data: "
                                  f"{named}. Look at what changed upstream of these inputs, or retrain on recent data.")
 
 

@@ -122,6 +122,7 @@ class DriftDetectedError(EdgeportError):
     each one: `edgeport drift` exits 4, so CI and cron can gate on it. The report is written first."""
 
     exit_code = 4
+    prefix = "drift"  # a verdict the command was asked for, not a failure of the command
 
 
 class ParityUndecidedError(EdgeportError):
