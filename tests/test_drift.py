@@ -99,7 +99,7 @@ def test_one_shifted_numeric_feature_drifts_alone_and_exits_4(churn, tmp_path):
     features = report_of(result, tmp_path / "r.json")
     assert features["monthly_charges"]["psi"] > 0.2 and features["monthly_charges"]["verdict"] == "drift"
     assert all(f["psi"] < 0.2 for name, f in features.items() if name != "monthly_charges"), features
-    error = result.output.split("error: ")[1]
+    error = result.output.split("drift: ")[1]
     assert "monthly_charges" in error and not any(name in error for name in FEATURES if name != "monthly_charges")
 
 
