@@ -691,6 +691,7 @@ class TableSink:
         self.name = table
         self.model = model
         self.committed = 0  # rows upserted by this run's committed transactions
+        self.integer_key = False
         try:
             parsed = sa.engine.make_url(url)
         except Exception as exc:
@@ -725,6 +726,8 @@ class TableSink:
         if frame.empty:
             return
         stamp = datetime.now(timezone.utc)
+        if self.integer_key:
+            frame = frame.assign(**{key: [self._integer(v) for v in frame[key]]})
         records = [{**{c: _sql_value(v) for c, v in row.items()}, "model": manifest.name, "version": manifest.version,
                     "predicted_at": stamp} for row in frame.to_dict("records")]
         dialect = self.engine.dialect.name
@@ -745,26 +748,40 @@ class TableSink:
                              f"({self.written()})") from exc
         self.committed += len(records)
 
+    def _integer(self, value: Any) -> Any:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise BatchError(f"{self.describe()} keeps its ids as integers (an earlier run made it so), and the id "
+                             f"{_short(value)} is not one: choose another --table ({self.written()})") from None
+
     def _table(self, frame, key: str):
         import sqlalchemy as sa
 
         types = {"i": sa.BigInteger, "u": sa.BigInteger, "f": sa.Float, "b": sa.Boolean}
-        metadata = sa.MetaData()
-        columns = [sa.Column(key, types.get(frame[key].dtype.kind, sa.String), primary_key=True),
-                   sa.Column("model", sa.String, primary_key=True), sa.Column("version", sa.String, primary_key=True),
-                   sa.Column("predicted_at", sa.DateTime(timezone=True))]
-        columns += [sa.Column(c, types.get(frame[c].dtype.kind, sa.String)) for c in frame.columns if c != key]
-        table = sa.Table(self.name, metadata, *columns)
+
+        def table(key_type):
+            columns = [sa.Column(key, key_type, primary_key=True), sa.Column("model", sa.String, primary_key=True),
+                       sa.Column("version", sa.String, primary_key=True),
+                       sa.Column("predicted_at", sa.DateTime(timezone=True))]
+            columns += [sa.Column(c, types.get(frame[c].dtype.kind, sa.String)) for c in frame.columns if c != key]
+            return sa.Table(self.name, sa.MetaData(), *columns)
+
+        made = table(types.get(frame[key].dtype.kind, sa.String))
         try:
-            metadata.create_all(self.engine, checkfirst=True)
-            existing = {c["name"] for c in sa.inspect(self.engine).get_columns(self.name)}
+            made.metadata.create_all(self.engine, checkfirst=True)
+            existing = {c["name"]: c["type"] for c in sa.inspect(self.engine).get_columns(self.name)}
         except sa.exc.SQLAlchemyError as exc:
             raise BatchError(f"can't create or read {self.describe()}: {_scrub(str(exc).splitlines()[0], self.url)}") from exc
-        wanted = {c.name for c in columns}
-        if not wanted <= existing:
-            raise BatchError(f"{self.describe()} exists without the columns {', '.join(sorted(wanted - existing))}: "
+        missing = sorted({c.name for c in made.columns} - set(existing))
+        if missing:
+            raise BatchError(f"{self.describe()} exists without the columns {', '.join(missing)}: "
                              "choose another --table, or drop it")
-        return table
+        if isinstance(existing[key], sa.Integer) and not isinstance(made.columns[key].type, sa.Integer):
+            # made by a run that read CSV ids as numbers: its key stays an integer, and text ids are put as integers
+            self.integer_key = True
+            return table(sa.BigInteger)
+        return made
 
     def commit(self) -> None:
         self.engine.dispose()

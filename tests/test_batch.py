@@ -511,3 +511,27 @@ def test_rejects_keep_data_columns_named_like_their_own_and_a_malformed_id_is_a_
     assert rejects[["row", "field", "code"]].values.tolist() == [[1, "customer", "type"], [2, "tenure_months", "type"]]
     assert rejects["data_error"].tolist() == ["e1", "e2"] and "twelve" in rejects["error"][1]
     assert pd.read_csv(tmp_path / "out.csv")["customer"].tolist() == ["c0"]
+
+
+def test_a_table_an_earlier_run_keyed_by_integers_takes_csv_ids_as_integers(bundles, tmp_path):
+    """Runs before ids were read as text made an integer key from a numeric id column: such a table goes on."""
+    bundle = bundles["iris"]
+    table, outputs = golden_table(bundle)
+    table.insert(0, "flower", range(100, 100 + len(table)))
+    table.to_csv(tmp_path / "rows.csv", index=False)
+    probabilities = ", ".join(f'"probability_{c}" FLOAT' for c in bundle.manifest.classes)
+    with sqlite3.connect(tmp_path / "p.db") as db:
+        db.execute(f"create table scores (flower BIGINT, model VARCHAR, version VARCHAR, predicted_at DATETIME, label "
+                   f"VARCHAR, {probabilities}, confidence FLOAT, primary key (flower, model, version))")
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    for _ in range(2):
+        result = cli("predict", bundle.path, tmp_path / "rows.csv", "--out", url, "--table", "scores", "--id", "flower")
+        assert result.exit_code == 0, result.output
+    with sqlite3.connect(tmp_path / "p.db") as db:
+        assert db.execute("select count(*), min(typeof(flower)), max(typeof(flower)) from scores").fetchone() == (
+            len(table), "integer", "integer")
+    table["flower"] = table["flower"].astype(object)
+    table.loc[3, "flower"] = "A3"
+    table.to_csv(tmp_path / "rows.csv", index=False)
+    result = cli("predict", bundle.path, tmp_path / "rows.csv", "--out", url, "--table", "scores", "--id", "flower")
+    assert result.exit_code == 1 and "keeps its ids as integers" in result.output and "'A3'" in result.output
