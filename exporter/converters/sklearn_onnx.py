@@ -175,11 +175,13 @@ def _prepare_table(model: Any, sample: Any) -> tuple[Any, bool]:
     elif n_features is not None and len(columns) != n_features:
         raise SampleError(f"sample has {len(columns)} columns, but the model was trained on {n_features}")
     texts = text.text_columns(model, walk)
-    # a column the model reads as text (free text, or an encoder whose categories are strings) that CSV read as
-    # numbers ("007", "1", "010"): the file's own text, not the numbers' repr
+    # a column the model reads as text (free text, an encoder whose categories are strings, or text in the sample),
+    # read from CSV again as the file has it: pandas made numbers of "007", "1", "010", and missing values of NA,
+    # null or None, which `edgeport predict` and the server take as the text they are (only an empty cell is missing)
     as_text = [c for c in (*texts, *(c for c, cats in categories_by_column(model).items()
-                                     if cats and all(isinstance(x, str) for x in cats)))
-               if c in sample.columns and not is_string_dtype(sample[c])]
+                                     if cats and all(isinstance(x, str) for x in cats)),
+                           *(c for c in sample.columns if is_string_dtype(sample[c])))
+               if c in sample.columns]
     sample = sample.assign(**csv_text_columns(sample, list(dict.fromkeys(as_text))))
     if texts:  # free text is text even where every value in the sample happens to read as a number
         sample = sample.assign(**{c: _as_text(sample[c]) for c in texts if c in sample.columns})
