@@ -12,8 +12,9 @@ when complete, so a killed run leaves the old file (or none), never half of one.
 chunk by chunk, each in its own transaction, keyed by (key, model, version): a run that is killed keeps what it
 committed, and running again updates those rows instead of adding them twice.
 
-Rows are read as the server would take them: a CSV cell of a string input is its text ("NA" is a category; only
-an empty cell is missing), and so is the --id column's ("00123" stays 00123). With --id, a row without an id, or
+Rows are read as the server would take them (batch_read.py): a CSV cell of a string input is its text ("NA" is a
+category; only an empty cell is missing), and so is the --id column's ("00123" stays 00123). Files and tables are
+written by batch_sinks.py. With --id, a row without an id, or
 with an earlier row's, is a bad row (`missing-id`, `duplicate-id`): a table keeps one row an id, and a file agrees
 with it. A model whose inputs name no columns (an unnamed matrix, tensors) takes JSON lines, each line the row the
 server takes. Options that can't work (an output that is the data or the other output, an --id named like an
@@ -21,43 +22,26 @@ output column, an in-memory database) are refused before anything is read or wri
 """
 from __future__ import annotations
 
-import csv
-import errno
-import json
-import math
 import os
 import resource
 import time
-import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from .bundle import read_bundle
 from .decoding import NUMPY_DTYPES, _utf8, feeds_from_rows, feeds_from_table, table_columns
-from .errors import EdgeportError, InputFileError, RowValidationError
+from .batch_read import Chunk, ChunkReader
+from .batch_sinks import TABLE_COLUMNS, RejectFile, _short, _sink
+from .errors import BatchError, EdgeportError, InputFileError, RowValidationError
 from .progress import Progress, quiet
-from .publish import _alive
 
-FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl",
-           ".json": "jsonl"}
 DEFAULT_CHUNK_ROWS = 20_000
-DEFAULT_TABLE = "predictions"
 PROGRESS_EVERY_S = 2.0
-TABLE_COLUMNS = ("model", "version", "predicted_at")  # a database table's own columns, beside the key and outputs
-# pandas' missing-value words, kept for numeric columns only: in a string column "NA" is a category (North America)
-NA_WORDS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
-            "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
-SECRET_PARAMETERS = ("password", "passwd", "pwd", "secret", "token", "sslpassword")
-
-
-class BatchError(EdgeportError):
-    """A batch run that can't go on (a bad row without --rejects, an unreadable file): one paragraph, exit 1."""
 
 
 @dataclass(frozen=True)
@@ -72,13 +56,6 @@ class BatchResult:
     @property
     def rows_per_s(self) -> float:
         return self.rows / self.seconds if self.seconds else 0.0
-
-
-@dataclass
-class Chunk:
-    first_row: int
-    frame: Any  # pandas.DataFrame: the rows as read
-    text: bool  # read from CSV: every cell was text
 
 
 # ---------------------------------------------------------------- the entry point
@@ -253,11 +230,6 @@ def id_faults(frame, id_column: str, first_row: int, seen: Optional[SeenKeys] = 
     return dict(sorted(faults.items()))
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 # ---------------------------------------------------------------- one chunk
 
 def predict_chunk(model, chunk: Chunk, id_column: Optional[str] = None,
@@ -371,425 +343,6 @@ def _names(manifest, role: str, width: int) -> list[str]:
     return [base] if width == 1 else [f"{base}_{i}" for i in range(width)]
 
 
-# ---------------------------------------------------------------- reading
-
-class ChunkReader:
-    """A data file as chunks of rows; CSV and JSON lines report how far through the file they are.
-
-    CSV is read as the server would take its cells: a string input's cells, and the --id column's, are text as
-    written ("NA" is a category, "00123" an id), only an empty cell missing; other columns keep pandas' missing
-    words (NA, null, ...). A model whose inputs name no columns (an unnamed matrix, tensors) takes JSON lines only,
-    each line the row the server takes (an array, or an object keyed by input)."""
-
-    def __init__(self, path: Path, model, chunk_rows: int, id_column: Optional[str] = None):
-        self.path = path
-        self.format = format_of(path, "data")
-        self.chunk_rows = chunk_rows
-        self.size = path.stat().st_size
-        self.handle = None
-        self.id_column = id_column
-        bundle = model.bundle
-        columns = table_columns(bundle.inputs, bundle.manifest.layout)
-        self.rows = columns is None  # rows of tensors, one JSON value each
-        if self.rows and self.format != "jsonl":
-            shapes = ", ".join(f"{s.name} {list(s.shape)}" for s in bundle.inputs)
-            raise BatchError(f"{path}: this model's input{'s' if len(bundle.inputs) > 1 else ''} ({shapes}) name no "
-                             f"columns, so a {self.format} table can't hold its rows: give JSON lines (.jsonl), one row "
-                             "a line as the server takes it ("
-                             + ("an array of the input's values, e.g. [1, 2, 3]" if bundle.manifest.layout == "matrix"
-                                else "an object keyed by input name") + ")")
-        self.text_columns = [c.name for c in columns or () if c.spec.dtype == "string"]
-        if id_column is not None:
-            self.text_columns.append(id_column)
-
-    def fraction(self) -> Optional[float]:
-        if self.handle is None or not self.size:
-            return None
-        try:
-            return min(1.0, self.handle.tell() / self.size)
-        except (OSError, ValueError):
-            return None
-
-    def __iter__(self) -> Iterator[Chunk]:
-        if self.format == "parquet":
-            yield from self._parquet()
-            return
-        with open(self.path, "rb") as self.handle:
-            if self.format == "csv":
-                yield from self._csv()
-                return
-            first = 0
-            rows: list = []
-            for line in self.handle:
-                if line.strip():
-                    rows.append(line)
-                if len(rows) == self.chunk_rows:
-                    yield self._json_chunk(first, rows)
-                    first += len(rows)
-                    rows = []
-            if rows:
-                yield self._json_chunk(first, rows)
-
-    def _parquet(self) -> Iterator[Chunk]:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        first = 0
-        try:
-            batches = pq.ParquetFile(self.path).iter_batches(batch_size=self.chunk_rows)
-            for batch in batches:
-                frame = batch.to_pandas()
-                yield Chunk(first, frame, text=False)
-                first += len(frame)
-        except (pa.ArrowException, OSError) as exc:
-            raise BatchError(f"{self.path} is not a Parquet file this can read (near row {first}: "
-                             f"{str(exc).splitlines()[0]}); is it whole, and Parquet?") from exc
-
-    def _csv(self) -> Iterator[Chunk]:
-        import pandas as pd
-
-        sep = "\t" if self.path.suffix.lower() == ".tsv" else ","
-        header = self._header(sep)
-        # every column told its missing words: with keep_default_na=False, a column left out would have none
-        na = {c: ([""] if c in self.text_columns else NA_WORDS) for c in header}
-        first = 0
-        try:
-            # index_col=False: a row with a field too many is not shifted onto an index (pandas' default for it)
-            chunks = pd.read_csv(self.handle, sep=sep, chunksize=self.chunk_rows, keep_default_na=False, na_values=na,
-                                 dtype={c: str for c in self.text_columns if c in header}, index_col=False)
-            while True:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", pd.errors.ParserWarning)
-                    frame = next(chunks, None)
-                if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
-                    raise BatchError(f"{self.path}: a row from row {first} on has more fields than the header's "
-                                     f"{len(header)}, so which value is which column can't be told; if every line "
-                                     f"ends with a separator, remove it")
-                if frame is None:
-                    return
-                yield Chunk(first, frame, text=True)
-                first += len(frame)
-        except (ValueError, pd.errors.ParserError) as exc:
-            raise BatchError(f"{self.path} is not CSV this can read, near row {first}: {exc}") from exc
-
-    def _header(self, sep: str) -> list[str]:
-        try:
-            with open(self.path, newline="", encoding="utf-8-sig") as handle:
-                header = next(csv.reader(handle, delimiter=sep), [])
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise BatchError(f"{self.path} is not CSV this can read: its header: {exc}") from exc
-        repeated = sorted({c for c in header if header.count(c) > 1})
-        if repeated:
-            raise BatchError(f"{self.path}: the header names {', '.join(map(repr, repeated))} more than once; which "
-                             "column is meant can't be told, so rename or drop the copies")
-        return header
-
-    def _json_chunk(self, first: int, lines: list[bytes]) -> Chunk:
-        import pandas as pd
-
-        records = []
-        for i, line in enumerate(lines):
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise BatchError(f"{self.path}: row {first + i} is not valid JSON ({exc})") from exc
-            if not self.rows and not isinstance(record, dict):
-                raise BatchError(f"{self.path}: row {first + i} is not a JSON object; each line must be one row")
-            records.append(record)
-        if self.rows:  # each line as parsed, for feeds_from_rows; an id is taken out of an object row
-            ids = [r.pop(self.id_column, None) if isinstance(r, dict) else None for r in records] \
-                if self.id_column is not None else None
-            column = np.empty(len(records), dtype=object)
-            column[:] = records
-            frame = pd.DataFrame({"__row__": column}) if ids is None else \
-                pd.DataFrame({self.id_column: pd.Series(ids, dtype=object), "__row__": column})
-            return Chunk(first, frame, text=False)
-        try:
-            return Chunk(first, pd.DataFrame.from_records(records), text=False)
-        except UnicodeEncodeError:  # a lone surrogate: pandas' Arrow strings refuse it; the decoder says `type`
-            return Chunk(first, pd.DataFrame(records, dtype=object), text=False)
-
-
-def format_of(path: Path, what: str) -> str:
-    suffix = path.suffix.lower()
-    if suffix not in FORMATS:
-        raise BatchError(f"{what} file {path}: can't tell its format from {suffix or 'no suffix'!r}; use "
-                         f"{', '.join(sorted(FORMATS))}")
-    return FORMATS[suffix]
-
-
-# ---------------------------------------------------------------- writing
-
-def _sink(out: str, table: Optional[str], model):
-    if "://" in out:
-        if table is not None and not table.strip():
-            raise BatchError("--table needs a name; leave it out for the default, predictions")
-        return TableSink(out, table or DEFAULT_TABLE, model)
-    if table is not None:
-        raise BatchError(f"--table {table} is for a database --out (a SQLAlchemy URL such as sqlite:///preds.db), "
-                         f"not the file {out}")
-    return FileSink(Path(out))
-
-
-class FileSink:
-    """Written to .NAME.partial-PID beside the destination, renamed over it by commit()."""
-
-    committed = 0  # rows in place before the run ends: none, for a file
-
-    def __init__(self, path: Path, what: str = "--out"):
-        self.path = path
-        self.what = what
-        self.format = format_of(path, what)
-        if not path.parent.is_dir():
-            raise BatchError(f"{what} {path}: its directory {path.parent} does not exist")
-        if path.is_dir():
-            raise BatchError(f"{what} {path} is a directory; give a file in it, such as {path / ('predictions' + path.suffix)}")
-        self.partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        try:
-            longest = os.pathconf(path.parent, "PC_NAME_MAX")
-        except (OSError, ValueError):
-            longest = 255
-        if len(os.fsencode(self.partial.name)) > longest:
-            raise BatchError(f"{what} {path}: the name is too long for its file system ({longest} bytes at most, and "
-                             f"the file is written first as {self.partial.name[:20]}..., {len(self.partial.name) - len(path.name)} "
-                             "bytes longer); choose a shorter name")
-        for stale in path.parent.glob(f".{path.name}.partial-*"):  # left by a run that was killed
-            pid = stale.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _alive(int(pid)):
-                stale.unlink(missing_ok=True)
-        self.handle = None
-        self.writer = None
-        self.empty = None  # Parquet: a first chunk without rows, its schema kept until a real row types the file
-
-    def describe(self) -> str:
-        return str(self.path)
-
-    def written(self) -> str:
-        return "nothing was written"
-
-    def write(self, frame) -> None:
-        try:
-            self._write(frame)
-        except OSError as exc:
-            raise BatchError(_os_error(self.what, self.path, exc)) from exc
-
-    def _write(self, frame) -> None:
-        if self.format == "parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            batch = pa.Table.from_pandas(frame, preserve_index=False)
-            if self.writer is None:
-                if not len(frame):
-                    self.empty = self.empty or batch
-                    return
-                self.writer = pq.ParquetWriter(self.partial, _text_typed(batch.schema))
-            self.writer.write_table(batch.cast(self.writer.schema))
-            return
-        if self.handle is None:
-            self.handle = open(self.partial, "w", newline="")
-            if self.format == "csv":
-                frame.to_csv(self.handle, index=False, sep="\t" if self.path.suffix == ".tsv" else ",")
-                return
-        if self.format == "csv":
-            frame.to_csv(self.handle, index=False, header=False, sep="\t" if self.path.suffix == ".tsv" else ",")
-        else:
-            frame.to_json(self.handle, orient="records", lines=True, force_ascii=False)
-
-    def commit(self) -> None:
-        try:
-            if self.writer is None and self.empty is not None:  # no rows at all: the columns, typed
-                import pyarrow.parquet as pq
-
-                pq.write_table(self.empty.cast(_text_typed(self.empty.schema)), self.partial)
-            elif self.writer is not None:
-                self.writer.close()
-            elif self.handle is not None:
-                self.handle.close()
-            else:  # no rows at all: still a file, with nothing in it
-                self.partial.write_text("")
-            os.replace(self.partial, self.path)
-        except OSError as exc:
-            raise BatchError(_os_error(self.what, self.path, exc)) from exc
-
-    def abandon(self) -> None:
-        for closer in (self.writer, self.handle):
-            try:
-                if closer is not None:
-                    closer.close()
-            except Exception:
-                pass
-        self.partial.unlink(missing_ok=True)
-
-
-def _text_typed(schema):
-    """A schema whose text is `string` (pandas' own string dtype makes large_string, numpy's objects string) and
-    whose all-missing columns (Arrow's null type, which no later row could be cast to) are text too."""
-    import pyarrow as pa
-
-    return pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) or pa.types.is_large_string(f.type) else f
-                      for f in schema], metadata=schema.metadata)
-
-
-def _os_error(what: str, path: Path, exc: OSError) -> str:
-    reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
-              errno.ENAMETOOLONG: "the name is too long for the file system",
-              errno.EISDIR: "it is a directory"}.get(exc.errno, exc.strerror or str(exc))
-    return (f"{what} {path}: writing it failed: {reason}. Nothing was put in its place (the partial file is "
-            "removed); make room or choose another place, and run again")
-
-
-class RejectFile(FileSink):
-    """Bad rows as they were read, with their row number, the field at fault, the code and the message. A row of
-    a JSON lines file whose model takes rows of tensors is kept as its JSON text (`json`); in Parquet every data
-    cell is text, so a column that held a number in one bad row and a word in another still writes."""
-
-    def write(self, chunk: Chunk, faults: list[RowValidationError]) -> None:  # type: ignore[override]
-        import pandas as pd
-
-        rows = chunk.frame.iloc[[f.row - chunk.first_row for f in faults]].copy()
-        if "__row__" in rows.columns:
-            rows["__row__"] = [json.dumps(v, ensure_ascii=False, default=str) for v in rows["__row__"]]
-            rows = rows.rename(columns={"__row__": "json"})
-        taken = {"row", "field", "code", "error"}
-        rows = rows.rename(columns={c: f"data_{c}" for c in rows.columns if c in taken})  # the data's own, kept apart
-        as_text = self.format == "parquet"
-        rows = pd.DataFrame({c: [_cell(v, as_text) for v in rows[c]] for c in rows.columns}, dtype=object)
-        rows.insert(0, "error", [_cell(str(f), True) for f in faults])
-        rows.insert(0, "code", [f.code for f in faults])
-        rows.insert(0, "field", [f.field for f in faults])
-        rows.insert(0, "row", [f.row for f in faults])
-        super().write(rows)
-
-
-def _cell(value: Any, as_text: bool) -> Any:
-    """A rejected cell as it can be written: missing stays missing, a string that isn't UTF-8 (a lone surrogate)
-    is escaped, and `as_text` makes anything else text."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or type(value).__name__ == "NAType":
-        return None
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "backslashreplace").decode("utf-8")
-        return value
-    if isinstance(value, np.generic):
-        value = value.item()
-    return str(value) if as_text else value
-
-
-class TableSink:
-    """A database table (any SQLAlchemy URL), upserted by (key, model, version) one chunk per transaction."""
-
-    def __init__(self, url: str, table: str, model):
-        from .extras import require
-
-        require("sqlalchemy", "db", "predict --out DATABASE_URL")
-        import sqlalchemy as sa
-
-        self.url = url
-        self.name = table
-        self.model = model
-        self.committed = 0  # rows upserted by this run's committed transactions
-        self.integer_key = False
-        try:
-            parsed = sa.engine.make_url(url)
-        except Exception as exc:
-            raise BatchError(f"--out {_redacted(url)}: SQLAlchemy can't read it as a URL "
-                             f"({_scrub(str(exc).splitlines()[0], url)})") from exc
-        if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
-            raise BatchError(f"--out {_redacted(url)} is a database in memory, gone when the run ends: name a file, "
-                             "such as sqlite:///predictions.db")
-        try:
-            self.engine = sa.create_engine(url)
-        except Exception as exc:  # SQLAlchemy's own: a malformed URL, a missing driver
-            raise BatchError(f"--out {_redacted(url)}: SQLAlchemy can't open it "
-                             f"({_scrub(str(exc).splitlines()[0], url)})") from exc
-        self.table = None
-
-    def describe(self) -> str:
-        return f"{_redacted(self.url)} table {self.name}"
-
-    def written(self) -> str:
-        if not self.committed:
-            return "nothing was written"
-        return (f"the {self.committed:,} rows before it were committed to {self.describe()}; a re-run upserts them, "
-                "so they are not added twice")
-
-    def write(self, frame) -> None:
-        import sqlalchemy as sa
-
-        manifest = self.model.bundle.manifest
-        key = frame.columns[0]
-        if self.table is None:
-            self.table = self._table(frame, key)
-        if frame.empty:
-            return
-        stamp = datetime.now(timezone.utc)
-        if self.integer_key:
-            frame = frame.assign(**{key: [self._integer(v) for v in frame[key]]})
-        records = [{**{c: _sql_value(v) for c, v in row.items()}, "model": manifest.name, "version": manifest.version,
-                    "predicted_at": stamp} for row in frame.to_dict("records")]
-        dialect = self.engine.dialect.name
-        if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        elif dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            raise BatchError(f"--out {_redacted(self.url)}: {dialect} has no upsert here; use SQLite or PostgreSQL")
-        statement = insert(self.table)
-        updated = {c.name: statement.excluded[c.name] for c in self.table.columns if c.name not in (key, "model", "version")}
-        try:
-            with self.engine.begin() as connection:  # one transaction a chunk: a killed run keeps what it committed
-                connection.execute(statement.on_conflict_do_update(index_elements=[key, "model", "version"], set_=updated),
-                                   records)
-        except sa.exc.SQLAlchemyError as exc:
-            raise BatchError(f"writing to {self.describe()} failed: {_scrub(str(exc).splitlines()[0], self.url)} "
-                             f"({self.written()})") from exc
-        self.committed += len(records)
-
-    def _integer(self, value: Any) -> Any:
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise BatchError(f"{self.describe()} keeps its ids as integers (an earlier run made it so), and the id "
-                             f"{_short(value)} is not one: choose another --table ({self.written()})") from None
-
-    def _table(self, frame, key: str):
-        import sqlalchemy as sa
-
-        types = {"i": sa.BigInteger, "u": sa.BigInteger, "f": sa.Float, "b": sa.Boolean}
-
-        def table(key_type):
-            columns = [sa.Column(key, key_type, primary_key=True), sa.Column("model", sa.String, primary_key=True),
-                       sa.Column("version", sa.String, primary_key=True),
-                       sa.Column("predicted_at", sa.DateTime(timezone=True))]
-            columns += [sa.Column(c, types.get(frame[c].dtype.kind, sa.String)) for c in frame.columns if c != key]
-            return sa.Table(self.name, sa.MetaData(), *columns)
-
-        made = table(types.get(frame[key].dtype.kind, sa.String))
-        try:
-            made.metadata.create_all(self.engine, checkfirst=True)
-            existing = {c["name"]: c["type"] for c in sa.inspect(self.engine).get_columns(self.name)}
-        except sa.exc.SQLAlchemyError as exc:
-            raise BatchError(f"can't create or read {self.describe()}: {_scrub(str(exc).splitlines()[0], self.url)}") from exc
-        missing = sorted({c.name for c in made.columns} - set(existing))
-        if missing:
-            raise BatchError(f"{self.describe()} exists without the columns {', '.join(missing)}: "
-                             "choose another --table, or drop it")
-        if isinstance(existing[key], sa.Integer) and not isinstance(made.columns[key].type, sa.Integer):
-            # made by a run that read CSV ids as numbers: its key stays an integer, and text ids are put as integers
-            self.integer_key = True
-            return table(sa.BigInteger)
-        return made
-
-    def commit(self) -> None:
-        self.engine.dispose()
-
-    def abandon(self) -> None:
-        self.engine.dispose()
-
-
 def peak_memory_mb() -> float:
     """This process's peak resident memory: VmHWM (ru_maxrss would carry a large parent's peak across fork and exec)."""
     try:
@@ -799,39 +352,3 @@ def peak_memory_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _sql_value(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _redacted(url: str) -> str:
-    """A URL without its password, whether in its user part or its query string (?password=...), for messages."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        parsed = make_url(url)
-        secret = {k: "***" for k in parsed.query if k.lower() in SECRET_PARAMETERS}
-        if secret:
-            parsed = parsed.update_query_dict(secret)
-        return parsed.render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1].split("?")[0]
-
-
-def _scrub(message: str, url: str) -> str:
-    """A third party's message with the URL's secrets taken out, should it quote them."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        parsed = make_url(url)
-        secrets = [parsed.password] + [v for k, v in parsed.query.items() if k.lower() in SECRET_PARAMETERS]
-    except Exception:
-        return message
-    for secret in secrets:
-        for value in ([secret] if isinstance(secret, str) else list(secret or ())):
-            if value:
-                message = message.replace(str(value), "***")
-    return message

@@ -147,3 +147,7 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     what a one-paragraph error quotes from a third-party exception."""
     lines = str(exc).strip().splitlines()
     return lines[0][:limit] if lines else type(exc).__name__
+
+
+class BatchError(EdgeportError):
+    """A batch run that can't go on (a bad row without --rejects, an unreadable file): one paragraph, exit 1."""

@@ -385,7 +385,7 @@ def test_a_table_for_a_model_without_column_names_is_refused_up_front(unnamed_ma
 # ---------------------------------------------------------------- what a run says when it can't go on
 
 def test_a_password_in_the_query_string_is_never_printed(bundles, tmp_path):
-    from edgeport.batch import _redacted
+    from edgeport.batch_sinks import _redacted
 
     table, _ = golden_table(bundles["iris"])
     table.to_csv(tmp_path / "rows.csv", index=False)
@@ -469,7 +469,7 @@ def test_a_truncated_parquet_file_is_one_paragraph(bundles, tmp_path):
 def test_a_full_disk_is_one_paragraph_and_leaves_no_partial_file(bundles, tmp_path, monkeypatch):
     import errno
 
-    from edgeport import batch
+    from edgeport import batch_sinks
 
     table, _ = golden_table(bundles["iris"])
     table.to_csv(tmp_path / "rows.csv", index=False)
@@ -477,7 +477,7 @@ def test_a_full_disk_is_one_paragraph_and_leaves_no_partial_file(bundles, tmp_pa
     def full(self, frame):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(batch.FileSink, "_write", full)
+    monkeypatch.setattr(batch_sinks.FileSink, "_write", full)  # ENOSPC on the first write, as a full disk gives
     result = cli("predict", bundles["iris"].path, tmp_path / "rows.csv", "--out", tmp_path / "out.csv")
     assert result.exit_code == 1 and "--out" in result.output and "the disk is full" in result.output, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv"]
