@@ -96,12 +96,7 @@ class PredictionLog:
         if left:
             logger.error("prediction log %s: %d requests' lines were not written within %gs of shutdown",
                          self.path, left, timeout)
-        try:
-            if self._file is not None:
-                self._file.close()
-        except OSError:
-            pass
-        self._file = None
+        self._close_file()
 
     def _write_forever(self) -> None:
         while True:
@@ -120,6 +115,9 @@ class PredictionLog:
         self.stopped = f"{type(exc).__name__}: {exc}"
         logger.error("prediction log %s stopped: %s; predictions go on without it (%d lines written)",
                      self.path, self.stopped, self.written)
+        self._close_file()
+
+    def _close_file(self) -> None:
         try:
             if self._file is not None:
                 self._file.close()
