@@ -9,13 +9,10 @@ because MLServer pins what edgeport's venv can't share, and uvloop 0.21: 0.23 cr
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
+
+from side_venv import side_venv
 
 ROOT = Path(__file__).resolve().parent.parent
 MLSERVER_VENV = ROOT / "bench" / ".venv-mlserver"
@@ -25,21 +22,7 @@ MLSERVER = "MLServer 1.7.1 (sklearn runtime)"
 
 def mlserver_python() -> tuple[str | None, str]:
     """(MLServer's venv python, "") once it is installed, else (None, why it could not be)."""
-    python = MLSERVER_VENV / "bin" / "python"
-    lock_name = f"edgeport-mlserver-{hashlib.sha256(bytes(MLSERVER_VENV)).hexdigest()[:12]}.lock"
-    with open(Path(tempfile.gettempdir()) / lock_name, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (MLSERVER_VENV / ".installed").exists():
-            return str(python), ""
-        try:  # --clear: a venv left half-installed by a killed run starts over
-            subprocess.run([sys.executable, "-m", "venv", "--clear", str(MLSERVER_VENV)], check=True, capture_output=True)
-            subprocess.run([str(python), "-m", "pip", "install", "-q", *MLSERVER_PACKAGES], check=True,
-                           capture_output=True, text=True, timeout=900)
-        except (subprocess.SubprocessError, OSError) as exc:
-            detail = (getattr(exc, "stderr", "") or "").strip()
-            return None, f"MLServer did not install: {detail.splitlines()[-1][:160] if detail else exc}"
-        (MLSERVER_VENV / ".installed").touch()
-    return str(python), ""
+    return side_venv(MLSERVER_VENV, MLSERVER_PACKAGES, "MLServer")
 
 
 def mlserver_command(python: str, root: Path, name: str, model_file: Path, *, http_port: int, grpc_port: int,
