@@ -107,6 +107,20 @@ def test_fallback_reasons_are_counted_in_metrics(client):
     assert 'edgeport_prediction_confidence_bucket{le="1.0",model="iris",version="1"}' in metrics
 
 
+def test_a_request_for_the_label_alone_still_counts_its_class(client):
+    """A newcomer's request asked for outputs [label] only: its rows counted in infer_rows but in no class."""
+    def count(metrics: str) -> float:
+        line = next((l for l in metrics.splitlines()
+                     if l.startswith('edgeport_predicted_class_total{label="setosa",model="iris",version="1"}')), None)
+        return float(line.split()[-1]) if line else 0.0
+
+    before = count(client.get("/metrics").text)
+    body = {**iris_request([[5.1, 3.5, 1.4, 0.2], [5.0, 3.4, 1.5, 0.2]]), "outputs": [{"name": "label"}]}
+    response = client.post("/v2/models/iris/infer", json=body)
+    assert response.status_code == 200 and [o["name"] for o in response.json()["outputs"]] == ["label"], response.text
+    assert count(client.get("/metrics").text) == before + 2
+
+
 def test_output_selection_and_nested_data(client):
     request = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [[5.1, 3.5, 1.4, 0.2]]}],
                "outputs": [{"name": "probabilities"}]}

@@ -81,11 +81,20 @@ class Metrics:
             self.fallbacks[name, version, reason] = self.fallbacks.get((name, version, reason), 0) + 1
 
     def predictions(self, model: Any, outputs: dict[str, Any]) -> None:
-        """Record per-row confidence and predicted class from the outputs of a classifier."""
+        """Record per-row confidence and predicted class from the outputs of a classifier (the class from the label
+        alone when a request asked for the label only)."""
         probabilities = outputs.get("probabilities")
-        if probabilities is None:
-            return
         name, version = model.name, model.version
+        if probabilities is None:
+            if outputs.get("label") is not None and model.bundle.classes:
+                classes = [str(c) for c in model.bundle.classes]
+                for value in np.asarray(outputs["label"]).reshape(-1).tolist():
+                    value = value.decode() if isinstance(value, bytes) else value
+                    # a Keras-style label is an index into the classes
+                    label = classes[value] if isinstance(value, int) and str(value) not in classes and \
+                        0 <= value < len(classes) else str(value)
+                    self.predicted[name, version, label] = self.predicted.get((name, version, label), 0) + 1
+            return
         probabilities = np.asarray(probabilities, dtype=np.float64).reshape(len(probabilities), -1)
         if len(probabilities) <= 8:  # a few rows: plain Python costs less than numpy's per-call overhead
             rows = [(top, row.index(top)) for row in probabilities.tolist() for top in (max(row),)]
