@@ -71,6 +71,11 @@ def numeric_bins(values: Any) -> dict | None:
     if finite.size == 0:
         return None
     edges = np.unique(np.quantile(finite, np.linspace(0, 1, NUMERIC_BINS + 1)))
+    if len(edges) <= NUMERIC_BINS // 2:
+        # tied values collapsed the quantiles (a constant column, or 90% zeros): one or two buckets would hold any
+        # live value, so give values below training's least, exactly at its greatest, and above it buckets of their own
+        low, high = np.nextafter(edges[0], -np.inf), np.nextafter(edges[-1], np.inf)
+        edges = np.unique(np.concatenate([[low], edges, [high, np.nextafter(high, np.inf)]]))
     counts = np.bincount(bin_index(values, edges), minlength=max(len(edges) - 1, 1))
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 
@@ -123,8 +128,16 @@ class Distribution:
         # the first and last buckets are open-ended: a value below training's minimum counts in the first, one
         # above its maximum in the last (bin_index), so they say so
         last = len(self.edges) - 2
-        return [f"< {b:.4g}" if i == 0 else f">= {a:.4g}" if i == last else f"[{a:.4g}, {b:.4g})"
-                for i, (a, b) in enumerate(zip(self.edges, self.edges[1:]))] + ["missing"]
+        labels = []
+        for i, (a, b) in enumerate(zip(self.edges, self.edges[1:])):
+            if i == 0:
+                labels.append(f"< {b:.4g}")
+            elif i == last:  # after a one-value bucket (numeric_bins' ties) it starts just above that value
+                before = self.edges[i - 1]
+                labels.append(f"> {before:.4g}" if a == np.nextafter(before, np.inf) else f">= {a:.4g}")
+            else:
+                labels.append(f"= {a:.4g}" if b == np.nextafter(a, np.inf) else f"[{a:.4g}, {b:.4g})")
+        return labels + ["missing"]
 
     def add_values(self, values: Any) -> None:
         """Count a column's values (a pandas Series, array or list) into the buckets."""

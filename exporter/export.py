@@ -100,6 +100,12 @@ def export_model(
         if pii:  # golden.json ships with the bundle: no personal data in it (the outputs are the original's on these)
             rows = redact_pii(rows, inputs, layout, pii)
             progress(f"golden rows: the values of {', '.join(pii)} replaced (personal data, --pii)")
+            encoded = [s.key for s in inputs if s.key in pii and s.categories]
+            if encoded:
+                progress(f"warning: {', '.join(encoded)} {'is' if len(encoded) == 1 else 'are'} one-hot or ordinal "
+                         "encoded: the encoder's categories, the column's training values, are part of the model "
+                         "itself (model.onnx and the manifest's inputs) and ship with the bundle; hash or drop such a "
+                         "column before training to keep its values out")
         agreed = _nullable_where_the_graph_agrees(converter, loaded, converted, inputs, layout, rows, progress)
         if agreed != inputs:
             _refuse_missing_values_the_graph_answers_differently(agreed, layout, rows, Path(sample).name)
@@ -282,9 +288,10 @@ def _fallback_target(version_policy: str, outputs: dict[str, str] | None, roles:
 
 
 def redact_pii(rows: list, inputs: Sequence[InputSpec], layout: str, pii: Sequence[str]) -> list:
-    """The golden rows with each PII column's values replaced: a string by one of the model's own categories (in
-    the model file anyway) or `redacted-N`, a number by the rows' median; a missing value stays missing, so the
-    missing-value path stays in the parity check."""
+    """The golden rows with each PII column's values replaced: a string by the model's first category (every row
+    the same one, so no row keeps its own) or `redacted-N` where the model has no categories, a number by the rows'
+    mean (not any one person's value, as a median can be); a missing value stays missing, so the missing-value path
+    stays in the parity check."""
     columns = {c.name: c for c in table_columns(inputs, layout) or ()}
     rows = [dict(row) if isinstance(row, dict) else list(row) for row in rows]
     for name in pii:
@@ -296,10 +303,10 @@ def redact_pii(rows: list, inputs: Sequence[InputSpec], layout: str, pii: Sequen
         if column.spec.dtype == "string":
             categories = [c for c in column.spec.categories or () if isinstance(c, str)]
             for n, i in enumerate(present):
-                rows[i][where] = categories[n % len(categories)] if categories else f"redacted-{n}"
+                rows[i][where] = categories[0] if categories else f"redacted-{n}"
         elif present:
-            median = float(np.median([rows[i][where] for i in present]))
-            value = round(median) if column.spec.dtype.startswith("int") else median
+            mean = float(np.mean([rows[i][where] for i in present]))
+            value = round(mean) if column.spec.dtype.startswith("int") else mean
             for i in present:
                 rows[i][where] = value
     return rows

@@ -52,7 +52,10 @@ def test_the_manifest_records_quantile_bins_of_the_sample(churn):
         bins = bundle.manifest.feature_stats[column]["bins"]
         edges, counts, values = np.array(bins["edges"]), bins["counts"], sample[column].dropna().to_numpy()
         assert np.all(np.diff(edges) > 0) and 2 <= len(edges) <= 11
-        assert edges[0] == values.min() and edges[-1] == values.max()
+        if len(np.unique(values)) > 10:
+            assert edges[0] == values.min() and edges[-1] == values.max()
+        else:  # tied values (support_calls: 0 to 4): buckets below the least, at the greatest and above it too
+            assert edges[0] == np.nextafter(values.min(), -np.inf) and edges[-2] == np.nextafter(values.max(), np.inf)
         expected = [int(((values >= a) & (values < b)).sum()) for a, b in zip(edges[:-2], edges[1:-1])]
         expected.append(int((values >= edges[-2]).sum()))  # the last bin is closed on the right
         assert counts == expected and sum(counts) == len(values)
@@ -219,3 +222,20 @@ def test_a_few_rows_are_not_a_verdict_and_the_open_ended_buckets_say_so(churn, t
     tenure = report_of(result, tmp_path / "r.json")["tenure_months"]
     assert tenure["buckets"][0].startswith("< ") and tenure["buckets"][-2].startswith(">= ")
     assert tenure["live"][-2] == int(shifted.tenure_months.notna().sum())
+
+
+def test_a_column_of_tied_values_still_shows_drift(churn, tmp_path):
+    """An adversary's column, 90% zeros (and a constant one): the quantiles collapsed to one bucket, so a live mean
+    moving from 0.2 to 100 was PSI 0. Values above training's greatest now have a bucket of their own."""
+    from edgeport.drift import Distribution, numeric_bins, psi
+
+    for training_values, live_values in ((np.r_[np.zeros(90), np.linspace(0.1, 4, 10)], np.full(100, 100.0)),
+                                         (np.full(50, 7.0), np.full(50, -1000.0)), (np.full(50, 7.0), np.full(50, 8.0))):
+        bins = numeric_bins(training_values)
+        training = Distribution("x", "numeric", edges=tuple(bins["edges"]), counts=[*bins["counts"], 0])
+        live = training.empty()
+        live.add_values(live_values)
+        assert psi(training, live) > 1, (bins, live.counts)
+        same = training.empty()
+        same.add_values(training_values)
+        assert psi(training, same) < 0.01

@@ -209,7 +209,10 @@ def test_export_pii_keeps_the_values_out_of_what_the_bundle_publishes(churn_mode
     tenures = {row["tenure_months"] for row in rows} - {None}
     assert len(tenures) == 1 and len(set(sample["tenure_months"].dropna())) > 10, tenures
     categories = next(i for i in manifest["inputs"] if i.get("column", i["name"]) == "region").get("categories")
+    assert len({row["region"] for row in rows} - {None}) == 1  # one category for every row: no row keeps its own
     assert {row["region"] for row in rows} - {None} <= set(categories or ())
+    assert not tenures & set(sample["tenure_months"].dropna()), "the mean, not one person's value"
+    assert "region is one-hot or ordinal encoded" in " ".join(result.output.split())
     assert any(row["tenure_months"] is None for row in rows)  # the missing-value row is still checked
     profile = Profile.training(read_bundle(out))
     assert profile.features["region"] is None and "personal data" in profile.reasons["region"]
