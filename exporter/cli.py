@@ -396,7 +396,7 @@ def serve(
     drift_threshold: float = typer.Option(0.2, "--drift-threshold", callback=lambda v: _psi_threshold("--drift-threshold", v),
                                           help="Live drift (/drift, edgeport_drift_psi): a feature whose PSI is above this has drifted."),
     drift_threshold_for: List[str] = typer.Option([], "--drift-threshold-for", help="COL=X: another live drift threshold for this feature (or confidence), in each model that has it (repeatable)."),
-    drift_window: float = typer.Option(60.0, "--drift-window", min=0.0,
+    drift_window: float = typer.Option(60.0, "--drift-window", min=0.0, max=60 * 24 * 366,
                                        help="Live drift is over the last this many minutes (0: since the server started)."),
     drift_min_rows: int = typer.Option(100, "--drift-min-rows", min=1, help="Live values a feature needs before its drift is a verdict (unknown below)."),
     prediction_log: Optional[Path] = typer.Option(None, "--prediction-log", dir_okay=False,

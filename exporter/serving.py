@@ -90,10 +90,15 @@ def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000
             f"{repository.aliases(name).get(repository.alias, 'unset: the highest version')})" for name in repository.names()))
     else:
         progress("serving " + ", ".join(f"{m.name}@{m.version}" for m in repository.all()))
-    if on_listening:
-        on_listening(f"http://{host}:{port}", getattr(app.state, "has_site", True))
     body_timeout_s = limits.get("timeout_s", DEFAULT_TIMEOUT_S)
     log = limits.get("prediction_log")
+    thresholds = limits.get("drift_thresholds") or {}
+    if thresholds and not isinstance(repository, RegistryRepository):
+        features = {"confidence"} | {name for model in repository.all() for name in model.bundle.manifest.feature_stats}
+        unknown = sorted(set(thresholds) - features)
+        if unknown:
+            raise OptionError(f"--drift-threshold-for {unknown[0]}: no served model has a feature of that name; they "
+                              f"have {', '.join(sorted(features))}")
     if log is not None and log.pii and not isinstance(repository, RegistryRepository):
         # a typo would leave the column in the log: every name must be a column of a served model (a registry's
         # versions load later, so there the manifests' own pii is the check)
@@ -106,6 +111,8 @@ def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000
         named = ", ".join(sorted(log.pii)) + " and the manifests'" if log.pii else "the manifests'"
         progress(f"prediction log: {log.path} (rotated past {log.max_bytes / 2**20:g} MB; PII columns: {named}, "
                  f"{'dropped' if log.pii_mode == 'drop' else 'hashed'})")
+    if on_listening:
+        on_listening(f"http://{host}:{port}", getattr(app.state, "has_site", True))
     guard = ConnectionGuard(header_timeout=header_timeout_s, body_timeout=body_timeout_s,
                             max_connections=max_connections)
     progress(f"connections: at most {max_connections}; request head within {header_timeout_s:g}s, body within "

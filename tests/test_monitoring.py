@@ -191,6 +191,7 @@ def test_string_columns_of_server_traffic_are_counted(server, bundles):
     from conftest import churn_data
 
     frame, _ = churn_data(n=30)
+    frame.loc[[0, 5], "region"] = None
     inputs = []
     for spec in bundles["churn"].inputs:
         values = frame[spec.column]
@@ -206,6 +207,9 @@ def test_string_columns_of_server_traffic_are_counted(server, bundles):
     for feature in report["features"]:
         if feature["kind"] != "unknown":
             assert sum(feature["live"]) == 30, feature
+    # a missing string is `missing`, as an empty CSV cell is for edgeport drift (the decoder feeds it as "")
+    region = next(f for f in report["features"] if f["name"] == "region")
+    assert region["live"][region["buckets"].index("missing")] == 2
     assert {f["kind"] for f in report["features"]} >= {"numeric", "categorical"}
 
 
@@ -352,3 +356,32 @@ def test_serve_refuses_bad_drift_options_naming_them(tmp_path, option, message):
     result = CliRunner().invoke(app, ["serve", str(tmp_path), *option])
     assert result.exit_code == 2, result.output
     assert message in result.output and option[0] in result.output, result.output
+
+
+def test_metrics_publish_a_psi_only_where_it_is_a_verdict(bundles):
+    """Below min_rows the report says unknown; /metrics must not carry the PSI of a handful of rows (6 to 17 for one
+    row) for an alert to fire on."""
+    from edgeport.server.monitoring import Monitors
+    from edgeport.server.repository import load_served
+
+    model = load_served(bundles["iris"], allow_unverified=True)
+    monitors = Monitors(min_rows=100)
+    monitors.record(model, {model.bundle.inputs[0].name: shifted_rows().to_numpy(dtype=np.float32)}, None)
+    report = monitors.drift(model)
+    assert {f["verdict"] for f in report["features"]} == {"unknown"} and psi_of(report)[SHIFTED] > 0.2
+    assert not [k for k in monitors.psi if k[:2] == ("iris", model.version)]
+
+
+def test_serve_refuses_a_drift_threshold_for_a_feature_no_model_has(bundles, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import free_port
+
+    result = subprocess.run([str(Path(sys.executable).with_name("edgeport")), "serve", str(bundles["iris"].path),
+                             "--port", str(free_port()), "--drift-threshold-for", "petal=0.5"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--drift-threshold-for petal: no served model has a feature" in " ".join(result.stderr.split())
+    assert "is serving" not in result.stdout + result.stderr  # refused before it says it serves

@@ -306,7 +306,8 @@ class Monitors:
         report = monitor.report(lives, self.threshold, self.thresholds, self.min_rows)
         psi = {k: v for k, v in self.psi.items() if k[:2] != (monitor.name, monitor.version)}
         for feature in (*report.features, report.confidence):
-            if feature is not None and feature.psi is not None:
+            # only a verdict: a PSI over fewer than min_rows values (6 to 17 for one row) would fire any alert
+            if feature is not None and feature.psi is not None and feature.verdict != "unknown":
                 psi[monitor.name, monitor.version, feature.name] = feature.psi
         rows = dict(self.rows)
         confidence = dict(self.confidence)
@@ -343,6 +344,9 @@ def feed_columns(bundle: Any, feeds: Mapping[str, np.ndarray]) -> dict[str, np.n
         if column.spec.name not in as_read:
             if values.dtype == np.float32:
                 values = values.astype(str).astype(np.float64)
+            elif column.spec.dtype == "string" and column.spec.nullable:
+                # the decoder feeds a missing string as "" (decoding.py): missing, as an empty CSV cell is offline
+                values = np.where(values == "", None, values)
             as_read[column.spec.name] = values.reshape(values.shape[0], -1)
         matrix = as_read[column.spec.name]
         index = column.index or 0
