@@ -208,18 +208,22 @@ def id_faults(frame, id_column: str, first_row: int, seen: Optional[SeenKeys] = 
     n = len(cells)
     missing = ids.isna().to_numpy() | np.fromiter((type(v) is str and v == "" for v in cells), dtype=bool, count=n)
     # a lone surrogate (JSON's "\ud800"): no output file could hold the id
-    malformed = np.fromiter((type(v) is str and not v.isascii() and not _utf8(v) for v in cells), dtype=bool, count=n)
+    # and an id that is a list or an object (JSON lines) is no key either
+    malformed = np.fromiter(((type(v) is str and not v.isascii() and not _utf8(v)) or isinstance(v, (list, dict))
+                             for v in cells), dtype=bool, count=n)
     faults = {}
     for i in np.flatnonzero(missing | malformed):
         r, where = first_row + int(i), f'row {first_row + int(i)}, column "{id_column}"'
         faults[int(i)] = (RowValidationError(f"{where}: the id is missing; with --id every row needs one",
                                              code="missing-id", row=r, field=id_column) if missing[i] else
-                          RowValidationError(f"{where}: an id must be well-formed Unicode (it has a lone surrogate)",
-                                             code="type", row=r, field=id_column))
+                          RowValidationError(f"{where}: an id must be a number or well-formed text, not "
+                                             f"{_short(cells[i])}", code="type", row=r, field=id_column))
     if seen is None:
         return faults
     present = np.flatnonzero(~(missing | malformed))
-    hashes = pd.util.hash_pandas_object(ids.iloc[present], index=False).to_numpy(dtype=np.uint64)
+    # by value, whatever type pandas gave the chunk's column (5 in an int column and in a mixed one are one id; the
+    # number 1 and the text "1" are two)
+    hashes = pd.util.hash_array(np.array([_key_text(v) for v in cells[present]], dtype=object))
     repeated = pd.Series(hashes).duplicated().to_numpy() | seen.found(hashes)
     for i in present[repeated]:
         r = first_row + int(i)
@@ -228,6 +232,16 @@ def id_faults(frame, id_column: str, first_row: int, seen: Optional[SeenKeys] = 
                                             code="duplicate-id", row=r, field=id_column)
     seen.add(hashes[~repeated])
     return dict(sorted(faults.items()))
+
+
+def _key_text(value: Any) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return f"b:{bool(value)}"
+    if isinstance(value, (int, np.integer)):
+        return f"n:{int(value)}"
+    if isinstance(value, (float, np.floating)):
+        return f"n:{int(value)}" if float(value).is_integer() else f"n:{float(value)!r}"
+    return f"s:{value}"
 
 
 # ---------------------------------------------------------------- one chunk

@@ -164,9 +164,13 @@ class ChunkReader:
                 pd.DataFrame({self.id_column: pd.Series(ids, dtype=object), "__row__": column})
             return Chunk(first, frame, text=False)
         try:
-            return Chunk(first, pd.DataFrame.from_records(records), text=False)
+            frame = pd.DataFrame.from_records(records)
         except UnicodeEncodeError:  # a lone surrogate: pandas' Arrow strings refuse it; the decoder says `type`
-            return Chunk(first, pd.DataFrame(records, dtype=object), text=False)
+            frame = pd.DataFrame(records, dtype=object)
+        if self.id_column is not None and self.id_column in frame.columns:
+            # ids as the file has them: pandas would make floats of 9007199254740993 beside a 2.5
+            frame[self.id_column] = pd.Series([r.get(self.id_column) for r in records], dtype=object)
+        return Chunk(first, frame, text=False)
 
 
 def format_of(path: Path, what: str) -> str:

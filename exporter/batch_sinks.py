@@ -128,12 +128,14 @@ def _write_csv(handle, frame, *, header: bool, sep: str) -> None:
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
-    try:
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+    try:  # into memory first, so a column Arrow can't write leaves nothing half-written
+        buffer = pa.BufferOutputStream()
+        pa_csv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), buffer,
+                         pa_csv.WriteOptions(include_header=header, delimiter=sep))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
         frame.to_csv(handle, index=False, header=header, sep=sep, encoding="utf-8")
         return
-    pa_csv.write_csv(table, handle, pa_csv.WriteOptions(include_header=header, delimiter=sep))
+    handle.write(buffer.getvalue().to_pybytes())
 
 
 def _text_typed(schema):

@@ -535,3 +535,22 @@ def test_a_table_an_earlier_run_keyed_by_integers_takes_csv_ids_as_integers(bund
     table.to_csv(tmp_path / "rows.csv", index=False)
     result = cli("predict", bundle.path, tmp_path / "rows.csv", "--out", url, "--table", "scores", "--id", "flower")
     assert result.exit_code == 1 and "keeps its ids as integers" in result.output and "'A3'" in result.output
+
+
+def test_json_lines_ids_are_kept_by_value_across_chunks(bundles, tmp_path):
+    """An adversary's ids: 5 in an integer chunk and again in a mixed one (written twice, before), 9007199254740993
+    beside 2.5 (rewritten as a float), and a list id (an unexpected crash). Ids are compared by value, written as
+    the file has them, and a list is a bad row."""
+    table, _ = golden_table(bundles["churn"])
+    rows = table.head(6).to_dict(orient="records")
+    ids = [5, 6, "x", 5, 9007199254740993, 2.5]
+    lines = [json.dumps({"cid": i, **{k: (None if v != v else v) for k, v in row.items()}}) for i, row in zip(ids, rows)]
+    lines.append(json.dumps({"cid": [1], **{k: (None if v != v else v) for k, v in rows[0].items()}}))
+    (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n")
+    result = cli("predict", bundles["churn"].path, tmp_path / "rows.jsonl", "--out", tmp_path / "out.csv", "--id", "cid",
+                 "--chunk-rows", "2", "--rejects", tmp_path / "bad.csv")
+    assert result.exit_code == 0, result.output
+    written = (tmp_path / "out.csv").read_text()
+    assert "9007199254740993" in written and "e+15" not in written
+    rejects = pd.read_csv(tmp_path / "bad.csv")
+    assert rejects[["row", "code"]].values.tolist() == [[3, "duplicate-id"], [6, "type"]], rejects
