@@ -92,21 +92,13 @@ def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000
         progress("serving " + ", ".join(f"{m.name}@{m.version}" for m in repository.all()))
     body_timeout_s = limits.get("timeout_s", DEFAULT_TIMEOUT_S)
     log = limits.get("prediction_log")
-    thresholds = limits.get("drift_thresholds") or {}
-    if thresholds and not isinstance(repository, RegistryRepository):
-        features = {"confidence"} | {name for model in repository.all() for name in model.bundle.manifest.feature_stats}
-        unknown = sorted(set(thresholds) - features)
-        if unknown:
-            raise OptionError(f"--drift-threshold-for {unknown[0]}: no served model has a feature of that name; they "
-                              f"have {', '.join(sorted(features))}")
-    if log is not None and log.pii and not isinstance(repository, RegistryRepository):
-        # a typo would leave the column in the log: every name must be a column of a served model (a registry's
-        # versions load later, so there the manifests' own pii is the check)
-        columns = {name for model in repository.all() for name in input_columns([s.to_dict() for s in model.bundle.inputs])}
-        unknown = sorted(log.pii - columns)
-        if unknown:
-            raise OptionError(f"--pii {unknown[0]}: no served model has an input column of that name; their columns "
-                              f"are {', '.join(sorted(columns))}")
+    if not isinstance(repository, RegistryRepository):  # a registry's versions load later: nothing to check yet
+        models = repository.all()
+        # a typo would leave a column in the prediction log, or a threshold on nothing
+        _require_known("--pii", log.pii if log is not None else (), "an input column", {
+            name for model in models for name in input_columns([s.to_dict() for s in model.bundle.inputs])})
+        _require_known("--drift-threshold-for", limits.get("drift_thresholds") or {}, "a feature",
+                       {"confidence"} | {name for model in models for name in model.bundle.manifest.feature_stats})
     if log is not None:
         named = ", ".join(sorted(log.pii)) + " and the manifests'" if log.pii else "the manifests'"
         progress(f"prediction log: {log.path} (rotated past {log.max_bytes / 2**20:g} MB; PII columns: {named}, "
@@ -126,6 +118,14 @@ def serve_forever(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000
     # No gc.collect() first: it would delay readiness by tens of ms to reclaim a little start-up garbage
     gc.freeze()
     DrainingServer(config, app, drain_s=drain_s).run()
+
+
+def _require_known(option: str, names, what: str, known: set[str]) -> None:
+    """OptionError naming the first of `names` that no served model has."""
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise OptionError(f"{option} {unknown[0]}: no served model has {what} of that name; they have "
+                          f"{', '.join(sorted(known))}")
 
 
 class DrainingServer(uvicorn.Server):

@@ -249,10 +249,8 @@ class Monitors:
             if sketch is None:
                 return
             now = self.clock()
-            check = monitor.training.empty()
-            check.add_sketch(sketch)  # all of it fits, or a SampleError and nothing counted
             bucket = monitor.bucket("browser", now)
-            bucket[1] = bucket[1].merge(check)
+            bucket[1].add_sketch(sketch)  # all of it fits, or a SampleError and nothing counted
             bucket[2] += sketch_rows(sketch)
             self._publish(monitor, monitor.live(now))
 
